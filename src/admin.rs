@@ -1,0 +1,134 @@
+//! The admin port: liveness, readiness, status, metrics, an on-demand refresh and the opt-in quit endpoint.
+//! Readiness depends only on holding a usable token and not shutting down, never on reaching the upstream.
+
+mod status;
+
+use std::{sync::Arc, time::SystemTime};
+
+use axum::{
+    extract::State,
+    http::{header, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
+
+use crate::{
+    errors::{json_response, ErrorContext, ProxyError},
+    metrics::{Metrics, TokenGauges},
+    shutdown::{Phase, Shutdown, ShutdownSignal},
+    token::{self, RefreshHandle, TokenCell, Trigger},
+};
+pub use status::{status_json, token_json};
+
+/// What the admin handlers read.
+#[derive(Debug)]
+pub struct AdminState {
+    pub token: Arc<TokenCell>,
+    pub refresh: RefreshHandle,
+    pub metrics: Arc<Metrics>,
+    pub signal: ShutdownSignal,
+    /// Present only with `shutdown.enable_quit_endpoint`.
+    pub quit: Option<Shutdown>,
+    /// `base_url`, for `/status`.
+    pub upstream: String,
+}
+
+/// The admin router.
+pub fn router(state: Arc<AdminState>) -> Router {
+    let mut router = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .route("/refresh", post(refresh));
+    if state.quit.is_some() {
+        router = router.route("/quitquitquit", post(quit));
+    }
+    router.fallback(not_found).with_state(state)
+}
+
+/// Whether the proxy is ready, and if not, why.
+pub fn readiness(state: &AdminState) -> Result<(), &'static str> {
+    if state.signal.phase() != Phase::Running {
+        return Err("shutting down");
+    }
+    let snap = token::snapshot(&state.token);
+    match snap.unusable {
+        None => Ok(()),
+        Some(u) => Err(u.reason()),
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
+    match readiness(&state) {
+        Ok(()) => Json(serde_json::json!({"ready": true})).into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"ready": false, "reason": reason})),
+        )
+            .into_response(),
+    }
+}
+
+async fn status(State(state): State<Arc<AdminState>>) -> Response {
+    let ready = readiness(&state).is_ok();
+    Json(status_json(&token::snapshot(&state.token), ready, &state.upstream)).into_response()
+}
+
+async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
+    let snap = token::snapshot(&state.token);
+    let now = SystemTime::now();
+    let seconds_until = |t: Option<SystemTime>| {
+        t.map(|t| match t.duration_since(now) {
+            Ok(d) => d.as_secs_f64(),
+            Err(e) => -e.duration().as_secs_f64(),
+        })
+    };
+    let gauges = TokenGauges {
+        ready: readiness(&state).is_ok(),
+        revoke_deadline_seconds: seconds_until(snap.revoke_deadline),
+        session_remaining_seconds: seconds_until(snap.session_expires_at),
+    };
+    let mut response = state.metrics.render(&gauges).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+async fn refresh(State(state): State<Arc<AdminState>>) -> Response {
+    match state.refresh.refresh_now(Trigger::Admin, None).await {
+        Ok(_) => Json(token_json(&token::snapshot(&state.token))).into_response(),
+        Err(e) => {
+            let status = StatusCode::BAD_GATEWAY;
+            let mut body = crate::errors::ErrorBody::new(
+                crate::errors::schema::PROXY_SERVICE_NAME,
+                "TOKEN_REFRESH_FAILED",
+                "Bad Gateway",
+                e.to_string(),
+            );
+            body.endpoint_url = Some("/refresh".into());
+            body.build_version = Some(env!("CARGO_PKG_VERSION").into());
+            body.extra.insert("token".into(), token_json(&token::snapshot(&state.token)));
+            json_response(status, body.to_json())
+        }
+    }
+}
+
+async fn quit(State(state): State<Arc<AdminState>>) -> Response {
+    if let Some(quit) = &state.quit {
+        tracing::info!(event = "shutdown_signal", signal = "quitquitquit", "shutting down gracefully");
+        quit.advance(Phase::Draining);
+    }
+    Json(serde_json::json!({"shutting_down": true})).into_response()
+}
+
+async fn not_found() -> Response {
+    ProxyError::NotFound.to_response(&ErrorContext::default())
+}

@@ -1,0 +1,177 @@
+//! The only wiring: build the state from the configuration (token cell and refresher, clients, metrics), serve
+//! the proxy and admin ports on listeners the caller bound, and run the shutdown sequence.
+
+use std::{future::Future, os::unix::fs::PermissionsExt, sync::Arc};
+
+use tokio::net::{TcpListener, UnixListener};
+
+use crate::{
+    admin::{self, AdminState},
+    config::{Config, ConfigError},
+    metrics::Metrics,
+    proxy::{self, client, target::Target, ProxyState, Rules},
+    server::{self, Limits},
+    shutdown::{self, Phase, Shutdown},
+    token::{self, refresh::HttpRefreshClient, Refresher, TokenCell},
+};
+
+/// A fatal error of a running app (exit status 1, or 2 for configuration).
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {what} {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("a server task failed: {0}")]
+    Task(String),
+}
+
+/// The sockets the app serves on, bound before it starts (tests bind `127.0.0.1:0`).
+#[derive(Debug)]
+pub struct Listeners {
+    pub proxy: TcpListener,
+    pub admin: TcpListener,
+    pub unix: Option<UnixListener>,
+}
+
+impl Listeners {
+    /// Bind the configured addresses (and the Unix socket, mode 0660).
+    pub async fn bind(cfg: &Config) -> Result<Self, AppError> {
+        let tcp = |what: &'static str, addr: std::net::SocketAddr| async move {
+            TcpListener::bind(addr).await.map_err(|source| AppError::Bind {
+                what,
+                addr: addr.to_string(),
+                source,
+            })
+        };
+        let proxy = tcp("listen.address", cfg.listen.address).await?;
+        let admin = tcp("listen.admin_address", cfg.listen.admin_address).await?;
+        let unix = match &cfg.listen.unix_socket {
+            Some(path) => Some(bind_unix(path)?),
+            None => None,
+        };
+        Ok(Self { proxy, admin, unix })
+    }
+}
+
+/// Bind a Unix socket with mode 0660, replacing a stale socket file left by an earlier run.
+pub fn bind_unix(path: &std::path::Path) -> Result<UnixListener, AppError> {
+    let err = |source| AppError::Bind {
+        what: "listen.unix_socket",
+        addr: path.display().to_string(),
+        source,
+    };
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if meta.file_type().is_socket() {
+            std::fs::remove_file(path).map_err(err)?;
+        }
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
+    Ok(listener)
+}
+
+/// Checks `check-config` does beyond parsing: the TLS material loads.
+pub fn check(cfg: &Config) -> Result<(), ConfigError> {
+    client::tls_config(&cfg.upstream).map(drop)
+}
+
+/// Bind the configured addresses and run until SIGTERM or SIGINT.
+pub async fn run_bound(cfg: Config) -> Result<(), AppError> {
+    let listeners = Listeners::bind(&cfg).await?;
+    run(cfg, listeners, shutdown::os_signal()).await
+}
+
+/// Run on `listeners` until `signal` completes (or `POST /quitquitquit`), then shut down gracefully.
+pub async fn run(cfg: Config, listeners: Listeners, signal: impl Future<Output = ()>) -> Result<(), AppError> {
+    let tls = client::tls_config(&cfg.upstream)?;
+    let upstream = client::upstream_client(&cfg.upstream, tls.clone());
+    let refresh_client = HttpRefreshClient::new(
+        client::refresh_client(&cfg.upstream, tls)?,
+        format!("{}{}", cfg.upstream.base_url.as_string(), cfg.token.refresh_path),
+        cfg.token.refresh_method.clone(),
+    );
+    let metrics = Arc::new(Metrics::new());
+    let cell = TokenCell::new();
+    let (mut refresher, refresh) = Refresher::new(token::settings(&cfg.token), cell.clone(), refresh_client, metrics.clone());
+    if let Some(candidate) = token::initial_candidate(&cfg.token) {
+        refresher.adopt_initial(candidate);
+    }
+
+    let proxy_phase = Shutdown::new();
+    let admin_phase = Shutdown::new();
+    let proxy_state = Arc::new(ProxyState {
+        rules: Rules::from_config(&cfg),
+        target: Target::new(&cfg.upstream.base_url),
+        client: upstream,
+        token: cell.clone(),
+        refresh: refresh.clone(),
+        metrics: metrics.clone(),
+        shutdown: proxy_phase.signal(),
+    });
+    let admin_state = Arc::new(AdminState {
+        token: cell.clone(),
+        refresh,
+        metrics,
+        signal: proxy_phase.signal(),
+        quit: cfg.shutdown.enable_quit_endpoint.then(|| proxy_phase.clone()),
+        upstream: cfg.upstream.base_url.as_string(),
+    });
+    let limits = Limits {
+        max_connections: cfg.listen.max_connections,
+        header_read_timeout: cfg.listen.header_read_timeout,
+        idle_timeout: cfg.listen.idle_timeout,
+    };
+    let refresher_stop = admin_phase.signal();
+    let refresher = tokio::spawn(refresher.run(async move { refresher_stop.reached(Phase::Stopping).await }));
+    let proxy_router = proxy::router(proxy_state);
+    let mut proxies = vec![tokio::spawn(serve(listeners.proxy, proxy_router.clone(), limits, proxy_phase.clone()))];
+    if let Some(unix) = listeners.unix {
+        proxies.push(tokio::spawn(serve(unix, proxy_router, limits, proxy_phase.clone())));
+    }
+    let admin_server = tokio::spawn(serve(listeners.admin, admin::router(admin_state), limits, admin_phase.clone()));
+    tracing::info!(
+        event = "started",
+        version = env!("CARGO_PKG_VERSION"),
+        address = %cfg.listen.address,
+        admin_address = %cfg.listen.admin_address,
+        upstream = %cfg.upstream.base_url.as_string(),
+        "issettled-proxy is serving"
+    );
+
+    // Running → draining: on a signal or /quitquitquit.
+    let quit = proxy_phase.signal();
+    tokio::select! {
+        () = signal => {},
+        () = quit.reached(Phase::Draining) => {},
+    }
+    proxy_phase.advance(Phase::Draining);
+    tracing::info!(event = "draining", delay_ms = cfg.shutdown.delay.as_millis() as u64, "not ready; still serving for shutdown.delay");
+    tokio::time::sleep(cfg.shutdown.delay).await;
+    // Draining → stopping: close the listeners, let in-flight requests finish within the grace.
+    proxy_phase.advance(Phase::Stopping);
+    let drained = tokio::time::timeout(cfg.shutdown.grace, futures_util::future::join_all(proxies)).await;
+    let result = match drained {
+        Ok(results) => results.into_iter().try_for_each(|r| r.map_err(|e| AppError::Task(e.to_string()))),
+        Err(_) => {
+            tracing::warn!(event = "grace_expired", "shutdown.grace passed with requests still in flight; closing them");
+            Ok(())
+        }
+    };
+    admin_phase.advance(Phase::Stopping);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), admin_server).await;
+    let _ = refresher.await;
+    tracing::info!(event = "stopped", "issettled-proxy stopped");
+    result
+}
+
+/// Serve until the phase reaches stopping, then wait for the connections to close.
+async fn serve<A: server::Accept>(listener: A, router: axum::Router, limits: Limits, phase: Shutdown) {
+    let drain = server::serve(listener, router, limits, phase.signal()).await;
+    drain.await;
+}

@@ -1,0 +1,210 @@
+//! Configuration: load a TOML or YAML file plus `ISSETTLED_PROXY__SECTION__KEY` overrides, then validate it
+//! into the typed [`Config`] the rest of the program reads.
+//!
+//! Loading takes the environment as a map, so tests build configurations without touching the process env.
+
+mod file;
+mod redact;
+mod validate;
+
+use std::{collections::HashMap, net::SocketAddr, path::PathBuf, time::Duration};
+
+use http::{uri::Authority, uri::Scheme, Method};
+
+pub use file::FileConfig;
+pub use redact::render_effective;
+
+use crate::token::Token;
+
+/// Prefix of the environment variables that override file values.
+pub const ENV_PREFIX: &str = "ISSETTLED_PROXY";
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: ListenConfig,
+    pub upstream: UpstreamConfig,
+    pub token: TokenConfig,
+    pub policy: PolicyConfig,
+    pub log: LogConfig,
+    pub shutdown: ShutdownConfig,
+    /// The file form, as merged from file and environment, for `check-config`.
+    pub raw: FileConfig,
+}
+
+/// `[listen]`, validated.
+#[derive(Debug, Clone)]
+pub struct ListenConfig {
+    pub address: SocketAddr,
+    pub admin_address: SocketAddr,
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// Lower-cased host names (no port); empty means any.
+    pub allowed_hosts: Vec<String>,
+    /// Exact origins (`scheme://host[:port]`, lower-cased); empty means none.
+    pub allowed_origins: Vec<String>,
+    pub unix_socket: Option<PathBuf>,
+}
+
+/// The upstream's base URL split into the parts the proxy concatenates (never joins).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseUrl {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// Path prefix without a trailing slash: `""` or `"/api/v1"`.
+    pub prefix: String,
+}
+
+impl BaseUrl {
+    /// `scheme://authority/prefix`, as configured (normalized).
+    pub fn as_string(&self) -> String {
+        format!("{}://{}{}", self.scheme, self.authority, self.prefix)
+    }
+}
+
+/// `[upstream]`, validated.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub base_url: BaseUrl,
+    pub member_id: String,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub ca_file: Option<PathBuf>,
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+}
+
+/// Where the initial token comes from.
+#[derive(Debug, Clone)]
+pub struct EnvToken {
+    /// Name of the variable.
+    pub name: String,
+    /// Its value when the configuration was loaded (the environment of a process does not change).
+    pub value: Option<Token>,
+}
+
+/// `[token]`, validated.
+#[derive(Debug, Clone)]
+pub struct TokenConfig {
+    pub file: Option<PathBuf>,
+    pub env: Option<EnvToken>,
+    pub state_file: Option<PathBuf>,
+    pub refresh_path: String,
+    pub refresh_method: Method,
+    pub refresh_interval: Duration,
+    pub revoke_after: Duration,
+    pub refresh_before_expiry: Duration,
+    pub session_ttl: Duration,
+    pub min_refresh_gap: Duration,
+}
+
+/// What to do with an `Authorization` header sent by the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboundAuthorization {
+    /// Drop it; the proxy's token replaces it.
+    Strip,
+    /// Answer 400 `BAD_REQUEST`.
+    Reject,
+}
+
+/// `[policy]`, validated.
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    pub allowed_methods: Vec<Method>,
+    /// Whole-segment prefixes without trailing slash; empty means every path.
+    pub allowed_path_prefixes: Vec<String>,
+    pub max_body_bytes: u64,
+    pub inbound_authorization: InboundAuthorization,
+    pub retry_on_401: Vec<Method>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// `[log]`, validated.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+/// `[shutdown]`, validated.
+#[derive(Debug, Clone)]
+pub struct ShutdownConfig {
+    pub delay: Duration,
+    pub grace: Duration,
+    pub enable_quit_endpoint: bool,
+}
+
+/// A configuration that cannot be used; the message names the key. Exit status 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration: {0}")]
+    Load(String),
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+/// Where the file part of the configuration comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'a> {
+    /// A file; YAML if it ends in `.yaml`/`.yml`, TOML otherwise.
+    File(&'a std::path::Path),
+    /// TOML text (tests, the demo).
+    Toml(&'a str),
+    /// YAML text.
+    Yaml(&'a str),
+}
+
+/// Load, merge the environment overrides, and validate.
+pub fn load(source: Source<'_>, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+    use config::{Environment, File, FileFormat};
+    let overrides: HashMap<String, String> = env
+        .iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let environment = Environment::with_prefix(ENV_PREFIX)
+        .prefix_separator("__")
+        .separator("__")
+        .source(Some(overrides));
+    let builder = config::Config::builder();
+    let builder = match source {
+        Source::File(path) => {
+            if !path.is_file() {
+                return Err(ConfigError::Load(format!("{}: no such file", path.display())));
+            }
+            let yaml = matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
+            let format = if yaml { FileFormat::Yaml } else { FileFormat::Toml };
+            builder.add_source(File::from(path).format(format).required(true))
+        }
+        Source::Toml(text) => builder.add_source(File::from_str(text, FileFormat::Toml)),
+        Source::Yaml(text) => builder.add_source(File::from_str(text, FileFormat::Yaml)),
+    };
+    let merged = builder
+        .add_source(environment)
+        .build()
+        .map_err(|e| ConfigError::Load(e.to_string()))?;
+    let raw: FileConfig = merged.try_deserialize().map_err(|e| ConfigError::Load(e.to_string()))?;
+    validate::validate(raw, env)
+}
+
+/// Parse an upstream base URL as `upstream.base_url` is parsed.
+pub fn parse_base_url(text: &str) -> Result<BaseUrl, ConfigError> {
+    validate::base_url(text)
+}
+
+/// The process environment as a map, for [`load`].
+pub fn process_env() -> HashMap<String, String> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

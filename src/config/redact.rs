@@ -1,0 +1,20 @@
+//! `check-config` output: the effective configuration (file merged with the environment) as TOML, with the
+//! initial token described by its fingerprint only.
+
+use super::Config;
+
+/// Render the effective configuration. The token itself is never printed.
+pub fn render_effective(config: &Config) -> String {
+    let body = toml::to_string_pretty(&config.raw).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
+    let mut out = String::from("# effective configuration of issettled-proxy (file + ISSETTLED_PROXY__* environment)\n");
+    if let Some(env) = &config.token.env {
+        let what = match &env.value {
+            Some(token) => format!("set, {}", token.fingerprint()),
+            None => "not set or not a usable token".to_owned(),
+        };
+        out.push_str(&format!("# token.env {}: {what}\n", env.name));
+    }
+    out.push('\n');
+    out.push_str(&body);
+    out
+}

@@ -1,0 +1,118 @@
+//! Unit tests for loading and validating the configuration.
+
+use std::collections::HashMap;
+
+use super::*;
+
+const MINIMAL: &str = r#"
+[upstream]
+base_url = "https://api.issettled.example/v1/"
+member_id = "bankName"
+[token]
+file = "/var/run/secrets/issettled/token"
+"#;
+
+fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
+fn err_key(result: Result<Config, ConfigError>) -> String {
+    match result {
+        Err(ConfigError::Invalid { key, .. }) => key,
+        Err(ConfigError::Load(msg)) => msg,
+        Ok(_) => panic!("expected an error"),
+    }
+}
+
+#[test]
+fn minimal_file_takes_defaults() {
+    let c = load(Source::Toml(MINIMAL), &HashMap::new()).unwrap();
+    assert_eq!(c.listen.address.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.listen.admin_address.to_string(), "127.0.0.1:8081");
+    assert_eq!(c.upstream.base_url.prefix, "/v1");
+    assert_eq!(c.token.refresh_interval, Duration::from_secs(600));
+    assert_eq!(c.policy.retry_on_401, vec![Method::GET]);
+    assert_eq!(c.policy.max_body_bytes, 10_485_760);
+    assert_eq!(c.listen.allowed_hosts, vec!["localhost", "127.0.0.1", "::1"]);
+}
+
+#[test]
+fn environment_overrides_file_including_lists() {
+    let e = env(&[
+        ("ISSETTLED_PROXY__UPSTREAM__BASE_URL", "http://127.0.0.1:9999"),
+        ("ISSETTLED_PROXY__POLICY__ALLOWED_PATH_PREFIXES", "/payments,/digital-accounts"),
+        ("ISSETTLED_PROXY__TOKEN__REFRESH_INTERVAL", "1s"),
+        ("ISSETTLED_PROXY__LISTEN__MAX_CONNECTIONS", "7"),
+    ]);
+    let c = load(Source::Toml(MINIMAL), &e).unwrap();
+    assert_eq!(c.upstream.base_url.authority.as_str(), "127.0.0.1:9999");
+    assert_eq!(c.policy.allowed_path_prefixes, vec!["/payments", "/digital-accounts"]);
+    assert_eq!(c.token.refresh_interval, Duration::from_secs(1));
+    assert_eq!(c.listen.max_connections, 7);
+}
+
+#[test]
+fn unknown_keys_are_refused() {
+    let text = format!("{MINIMAL}\nsurprise = 1\n");
+    assert!(err_key(load(Source::Toml(&text), &HashMap::new())).contains("surprise"));
+    let text = MINIMAL.replace("member_id", "member_idx");
+    assert!(err_key(load(Source::Toml(&text), &HashMap::new())).contains("member_idx"));
+    let e = env(&[("ISSETTLED_PROXY__UPSTREAM__NOPE", "1")]);
+    assert!(err_key(load(Source::Toml(MINIMAL), &e)).contains("nope"));
+}
+
+#[test]
+fn bad_values_name_their_key() {
+    let cases = [
+        ("ISSETTLED_PROXY__LISTEN__IDLE_TIMEOUT", "soon", "listen.idle_timeout"),
+        ("ISSETTLED_PROXY__LISTEN__ADDRESS", "nowhere", "listen.address"),
+        ("ISSETTLED_PROXY__UPSTREAM__BASE_URL", "ftp://x", "upstream.base_url"),
+        ("ISSETTLED_PROXY__UPSTREAM__BASE_URL", "https://h/a/../b", "upstream.base_url"),
+        ("ISSETTLED_PROXY__TOKEN__REFRESH_INTERVAL", "20m", "token.refresh_interval"),
+        ("ISSETTLED_PROXY__POLICY__INBOUND_AUTHORIZATION", "keep", "policy.inbound_authorization"),
+        ("ISSETTLED_PROXY__POLICY__ALLOWED_PATH_PREFIXES", "payments", "policy.allowed_path_prefixes"),
+        ("ISSETTLED_PROXY__LOG__FORMAT", "xml", "log.format"),
+        ("ISSETTLED_PROXY__UPSTREAM__CA_FILE", "/nonexistent/ca.pem", "upstream.ca_file"),
+    ];
+    for (k, v, key) in cases {
+        assert_eq!(err_key(load(Source::Toml(MINIMAL), &env(&[(k, v)]))), key, "{k}={v}");
+    }
+}
+
+#[test]
+fn a_token_source_is_required_and_env_is_read_from_the_map() {
+    let text = MINIMAL.replace("file = \"/var/run/secrets/issettled/token\"", "");
+    assert_eq!(err_key(load(Source::Toml(&text), &HashMap::new())), "token.file");
+    let e = env(&[("ISSETTLED_PROXY__TOKEN__ENV", "MY_TOKEN"), ("MY_TOKEN", "abc.def\n")]);
+    let c = load(Source::Toml(&text), &e).unwrap();
+    let t = c.token.env.unwrap();
+    assert_eq!(t.name, "MY_TOKEN");
+    assert_eq!(t.value.unwrap().expose(), "abc.def");
+}
+
+#[test]
+fn shipped_example_files_parse_the_same() {
+    let toml = include_str!("../../config/issettled-proxy.example.toml");
+    let yaml = include_str!("../../config/issettled-proxy.example.yaml");
+    let a = load(Source::Toml(toml), &HashMap::new()).unwrap();
+    let b = load(Source::Yaml(yaml), &HashMap::new()).unwrap();
+    assert_eq!(a.raw, b.raw);
+    assert_eq!(a.raw, {
+        let mut d = FileConfig::default();
+        d.upstream.base_url = "https://api.issettled.example".into();
+        d.upstream.member_id = "bankName".into();
+        d.token.file = "/var/run/secrets/issettled/token".into();
+        d
+    });
+}
+
+#[test]
+fn redacted_rendering_never_shows_the_env_token() {
+    let text = MINIMAL.replace("file = \"/var/run/secrets/issettled/token\"", "env = \"MY_TOKEN\"");
+    let e = env(&[("MY_TOKEN", "super-secret-token-value")]);
+    let c = load(Source::Toml(&text), &e).unwrap();
+    let out = render_effective(&c);
+    assert!(!out.contains("super-secret-token-value"));
+    assert!(out.contains("sha256:"));
+    assert!(!format!("{c:?}").contains("super-secret-token-value"));
+}

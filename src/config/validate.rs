@@ -1,0 +1,244 @@
+//! File form → typed [`Config`]: parse every value and check every rule the contract states.
+//!
+//! Each failure is a [`ConfigError::Invalid`] naming the key (`section.key`) and what is wrong with it.
+
+use std::{collections::HashMap, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+
+use http::{Method, Uri};
+
+use super::{
+    BaseUrl, Config, ConfigError, EnvToken, FileConfig, InboundAuthorization, ListenConfig, LogConfig, LogFormat,
+    PolicyConfig, ShutdownConfig, TokenConfig, UpstreamConfig,
+};
+use crate::token::Token;
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+fn duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| invalid(key, format!("`{text}` is not a duration like \"500ms\", \"30s\", \"10m\": {e}")))
+}
+
+fn positive(key: &str, text: &str) -> Result<Duration, ConfigError> {
+    let d = duration(key, text)?;
+    if d.is_zero() {
+        return Err(invalid(key, "must be greater than zero"));
+    }
+    Ok(d)
+}
+
+fn socket_addr(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+    SocketAddr::from_str(text.trim())
+        .map_err(|_| invalid(key, format!("`{text}` is not an address like \"127.0.0.1:8080\"")))
+}
+
+fn optional_path(text: &str) -> Option<PathBuf> {
+    let t = text.trim();
+    (!t.is_empty()).then(|| PathBuf::from(t))
+}
+
+fn readable_file(key: &str, text: &str) -> Result<Option<PathBuf>, ConfigError> {
+    let Some(path) = optional_path(text) else {
+        return Ok(None);
+    };
+    std::fs::metadata(&path).map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?;
+    Ok(Some(path))
+}
+
+fn method(key: &str, text: &str) -> Result<Method, ConfigError> {
+    let upper = text.trim().to_ascii_uppercase();
+    Method::from_bytes(upper.as_bytes()).map_err(|_| invalid(key, format!("`{text}` is not an HTTP method")))
+}
+
+fn methods(key: &str, list: &[String]) -> Result<Vec<Method>, ConfigError> {
+    list.iter().filter(|m| !m.trim().is_empty()).map(|m| method(key, m)).collect()
+}
+
+fn non_empty(list: &[String]) -> impl Iterator<Item = &str> {
+    list.iter().map(|s| s.trim()).filter(|s| !s.is_empty())
+}
+
+/// Parse `base_url` into scheme, authority and a path prefix; refuse anything a concatenation could misread.
+pub(crate) fn base_url(text: &str) -> Result<BaseUrl, ConfigError> {
+    const KEY: &str = "upstream.base_url";
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(invalid(KEY, "required (for example \"https://api.issettled.example\")"));
+    }
+    let uri = Uri::from_str(text).map_err(|e| invalid(KEY, format!("`{text}` is not a URL: {e}")))?;
+    let scheme = uri.scheme().cloned().ok_or_else(|| invalid(KEY, "must start with https:// or http://"))?;
+    if scheme != http::uri::Scheme::HTTPS && scheme != http::uri::Scheme::HTTP {
+        return Err(invalid(KEY, "must start with https:// or http://"));
+    }
+    let authority = uri.authority().cloned().ok_or_else(|| invalid(KEY, "has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(invalid(KEY, "must not carry credentials"));
+    }
+    if uri.query().is_some() || text.contains('#') {
+        return Err(invalid(KEY, "must not have a query or fragment"));
+    }
+    let prefix = uri.path().trim_end_matches('/').to_owned();
+    if crate::proxy::policy::check_path(if prefix.is_empty() { "/" } else { &prefix }).is_err() {
+        return Err(invalid(KEY, "path prefix must not contain dot-segments, backslashes or `//`"));
+    }
+    Ok(BaseUrl {
+        scheme,
+        authority,
+        prefix,
+    })
+}
+
+fn listen(f: &super::file::Listen) -> Result<ListenConfig, ConfigError> {
+    if f.max_connections == 0 {
+        return Err(invalid("listen.max_connections", "must be at least 1"));
+    }
+    let allowed_hosts = non_empty(&f.allowed_hosts)
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase())
+        .collect();
+    let allowed_origins = non_empty(&f.allowed_origins)
+        .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
+        .collect();
+    Ok(ListenConfig {
+        address: socket_addr("listen.address", &f.address)?,
+        admin_address: socket_addr("listen.admin_address", &f.admin_address)?,
+        max_connections: usize::try_from(f.max_connections).unwrap_or(usize::MAX),
+        header_read_timeout: positive("listen.header_read_timeout", &f.header_read_timeout)?,
+        idle_timeout: positive("listen.idle_timeout", &f.idle_timeout)?,
+        allowed_hosts,
+        allowed_origins,
+        unix_socket: optional_path(&f.unix_socket),
+    })
+}
+
+fn upstream(f: &super::file::Upstream) -> Result<UpstreamConfig, ConfigError> {
+    let client_cert_file = readable_file("upstream.client_cert_file", &f.client_cert_file)?;
+    let client_key_file = readable_file("upstream.client_key_file", &f.client_key_file)?;
+    if client_cert_file.is_some() != client_key_file.is_some() {
+        return Err(invalid(
+            "upstream.client_key_file",
+            "client_cert_file and client_key_file must be set together",
+        ));
+    }
+    Ok(UpstreamConfig {
+        base_url: base_url(&f.base_url)?,
+        member_id: f.member_id.trim().to_owned(),
+        connect_timeout: positive("upstream.connect_timeout", &f.connect_timeout)?,
+        request_timeout: positive("upstream.request_timeout", &f.request_timeout)?,
+        ca_file: readable_file("upstream.ca_file", &f.ca_file)?,
+        client_cert_file,
+        client_key_file,
+    })
+}
+
+fn token(f: &super::file::Token, env: &HashMap<String, String>) -> Result<TokenConfig, ConfigError> {
+    let file = optional_path(&f.file);
+    let env_name = f.env.trim();
+    if file.is_none() && env_name.is_empty() {
+        return Err(invalid("token.file", "set token.file or token.env (or both: file wins)"));
+    }
+    let env_token = (!env_name.is_empty()).then(|| EnvToken {
+        name: env_name.to_owned(),
+        value: env.get(env_name).and_then(|v| Token::parse(v).ok()),
+    });
+    let refresh_path = f.refresh_path.trim().to_owned();
+    if !refresh_path.starts_with('/') {
+        return Err(invalid("token.refresh_path", "must start with `/`"));
+    }
+    let refresh_interval = positive("token.refresh_interval", &f.refresh_interval)?;
+    let revoke_after = positive("token.revoke_after", &f.revoke_after)?;
+    if refresh_interval >= revoke_after {
+        return Err(invalid(
+            "token.refresh_interval",
+            format!(
+                "must be shorter than token.revoke_after ({} >= {})",
+                humantime::format_duration(refresh_interval),
+                humantime::format_duration(revoke_after)
+            ),
+        ));
+    }
+    Ok(TokenConfig {
+        file,
+        env: env_token,
+        state_file: optional_path(&f.state_file),
+        refresh_path,
+        refresh_method: method("token.refresh_method", &f.refresh_method)?,
+        refresh_interval,
+        revoke_after,
+        refresh_before_expiry: duration("token.refresh_before_expiry", &f.refresh_before_expiry)?,
+        session_ttl: positive("token.session_ttl", &f.session_ttl)?,
+        min_refresh_gap: duration("token.min_refresh_gap", &f.min_refresh_gap)?,
+    })
+}
+
+fn policy(f: &super::file::Policy) -> Result<PolicyConfig, ConfigError> {
+    const PREFIXES: &str = "policy.allowed_path_prefixes";
+    let mut allowed_path_prefixes = Vec::new();
+    for p in non_empty(&f.allowed_path_prefixes) {
+        if !p.starts_with('/') {
+            return Err(invalid(PREFIXES, format!("`{p}` must start with `/`")));
+        }
+        if crate::proxy::policy::check_path(p).is_err() {
+            return Err(invalid(PREFIXES, format!("`{p}` has dot-segments, backslashes or `//`")));
+        }
+        allowed_path_prefixes.push(p.trim_end_matches('/').to_owned());
+    }
+    let inbound_authorization = match f.inbound_authorization.trim() {
+        "strip" => InboundAuthorization::Strip,
+        "reject" => InboundAuthorization::Reject,
+        other => {
+            return Err(invalid(
+                "policy.inbound_authorization",
+                format!("`{other}`: expected \"strip\" or \"reject\""),
+            ))
+        }
+    };
+    let allowed_methods = methods("policy.allowed_methods", &f.allowed_methods)?;
+    if allowed_methods.is_empty() {
+        return Err(invalid("policy.allowed_methods", "must list at least one method"));
+    }
+    Ok(PolicyConfig {
+        allowed_methods,
+        allowed_path_prefixes,
+        max_body_bytes: f.max_body_bytes,
+        inbound_authorization,
+        retry_on_401: methods("policy.retry_on_401", &f.retry_on_401)?,
+    })
+}
+
+fn log(f: &super::file::Log) -> Result<LogConfig, ConfigError> {
+    let format = match f.format.trim() {
+        "json" => LogFormat::Json,
+        "pretty" => LogFormat::Pretty,
+        other => return Err(invalid("log.format", format!("`{other}`: expected \"json\" or \"pretty\""))),
+    };
+    let level = f.level.trim().to_owned();
+    tracing_subscriber::EnvFilter::try_new(&level)
+        .map_err(|e| invalid("log.level", format!("`{level}` is not a level or filter: {e}")))?;
+    Ok(LogConfig { format, level })
+}
+
+fn shutdown(f: &super::file::Shutdown) -> Result<ShutdownConfig, ConfigError> {
+    Ok(ShutdownConfig {
+        delay: duration("shutdown.delay", &f.delay)?,
+        grace: duration("shutdown.grace", &f.grace)?,
+        enable_quit_endpoint: f.enable_quit_endpoint,
+    })
+}
+
+/// Validate the merged file form. `env` supplies the value of `token.env`.
+pub(super) fn validate(raw: FileConfig, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+    Ok(Config {
+        listen: listen(&raw.listen)?,
+        upstream: upstream(&raw.upstream)?,
+        token: token(&raw.token, env)?,
+        policy: policy(&raw.policy)?,
+        log: log(&raw.log)?,
+        shutdown: shutdown(&raw.shutdown)?,
+        raw,
+    })
+}

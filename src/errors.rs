@@ -1,0 +1,159 @@
+//! Errors the proxy answers itself, and THE table that maps each to its HTTP status and contract code.
+//!
+//! Other modules return these typed errors; only this file knows the codes. Building a response is pure:
+//! logging and counting happen in the handler that owns the request.
+
+pub mod normalize;
+pub mod schema;
+pub mod scrub;
+
+use axum::{
+    body::Body,
+    http::{header, HeaderValue, Response, StatusCode},
+};
+
+pub use schema::ErrorBody;
+
+/// Everything the proxy can refuse or fail with on the proxy port.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// Malformed request, or an app `Authorization` header under `inbound_authorization = "reject"`.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// Path outside `policy.allowed_path_prefixes`.
+    #[error("the path is outside the permitted endpoints")]
+    EndpointNotPermitted,
+    /// `Host` not in `listen.allowed_hosts`.
+    #[error("the Host header is not one of listen.allowed_hosts")]
+    HostNotAllowed,
+    /// `Origin` not in `listen.allowed_origins`.
+    #[error("the Origin header is not one of listen.allowed_origins")]
+    OriginNotAllowed,
+    /// Request header block over the limits.
+    #[error("request headers exceed the limits ({0})")]
+    HeadersTooLarge(&'static str),
+    /// Method outside `policy.allowed_methods`.
+    #[error("the method is not allowed")]
+    MethodNotAllowed,
+    /// Body over `policy.max_body_bytes`.
+    #[error("the request body exceeds policy.max_body_bytes")]
+    PayloadTooLarge,
+    /// Connection refused, DNS or TLS failure: nothing was sent.
+    #[error("cannot reach the upstream: {0}")]
+    UpstreamUnreachable(String),
+    /// The upstream broke the exchange after the request may have been sent.
+    #[error("the upstream broke the exchange: {0}")]
+    UpstreamProtocol(String),
+    /// No complete answer within `upstream.request_timeout`.
+    #[error("no answer from the upstream within upstream.request_timeout")]
+    UpstreamTimeout,
+    /// No usable token: none loaded, revoked, or its revoke deadline passed.
+    #[error("no usable token: {0}")]
+    TokenUnavailable(&'static str),
+    /// The proxy is shutting down.
+    #[error("the proxy is shutting down")]
+    ShuttingDown,
+    /// A request that did not match any route (admin port).
+    #[error("not found")]
+    NotFound,
+}
+
+impl ProxyError {
+    /// THE mapping to status and contract code.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        use ProxyError::*;
+        match self {
+            BadRequest(_) => (StatusCode::BAD_REQUEST, "BAD_REQUEST"),
+            EndpointNotPermitted => (StatusCode::FORBIDDEN, "ENDPOINT_NOT_PERMITTED"),
+            HostNotAllowed => (StatusCode::FORBIDDEN, "HOST_NOT_ALLOWED"),
+            OriginNotAllowed => (StatusCode::FORBIDDEN, "ORIGIN_NOT_ALLOWED"),
+            HeadersTooLarge(_) => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "HEADERS_TOO_LARGE"),
+            MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
+            PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
+            UpstreamUnreachable(_) => (StatusCode::BAD_GATEWAY, "UPSTREAM_UNREACHABLE"),
+            UpstreamProtocol(_) => (StatusCode::BAD_GATEWAY, "UPSTREAM_PROTOCOL_ERROR"),
+            UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "UPSTREAM_TIMEOUT"),
+            TokenUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "TOKEN_UNAVAILABLE"),
+            ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "SHUTTING_DOWN"),
+            NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+        }
+    }
+
+    /// Whether this is a fault of the upstream leg (counted in `issettled_proxy_upstream_errors_total`).
+    pub fn is_upstream_fault(&self) -> bool {
+        matches!(
+            self,
+            Self::UpstreamUnreachable(_) | Self::UpstreamProtocol(_) | Self::UpstreamTimeout
+        )
+    }
+
+    /// The nine-field body for this error in the context of one request.
+    pub fn body(&self, ctx: &ErrorContext<'_>) -> ErrorBody {
+        let (status, code) = self.status_and_code();
+        let mut body = ErrorBody::new(
+            schema::PROXY_SERVICE_NAME,
+            code,
+            status.canonical_reason().unwrap_or("Error"),
+            self.to_string(),
+        );
+        body.build_version = Some(env!("CARGO_PKG_VERSION").to_owned());
+        body.endpoint_url = ctx.endpoint_url.map(str::to_owned);
+        body.member_identification = ctx.member_id.map(str::to_owned);
+        body.troubleshooting_id = ctx.request_id.map(str::to_owned);
+        body
+    }
+
+    /// The complete response for this error.
+    pub fn to_response(&self, ctx: &ErrorContext<'_>) -> Response<Body> {
+        json_response(self.status_and_code().0, self.body(ctx).to_json())
+    }
+}
+
+/// What the proxy knows about a request when it writes an error for it.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ErrorContext<'a> {
+    /// The request path (no query).
+    pub endpoint_url: Option<&'a str>,
+    /// `upstream.member_id`, if configured.
+    pub member_id: Option<&'a str>,
+    /// The request id (becomes `troubleshooting_id`).
+    pub request_id: Option<&'a str>,
+}
+
+impl axum::response::IntoResponse for ProxyError {
+    fn into_response(self) -> axum::response::Response {
+        self.to_response(&ErrorContext::default())
+    }
+}
+
+/// A JSON response with the given status and bytes.
+pub fn json_response(status: StatusCode, json: Vec<u8>) -> Response<Body> {
+    let mut response = Response::new(Body::from(json));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_errors_fill_all_nine_fields() {
+        let ctx = ErrorContext {
+            endpoint_url: Some("/payments"),
+            member_id: Some("bankName"),
+            request_id: Some("req-1"),
+        };
+        let v: serde_json::Value = serde_json::from_slice(&ProxyError::UpstreamTimeout.body(&ctx).to_json()).unwrap();
+        for f in schema::FIELDS {
+            assert!(v.get(f).is_some(), "{f} missing");
+        }
+        assert_eq!(v["code"], "UPSTREAM_TIMEOUT");
+        assert_eq!(v["service_name"], "issettled-proxy");
+        assert_eq!(v["troubleshooting_id"], "req-1");
+        assert!(v["timestamp"].is_i64());
+    }
+}

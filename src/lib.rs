@@ -1,0 +1,36 @@
+//! issettled-proxy: a credential sidecar for the IsSettled payments API.
+//!
+//! Apps call the proxy port with no credentials; the proxy forwards to the one configured upstream with the
+//! current OAuth Bearer token, which a background task keeps fresh, and answers every error in IsSettled's
+//! nine-field schema.
+//!
+//! # Layout
+//!
+//! Data flows one way: [`config`] → state ([`token`] cell and refresher, upstream clients) → [`server`] →
+//! [`proxy`] handler → upstream. Only [`app`] knows every part.
+//!
+//! - [`config`]: load, merge the environment, validate into a typed `Config`.
+//! - [`token`]: the token type, the lock-free cell, JWT claims, the schedule, refresh calls, the refresher,
+//!   the token file watch and the state file.
+//! - [`proxy`]: the proxy port's handler and its pure parts (policy, headers, target, request id), the clients.
+//! - [`errors`]: `ProxyError` and its one table of codes, the error schema, normalization, token scrubbing.
+//! - [`admin`]: `/healthz`, `/readyz`, `/status`, `/metrics`, `/refresh`, `/quitquitquit`.
+//! - [`metrics`], [`shutdown`], [`telemetry`], [`clock`]: leaves.
+//! - [`server`]: accept loop, connection limits and timers, graceful drain.
+//! - [`sim`]: the simulated IsSettled used by `demo` and the tests; [`demo`], [`wait`], [`cli`]: commands.
+
+pub mod admin;
+pub mod app;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod demo;
+pub mod errors;
+pub mod metrics;
+pub mod proxy;
+pub mod server;
+pub mod shutdown;
+pub mod sim;
+pub mod telemetry;
+pub mod token;
+pub mod wait;

@@ -1,0 +1,75 @@
+//! The binary: parse the command line, load the configuration without binding anything (exit 2 on a bad one),
+//! then hand over to the library. Exit status: 0 clean stop, 2 configuration error, 1 any other fatal error.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use issettled_proxy::{
+    app,
+    cli::{Cli, Command},
+    config::{self, ConfigError, Source},
+    demo, telemetry, wait,
+};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = match (cli.command, cli.config) {
+        (Some(c), _) => c,
+        (None, Some(config)) => Command::Run { config },
+        (None, None) => {
+            eprintln!("issettled-proxy: nothing to do; try `issettled-proxy --help`");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("issettled-proxy: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match command {
+        Command::Run { config } => match config::load(Source::File(&config), &config::process_env()) {
+            Ok(cfg) => {
+                telemetry::init(cfg.log.format, &cfg.log.level);
+                exit(runtime.block_on(app::run_bound(cfg)))
+            }
+            Err(e) => config_error(&e),
+        },
+        Command::CheckConfig { config } => match config::load(Source::File(&config), &config::process_env())
+            .and_then(|cfg| app::check(&cfg).map(|()| cfg))
+        {
+            Ok(cfg) => {
+                print!("{}", config::render_effective(&cfg));
+                ExitCode::SUCCESS
+            }
+            Err(e) => config_error(&e),
+        },
+        Command::Demo => exit(runtime.block_on(demo::run())),
+        Command::Wait { admin, timeout } => {
+            if runtime.block_on(wait::until_ready(&admin, timeout)) {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("issettled-proxy wait: {admin} was not ready within {}", humantime::format_duration(timeout));
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+fn config_error(e: &ConfigError) -> ExitCode {
+    eprintln!("issettled-proxy: configuration error: {e}");
+    ExitCode::from(2)
+}
+
+fn exit(result: Result<(), app::AppError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(app::AppError::Config(e)) => config_error(&e),
+        Err(e) => {
+            tracing::error!(error = %e, "fatal");
+            eprintln!("issettled-proxy: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

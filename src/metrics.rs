@@ -1,0 +1,210 @@
+//! Every metric the contract names, in one place: lock-free atomic counters updated on the hot path and a
+//! Prometheus text renderer. Labels are fixed, small sets: methods, status codes, error codes, refresh results.
+
+use std::{
+    fmt::Write as _,
+    sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed},
+    time::Duration,
+};
+
+use http::Method;
+
+/// Method label values; anything else counts as `OTHER`.
+const METHODS: [&str; 4] = ["GET", "POST", "DELETE", "OTHER"];
+/// Status codes 100..=599.
+const STATUSES: usize = 500;
+/// Histogram bucket upper bounds in seconds: fine below a millisecond (the proxy itself), wide above (the upstream).
+pub const BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+/// `issettled_proxy_upstream_errors_total{code}` values.
+pub const UPSTREAM_CODES: [&str; 3] = ["UPSTREAM_UNREACHABLE", "UPSTREAM_PROTOCOL_ERROR", "UPSTREAM_TIMEOUT"];
+/// `issettled_proxy_token_refresh_total{result}` values.
+pub const REFRESH_RESULTS: [&str; 7] = [
+    "success",
+    "unchanged",
+    "file",
+    "revoked",
+    "transient_error",
+    "bad_response",
+    "no_token",
+];
+
+/// The registry.
+#[derive(Debug)]
+pub struct Metrics {
+    requests: Vec<AtomicU64>,
+    buckets: [AtomicU64; BUCKETS.len()],
+    duration_count: AtomicU64,
+    duration_sum_micros: AtomicU64,
+    upstream_errors: [AtomicU64; UPSTREAM_CODES.len()],
+    refreshes: [AtomicU64; REFRESH_RESULTS.len()],
+    in_flight: AtomicI64,
+}
+
+/// Token gauges, computed by the caller at render time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokenGauges {
+    pub ready: bool,
+    /// Seconds until the revoke deadline (negative once passed).
+    pub revoke_deadline_seconds: Option<f64>,
+    /// Seconds until the token session ends.
+    pub session_remaining_seconds: Option<f64>,
+}
+
+/// Decrements the in-flight gauge when dropped.
+#[derive(Debug)]
+pub struct InFlight<'a>(&'a Metrics);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// === impl Metrics ===
+
+impl Metrics {
+    /// All counters at zero.
+    pub fn new() -> Self {
+        Self {
+            requests: (0..METHODS.len() * STATUSES).map(|_| AtomicU64::new(0)).collect(),
+            buckets: Default::default(),
+            duration_count: AtomicU64::new(0),
+            duration_sum_micros: AtomicU64::new(0),
+            upstream_errors: Default::default(),
+            refreshes: Default::default(),
+            in_flight: AtomicI64::new(0),
+        }
+    }
+
+    /// Count a request in flight until the guard drops.
+    pub fn in_flight(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Relaxed);
+        InFlight(self)
+    }
+
+    /// Count a finished request.
+    pub fn request(&self, method: &Method, status: u16, elapsed: Duration) {
+        let m = match *method {
+            Method::GET => 0,
+            Method::POST => 1,
+            Method::DELETE => 2,
+            _ => 3,
+        };
+        if (100..600).contains(&status) {
+            self.requests[m * STATUSES + usize::from(status - 100)].fetch_add(1, Relaxed);
+        }
+        let secs = elapsed.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.duration_count.fetch_add(1, Relaxed);
+        self.duration_sum_micros
+            .fetch_add(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    /// Count an upstream fault by its contract code.
+    pub fn upstream_error(&self, code: &str) {
+        if let Some(i) = UPSTREAM_CODES.iter().position(|c| *c == code) {
+            self.upstream_errors[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Count a refresh attempt by result.
+    pub fn token_refresh(&self, result: &str) {
+        if let Some(i) = REFRESH_RESULTS.iter().position(|r| *r == result) {
+            self.refreshes[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Render the Prometheus text exposition format (version 0.0.4).
+    pub fn render(&self, gauges: &TokenGauges) -> String {
+        let mut out = String::with_capacity(4096);
+        let w = &mut out;
+        header(w, "requests_total", "counter", "Requests answered on the proxy port, by method and status.");
+        for (m, method) in METHODS.iter().enumerate() {
+            for s in 0..STATUSES {
+                let n = self.requests[m * STATUSES + s].load(Relaxed);
+                if n > 0 {
+                    let _ = writeln!(w, "issettled_proxy_requests_total{{method=\"{method}\",status=\"{}\"}} {n}", s + 100);
+                }
+            }
+        }
+        header(w, "request_duration_seconds", "histogram", "Time from request to response head on the proxy port.");
+        let mut cumulative = 0;
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            cumulative += self.buckets[i].load(Relaxed);
+            let _ = writeln!(w, "issettled_proxy_request_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.duration_count.load(Relaxed);
+        let _ = writeln!(w, "issettled_proxy_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.duration_sum_micros.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(w, "issettled_proxy_request_duration_seconds_sum {sum}");
+        let _ = writeln!(w, "issettled_proxy_request_duration_seconds_count {count}");
+        header(w, "upstream_errors_total", "counter", "Upstream faults answered with a proxy error, by code.");
+        for (i, code) in UPSTREAM_CODES.iter().enumerate() {
+            let _ = writeln!(w, "issettled_proxy_upstream_errors_total{{code=\"{code}\"}} {}", self.upstream_errors[i].load(Relaxed));
+        }
+        header(w, "token_refresh_total", "counter", "Token refresh attempts and file adoptions, by result.");
+        for (i, result) in REFRESH_RESULTS.iter().enumerate() {
+            let _ = writeln!(w, "issettled_proxy_token_refresh_total{{result=\"{result}\"}} {}", self.refreshes[i].load(Relaxed));
+        }
+        gauge(w, "token_ready", "1 while a usable token is held and the proxy is not shutting down.", Some(f64::from(u8::from(gauges.ready))));
+        gauge(w, "token_revoke_deadline_seconds", "Seconds until the upstream revokes the token unless it is refreshed.", gauges.revoke_deadline_seconds);
+        gauge(w, "token_session_remaining_seconds", "Seconds until the administrator-issued token session ends.", gauges.session_remaining_seconds);
+        gauge(w, "in_flight_requests", "Requests being answered on the proxy port.", Some(self.in_flight.load(Relaxed) as f64));
+        out
+    }
+}
+
+fn header(w: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(w, "# HELP issettled_proxy_{name} {help}\n# TYPE issettled_proxy_{name} {kind}");
+}
+
+fn gauge(w: &mut String, name: &str, help: &str, value: Option<f64>) {
+    header(w, name, "gauge", help);
+    if let Some(v) = value {
+        let _ = writeln!(w, "issettled_proxy_{name} {v}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_renders() {
+        let m = Metrics::new();
+        m.request(&Method::GET, 200, Duration::from_micros(300));
+        m.request(&Method::GET, 200, Duration::from_millis(40));
+        m.request(&Method::PUT, 405, Duration::from_micros(10));
+        m.upstream_error("UPSTREAM_TIMEOUT");
+        m.token_refresh("success");
+        {
+            let _g = m.in_flight();
+            assert!(m.render(&TokenGauges::default()).contains("issettled_proxy_in_flight_requests 1"));
+        }
+        let text = m.render(&TokenGauges {
+            ready: true,
+            revoke_deadline_seconds: Some(600.0),
+            session_remaining_seconds: Some(3600.0),
+        });
+        assert!(text.contains("issettled_proxy_requests_total{method=\"GET\",status=\"200\"} 2"));
+        assert!(text.contains("issettled_proxy_requests_total{method=\"OTHER\",status=\"405\"} 1"));
+        assert!(text.contains("issettled_proxy_request_duration_seconds_bucket{le=\"0.0005\"} 2"));
+        assert!(text.contains("issettled_proxy_request_duration_seconds_bucket{le=\"0.05\"} 3"));
+        assert!(text.contains("issettled_proxy_request_duration_seconds_count 3"));
+        assert!(text.contains("issettled_proxy_upstream_errors_total{code=\"UPSTREAM_TIMEOUT\"} 1"));
+        assert!(text.contains("issettled_proxy_token_refresh_total{result=\"success\"} 1"));
+        assert!(text.contains("issettled_proxy_token_ready 1"));
+        assert!(text.contains("issettled_proxy_token_revoke_deadline_seconds 600"));
+        assert!(text.contains("issettled_proxy_in_flight_requests 0"));
+    }
+}

@@ -1,0 +1,71 @@
+//! The proxy port: every request goes through one handler ([`forward`]) that checks it, injects the token,
+//! sends it to the one configured upstream, and streams the answer back (or normalizes an error).
+
+pub mod client;
+pub mod forward;
+pub mod headers;
+pub mod policy;
+pub mod request_id;
+pub mod target;
+
+use std::{sync::Arc, time::Duration};
+
+use axum::Router;
+use http::Method;
+
+use crate::{
+    config::{Config, InboundAuthorization},
+    metrics::Metrics,
+    shutdown::ShutdownSignal,
+    token::{RefreshHandle, TokenCell},
+};
+use client::UpstreamClient;
+use target::Target;
+
+/// The request rules, from the configuration.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    pub allowed_hosts: Vec<String>,
+    pub allowed_origins: Vec<String>,
+    pub allowed_methods: Vec<Method>,
+    pub allowed_path_prefixes: Vec<String>,
+    pub max_body_bytes: u64,
+    pub inbound_authorization: InboundAuthorization,
+    pub retry_on_401: Vec<Method>,
+    pub member_id: Option<String>,
+    pub request_timeout: Duration,
+}
+
+impl Rules {
+    /// From the validated configuration.
+    pub fn from_config(cfg: &Config) -> Self {
+        Self {
+            allowed_hosts: cfg.listen.allowed_hosts.clone(),
+            allowed_origins: cfg.listen.allowed_origins.clone(),
+            allowed_methods: cfg.policy.allowed_methods.clone(),
+            allowed_path_prefixes: cfg.policy.allowed_path_prefixes.clone(),
+            max_body_bytes: cfg.policy.max_body_bytes,
+            inbound_authorization: cfg.policy.inbound_authorization,
+            retry_on_401: cfg.policy.retry_on_401.clone(),
+            member_id: (!cfg.upstream.member_id.is_empty()).then(|| cfg.upstream.member_id.clone()),
+            request_timeout: cfg.upstream.request_timeout,
+        }
+    }
+}
+
+/// Everything the handler reads. Built once by the app.
+#[derive(Debug)]
+pub struct ProxyState {
+    pub rules: Rules,
+    pub target: Target,
+    pub client: UpstreamClient,
+    pub token: Arc<TokenCell>,
+    pub refresh: RefreshHandle,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: ShutdownSignal,
+}
+
+/// The proxy port's router: every method and path goes to [`forward::forward`].
+pub fn router(state: Arc<ProxyState>) -> Router {
+    Router::new().fallback(forward::forward).with_state(state)
+}

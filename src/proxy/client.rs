@@ -1,0 +1,109 @@
+//! The upstream clients: one rustls configuration (system roots plus `ca_file`, optional client certificate,
+//! ALPN h2 and http/1.1, ring provider, no OpenSSL) shared by the pooled hyper client that forwards requests and
+//! the reqwest client that makes refresh calls. Neither follows redirects or reads proxy variables.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::body::Body;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::{TokioExecutor, TokioTimer},
+};
+use rustls::{pki_types::pem::PemObject, ClientConfig, RootCertStore};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::{ConfigError, UpstreamConfig};
+
+/// The pooled forwarding client.
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Body>;
+
+/// How long an idle pooled upstream connection is kept.
+const POOL_IDLE: Duration = Duration::from_secs(90);
+/// Idle pooled upstream connections kept (one host).
+const POOL_MAX_IDLE: usize = 1024;
+/// TCP keep-alive probes on upstream connections, so a dead peer is noticed.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+
+fn invalid(key: &str, reason: String) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        reason,
+    }
+}
+
+/// The TLS configuration from `[upstream]`. A CA file or client certificate that cannot be used is a
+/// configuration error naming its key.
+pub fn tls_config(cfg: &UpstreamConfig) -> Result<ClientConfig, ConfigError> {
+    let mut roots = RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    let (added, _) = roots.add_parsable_certificates(native.certs);
+    if let Some(path) = &cfg.ca_file {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| invalid("upstream.ca_file", format!("cannot read PEM certificates: {e}")))?;
+        if certs.is_empty() {
+            return Err(invalid("upstream.ca_file", "holds no PEM certificate".into()));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| invalid("upstream.ca_file", format!("unusable certificate: {e}")))?;
+        }
+    } else if added == 0 {
+        tracing::warn!("no system CA certificates found and upstream.ca_file is not set: TLS to the upstream will fail");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid("upstream.base_url", format!("TLS setup failed: {e}")))?
+        .with_root_certificates(roots);
+    let mut config = match (&cfg.client_cert_file, &cfg.client_key_file) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| invalid("upstream.client_cert_file", format!("cannot read PEM certificates: {e}")))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| invalid("upstream.client_key_file", format!("cannot read a PEM private key: {e}")))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| invalid("upstream.client_cert_file", format!("unusable client certificate: {e}")))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// The pooled forwarding client: keep-alive, HTTP/1.1 or HTTP/2 by ALPN.
+pub fn upstream_client(cfg: &UpstreamConfig, tls: ClientConfig) -> UpstreamClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(cfg.connect_timeout));
+    http.set_nodelay(true);
+    http.set_keepalive(Some(TCP_KEEPALIVE));
+    let connector = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE)
+        .pool_max_idle_per_host(POOL_MAX_IDLE)
+        .build(connector)
+}
+
+/// The refresh client.
+pub fn refresh_client(cfg: &UpstreamConfig, tls: ClientConfig) -> Result<reqwest::Client, ConfigError> {
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(cfg.connect_timeout)
+        .timeout(cfg.request_timeout)
+        .build()
+        .map_err(|e| invalid("upstream.base_url", format!("cannot build the refresh client: {e}")))
+}

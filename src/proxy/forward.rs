@@ -1,0 +1,278 @@
+//! The handler: gate → checks → token → upstream request → stream the answer back, or normalize an error.
+//! One log line and one metrics update per request, here and nowhere else.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    body::Body,
+    extract::{Request, State},
+    response::Response,
+};
+use bytes::Bytes;
+use http::{header, request::Parts, HeaderMap, HeaderValue, StatusCode};
+use http_body::Body as _;
+use http_body_util::{BodyExt as _, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::{headers, policy, request_id, ProxyState};
+use crate::{
+    config::InboundAuthorization,
+    errors::{
+        json_response,
+        normalize::{normalize, Fill},
+        scrub, ErrorContext, ProxyError,
+    },
+    shutdown::Phase,
+    token::{Current, Stamp, Trigger},
+};
+
+/// The most of an upstream error body that is read.
+pub const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// What the log line reports besides the request.
+#[derive(Debug, Default)]
+struct Exchange {
+    upstream_status: Option<u16>,
+    retried: bool,
+}
+
+/// The proxy port's handler.
+pub async fn forward(State(state): State<Arc<ProxyState>>, req: Request) -> Response {
+    let started = Instant::now();
+    let _in_flight = state.metrics.in_flight();
+    let method = req.method().clone();
+    let uri = req.uri().clone();
+    let request_id = request_id::pick(req.headers());
+    let mut exchange = Exchange::default();
+    let result = handle(&state, req, uri.path(), &request_id, started, &mut exchange).await;
+    let mut response = result.unwrap_or_else(|e| {
+        let (_, code) = e.status_and_code();
+        if e.is_upstream_fault() {
+            state.metrics.upstream_error(code);
+        }
+        tracing::debug!(code, error = %e, "answered with a proxy error");
+        e.to_response(&ErrorContext {
+            endpoint_url: Some(uri.path()),
+            member_id: state.rules.member_id.as_deref(),
+            request_id: request_id.to_str().ok(),
+        })
+    });
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    state.metrics.request(&method, status, elapsed);
+    tracing::info!(
+        method = %method,
+        path = uri.path(),
+        status,
+        upstream_status = exchange.upstream_status,
+        retried = exchange.retried,
+        duration_us = elapsed.as_micros() as u64,
+        request_id = request_id.to_str().unwrap_or_default(),
+        "request"
+    );
+    response.headers_mut().insert(request_id::HEADER, request_id);
+    response
+}
+
+async fn handle(
+    state: &ProxyState,
+    req: Request,
+    path: &str,
+    request_id: &HeaderValue,
+    started: Instant,
+    exchange: &mut Exchange,
+) -> Result<Response, ProxyError> {
+    if state.shutdown.phase() == Phase::Stopping {
+        return Err(ProxyError::ShuttingDown);
+    }
+    let (mut parts, body) = req.into_parts();
+    check(state, &parts)?;
+    let token = state
+        .token
+        .usable(&Stamp::now())
+        .map_err(|u| ProxyError::TokenUnavailable(u.reason()))?;
+    let uri = state
+        .target
+        .uri(parts.uri.path_and_query())
+        .map_err(|_| ProxyError::BadRequest("the request target is not a valid path"))?;
+    headers::to_upstream(&mut parts.headers, token.header(), request_id);
+    let body = limit_body(body, &parts.headers, state.rules.max_body_bytes)?;
+    let deadline = started + state.rules.request_timeout;
+    // A request may be replayed after a 401 only if it has no body and its method is listed.
+    let replay = (state.rules.retry_on_401.contains(&parts.method) && body.is_end_stream())
+        .then(|| (parts.method.clone(), parts.headers.clone()));
+    parts.uri = uri.clone();
+    let mut response = send(state, http::Request::from_parts(parts, body), deadline).await?;
+    let mut used = token;
+    if response.status() == StatusCode::UNAUTHORIZED {
+        if let Some(current) = after_401(state, &used, replay.is_some()).await {
+            if let Some((method, mut headers)) = replay {
+                headers.insert(header::AUTHORIZATION, current.header().clone());
+                let mut again = http::Request::new(Body::empty());
+                *again.method_mut() = method;
+                *again.uri_mut() = uri;
+                *again.headers_mut() = headers;
+                exchange.retried = true;
+                response = send(state, again, deadline).await?;
+                used = current;
+            }
+        }
+    }
+    exchange.upstream_status = Some(response.status().as_u16());
+    let (mut head, incoming) = response.into_parts();
+    headers::strip_hop_by_hop(&mut head.headers);
+    scrub_headers(&mut head.headers, &used);
+    if head.status.as_u16() < 400 {
+        return Ok(Response::from_parts(head, Body::new(incoming)));
+    }
+    let bytes = read_bounded(incoming, deadline).await;
+    let clean = scrub::scrub_bytes(&bytes, used.token().expose().as_bytes(), used.token().fingerprint().as_bytes());
+    let fill = Fill {
+        endpoint_url: path,
+        member_id: state.rules.member_id.as_deref(),
+        request_id: request_id.to_str().unwrap_or_default(),
+        now_ms: crate::clock::now_ms(),
+    };
+    Ok(error_response(head, &clean, &fill))
+}
+
+/// The upstream's error in the schema: same status, the upstream's other headers kept, JSON body.
+fn error_response(mut head: http::response::Parts, body: &[u8], fill: &Fill<'_>) -> Response {
+    let normalized = normalize(head.status, body, fill);
+    let mut response = json_response(head.status, normalized.to_json());
+    for name in [header::CONTENT_TYPE, header::CONTENT_LENGTH, header::CONTENT_ENCODING, header::ETAG] {
+        head.headers.remove(name);
+    }
+    let (mut parts, body) = response.into_parts();
+    for (name, value) in &head.headers {
+        parts.headers.append(name.clone(), value.clone());
+    }
+    response = Response::from_parts(parts, body);
+    response
+}
+
+/// Host, origin, method, headers, path, prefix and credentials: everything decided before the upstream is
+/// contacted.
+fn check(state: &ProxyState, parts: &Parts) -> Result<(), ProxyError> {
+    let rules = &state.rules;
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let host = match (hosts.next(), hosts.next()) {
+        (Some(h), None) => h.to_str().map_err(|_| ProxyError::BadRequest("the Host header is not valid"))?,
+        (None, None) => parts
+            .uri
+            .authority()
+            .filter(|_| parts.version == http::Version::HTTP_2)
+            .map(|a| a.as_str())
+            .ok_or(ProxyError::BadRequest("the request has no Host header"))?,
+        _ => return Err(ProxyError::BadRequest("the request has more than one Host header")),
+    };
+    if !policy::host_allowed(host, &rules.allowed_hosts) {
+        return Err(ProxyError::HostNotAllowed);
+    }
+    if let Some(origin) = parts.headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or_default();
+        if !policy::origin_allowed(origin, &rules.allowed_origins) {
+            return Err(ProxyError::OriginNotAllowed);
+        }
+    }
+    if !policy::method_allowed(&parts.method, &rules.allowed_methods) {
+        return Err(ProxyError::MethodNotAllowed);
+    }
+    policy::header_limits(&parts.headers).map_err(ProxyError::HeadersTooLarge)?;
+    let path = parts.uri.path();
+    policy::check_path(path).map_err(|_| ProxyError::BadRequest("the path is not allowed: dot-segments, backslashes, encoded separators and `//` are refused"))?;
+    if !policy::prefix_allowed(path, &rules.allowed_path_prefixes) {
+        return Err(ProxyError::EndpointNotPermitted);
+    }
+    if rules.inbound_authorization == InboundAuthorization::Reject && headers::has_app_credentials(&parts.headers) {
+        return Err(ProxyError::BadRequest("the app sent an Authorization header (policy.inbound_authorization = \"reject\")"));
+    }
+    Ok(())
+}
+
+/// Refuse a declared length over the limit now; bound a body of unknown length as it streams.
+fn limit_body(body: Body, headers: &HeaderMap, max: u64) -> Result<Body, ProxyError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .map(|v| v.to_str().ok().and_then(|s| s.parse::<u64>().ok()));
+    match declared {
+        Some(Some(n)) if n > max => Err(ProxyError::PayloadTooLarge),
+        Some(Some(_)) => Ok(body),
+        Some(None) => Err(ProxyError::BadRequest("the Content-Length header is not a number")),
+        None if body.is_end_stream() => Ok(body),
+        None => Ok(Body::new(Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX)))),
+    }
+}
+
+/// Send one request, bounded by the deadline.
+async fn send(state: &ProxyState, req: http::Request<Body>, deadline: Instant) -> Result<http::Response<Incoming>, ProxyError> {
+    match tokio::time::timeout_at(deadline, state.client.request(req)).await {
+        Err(_) => Err(ProxyError::UpstreamTimeout),
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(e)) => Err(classify(&e)),
+    }
+}
+
+/// Map a client error to the contract's codes: nothing sent (connect, DNS, TLS) or a broken exchange.
+fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut detail = String::new();
+    while let Some(s) = source {
+        if s.downcast_ref::<LengthLimitError>().is_some() {
+            return ProxyError::PayloadTooLarge;
+        }
+        detail = s.to_string();
+        source = s.source();
+    }
+    if e.is_connect() {
+        ProxyError::UpstreamUnreachable(detail)
+    } else {
+        ProxyError::UpstreamProtocol(detail)
+    }
+}
+
+/// After an upstream 401: ask for a refresh (joined with any in flight; skipped within `min_refresh_gap`).
+/// Returns the token to retry with when a retry makes sense and the caller waits for it.
+async fn after_401(state: &ProxyState, used: &Arc<Current>, wait: bool) -> Option<Arc<Current>> {
+    let refresh = state.refresh.clone();
+    let seen = used.generation;
+    if !wait {
+        // Not replayable: refresh for the next request, answer this one now.
+        tokio::spawn(async move {
+            let _ = refresh.refresh_now(Trigger::Upstream401, Some(seen)).await;
+        });
+        return None;
+    }
+    match refresh.refresh_now(Trigger::Upstream401, Some(seen)).await {
+        Ok(outcome) if outcome.refreshed || outcome.current.generation != seen => Some(outcome.current),
+        _ => None,
+    }
+}
+
+/// Replace an echoed token in response headers by its fingerprint.
+fn scrub_headers(headers: &mut HeaderMap, used: &Current) {
+    let secret = used.token().expose().as_bytes();
+    if headers.values().any(|v| memchr::memmem::find(v.as_bytes(), secret).is_some()) {
+        scrub::scrub_headers(headers, secret, used.token().fingerprint().as_bytes());
+    }
+}
+
+/// Read at most [`MAX_ERROR_BODY`] bytes of an error body, until the deadline.
+async fn read_bounded(mut body: Incoming, deadline: Instant) -> Bytes {
+    let mut out = Vec::new();
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { break };
+            if let Ok(data) = frame.into_data() {
+                let room = MAX_ERROR_BODY - out.len();
+                out.extend_from_slice(&data[..data.len().min(room)]);
+                if out.len() == MAX_ERROR_BODY {
+                    break;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout_at(deadline.max(Instant::now() + Duration::from_millis(100)), read).await;
+    Bytes::from(out)
+}

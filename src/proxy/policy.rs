@@ -1,0 +1,155 @@
+//! What may pass the proxy port: paths that cannot escape a prefix, permitted prefixes, allowed hosts, origins
+//! and methods, and header limits. Pure functions, called by the handler and unit-tested directly.
+
+use http::{HeaderMap, Method};
+
+/// Why a path was refused (400 `BAD_REQUEST`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("the path must start with `/`")]
+    NotAbsolute,
+    #[error("the path contains a backslash")]
+    Backslash,
+    #[error("the path contains an empty segment (`//`)")]
+    EmptySegment,
+    #[error("the path contains a dot-segment")]
+    DotSegment,
+    #[error("the path contains an encoded `/` or `\\`")]
+    EncodedSeparator,
+    #[error("the path contains an invalid percent-encoding")]
+    BadEncoding,
+    #[error("the path contains a control character")]
+    ControlCharacter,
+}
+
+/// Percent-decoding rounds tried, so `%252e%252e` (double encoding) is seen for what it is.
+const DECODE_ROUNDS: usize = 3;
+
+/// Refuse any path that could mean something else after decoding or normalization: dot-segments (also
+/// percent-encoded, or followed by `;params`), backslashes, empty segments, encoded separators, control bytes.
+pub fn check_path(path: &str) -> Result<(), PathError> {
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err(PathError::NotAbsolute);
+    };
+    if path.contains('\\') {
+        return Err(PathError::Backslash);
+    }
+    let mut segments = rest.split('/').peekable();
+    while let Some(segment) = segments.next() {
+        if segment.is_empty() {
+            // Only a trailing slash may leave a segment empty.
+            if segments.peek().is_some() {
+                return Err(PathError::EmptySegment);
+            }
+            continue;
+        }
+        check_segment(segment)?;
+    }
+    Ok(())
+}
+
+fn check_segment(segment: &str) -> Result<(), PathError> {
+    let mut decoded: Vec<u8> = segment.as_bytes().to_vec();
+    for _ in 0..DECODE_ROUNDS {
+        if is_dot_segment(&decoded) {
+            return Err(PathError::DotSegment);
+        }
+        if decoded.iter().any(|b| *b < 0x20 || *b == 0x7f) {
+            return Err(PathError::ControlCharacter);
+        }
+        if !decoded.contains(&b'%') {
+            return Ok(());
+        }
+        decoded = percent_decode(&decoded)?;
+        if decoded.iter().any(|b| *b == b'/' || *b == b'\\') {
+            return Err(PathError::EncodedSeparator);
+        }
+    }
+    if is_dot_segment(&decoded) {
+        return Err(PathError::DotSegment);
+    }
+    Ok(())
+}
+
+/// `.` or `..`, ignoring `;params` (some servers strip them before resolving).
+fn is_dot_segment(segment: &[u8]) -> bool {
+    let name = segment.split(|b| *b == b';').next().unwrap_or_default();
+    name == b"." || name == b".."
+}
+
+fn percent_decode(input: &[u8]) -> Result<Vec<u8>, PathError> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        if input[i] == b'%' {
+            let hex = input.get(i + 1..i + 3).ok_or(PathError::BadEncoding)?;
+            let s = std::str::from_utf8(hex).map_err(|_| PathError::BadEncoding)?;
+            out.push(u8::from_str_radix(s, 16).map_err(|_| PathError::BadEncoding)?);
+            i += 3;
+        } else {
+            out.push(input[i]);
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `path` lies under one of `prefixes`, by whole segments. Empty `prefixes` allows every path.
+pub fn prefix_allowed(path: &str, prefixes: &[String]) -> bool {
+    prefixes.is_empty()
+        || prefixes.iter().any(|p| {
+            p.is_empty() || path.strip_prefix(p.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
+}
+
+/// The host name of a `Host` value, without port or IPv6 brackets.
+pub fn host_name(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or_default();
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+/// Whether a `Host` value names an allowed host. Empty `allowed` accepts any; a trailing dot is not stripped,
+/// so `localhost.` is refused like any other name not listed.
+pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let name = host_name(host);
+    if name.is_empty() {
+        return false;
+    }
+    allowed.is_empty() || allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+}
+
+/// Whether an `Origin` value is listed (exact, case-insensitive, trailing slash ignored).
+pub fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
+    let origin = origin.trim().trim_end_matches('/');
+    allowed.iter().any(|a| a.eq_ignore_ascii_case(origin))
+}
+
+/// Whether the method is allowed.
+pub fn method_allowed(method: &Method, allowed: &[Method]) -> bool {
+    allowed.contains(method)
+}
+
+/// Most request headers accepted (more: 431 `HEADERS_TOO_LARGE`).
+pub const MAX_HEADERS: usize = 100;
+/// Largest request header block, names and values, accepted.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// Check the number and total size of request headers.
+pub fn header_limits(headers: &HeaderMap) -> Result<(), &'static str> {
+    if headers.len() > MAX_HEADERS {
+        return Err("more than 100 headers");
+    }
+    let total: usize = headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    if total > MAX_HEADER_BYTES {
+        return Err("header block larger than 32 KiB");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,67 @@
+//! Path, prefix, host and origin rules.
+
+use super::*;
+
+#[test]
+fn ordinary_paths_pass() {
+    for p in ["/", "/payments", "/payments/", "/payments/7", "/digital-accounts/DA-1001", "/a.b/c..d/.e", "/x%20y", "/%7euser"] {
+        assert_eq!(check_path(p), Ok(()), "{p}");
+    }
+}
+
+#[test]
+fn escapes_are_refused() {
+    let cases = [
+        ("payments", PathError::NotAbsolute),
+        ("//evil.example/x", PathError::EmptySegment),
+        ("/a//b", PathError::EmptySegment),
+        ("/a/../b", PathError::DotSegment),
+        ("/a/./b", PathError::DotSegment),
+        ("/..", PathError::DotSegment),
+        ("/a/%2e%2e/b", PathError::DotSegment),
+        ("/a/%2E./b", PathError::DotSegment),
+        ("/a/%252e%252e/b", PathError::DotSegment),
+        ("/a/..;/b", PathError::DotSegment),
+        ("/a\\b", PathError::Backslash),
+        ("/a/%2fb", PathError::EncodedSeparator),
+        ("/a/%5Cb", PathError::EncodedSeparator),
+        ("/a/%zz", PathError::BadEncoding),
+        ("/a/%2", PathError::BadEncoding),
+        ("/a/%00", PathError::ControlCharacter),
+    ];
+    for (p, want) in cases {
+        assert_eq!(check_path(p), Err(want), "{p}");
+    }
+}
+
+#[test]
+fn prefixes_match_whole_segments() {
+    let prefixes = vec!["/payments".to_owned(), "/digital-accounts".to_owned()];
+    assert!(prefix_allowed("/payments", &prefixes));
+    assert!(prefix_allowed("/payments/7", &prefixes));
+    assert!(!prefix_allowed("/payments-x", &prefixes));
+    assert!(!prefix_allowed("/admin", &prefixes));
+    assert!(prefix_allowed("/anything", &[]));
+}
+
+#[test]
+fn hosts() {
+    let allowed: Vec<String> = ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec();
+    for h in ["localhost", "LOCALHOST:8080", "127.0.0.1:8080", "[::1]:8080", "[::1]"] {
+        assert!(host_allowed(h, &allowed), "{h}");
+    }
+    for h in ["evil.example", "localhost.", "localhost.evil.example", "127.0.0.1.nip.io", "", ":8080"] {
+        assert!(!host_allowed(h, &allowed), "{h}");
+    }
+    assert!(host_allowed("anything", &[]));
+}
+
+#[test]
+fn origins() {
+    let allowed = vec!["https://app.bank.example".to_owned()];
+    assert!(origin_allowed("https://app.bank.example", &allowed));
+    assert!(origin_allowed("HTTPS://APP.BANK.EXAMPLE/", &allowed));
+    assert!(!origin_allowed("https://evil.example", &allowed));
+    assert!(!origin_allowed("null", &allowed));
+    assert!(!origin_allowed("https://app.bank.example", &[]));
+}

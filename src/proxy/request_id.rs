@@ -1,0 +1,56 @@
+//! `X-Request-Id`: keep a sane one the app sent, else mint one (a per-process random prefix and a counter). Pure
+//! apart from the counter.
+
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    OnceLock,
+};
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+/// The header name.
+pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Longest request id kept.
+const MAX_LEN: usize = 128;
+
+/// Whether an app-sent id is safe to forward and log: 1 to 128 of `A-Z a-z 0-9 - _ . :`.
+pub fn is_sane(value: &HeaderValue) -> bool {
+    let b = value.as_bytes();
+    !b.is_empty() && b.len() <= MAX_LEN && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
+}
+
+/// The app's id if there is exactly one and it is sane, else a new one.
+pub fn pick(headers: &HeaderMap) -> HeaderValue {
+    let mut all = headers.get_all(&HEADER).iter();
+    match (all.next(), all.next()) {
+        (Some(v), None) if is_sane(v) => v.clone(),
+        _ => mint(),
+    }
+}
+
+/// A new id, unique within the process and, by its random prefix, across restarts.
+pub fn mint() -> HeaderValue {
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(rand::random::<u64>);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    HeaderValue::try_from(format!("{prefix:016x}-{n:08x}")).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_sane_ids_and_mints_otherwise() {
+        let mut h = HeaderMap::new();
+        h.insert(HEADER, HeaderValue::from_static("abc-123.X:y_z"));
+        assert_eq!(pick(&h), "abc-123.X:y_z");
+        h.insert(HEADER, HeaderValue::from_static("bad id<script>"));
+        assert_ne!(pick(&h), "bad id<script>");
+        h.insert(HEADER, HeaderValue::from_str(&"a".repeat(129)).unwrap());
+        assert_eq!(pick(&h).len(), 25);
+        assert_ne!(mint(), mint());
+    }
+}

@@ -1,0 +1,67 @@
+//! The upstream URI: `base_url` + the request's path and query, by concatenation (never a URL join, so a path
+//! like `//evil.example/x` cannot change the host). The request's own authority (absolute-form, `Host`) is
+//! never looked at. Pure.
+
+use bytes::Bytes;
+use http::{uri::PathAndQuery, Uri};
+
+use crate::config::BaseUrl;
+
+/// Builds upstream URIs for one `base_url`.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `scheme://authority/prefix`, without a trailing slash.
+    base: String,
+}
+
+/// The request target could not be turned into an upstream URI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the request target is not a valid path")]
+pub struct InvalidTarget;
+
+impl Target {
+    /// For `base`.
+    pub fn new(base: &BaseUrl) -> Self {
+        Self { base: base.as_string() }
+    }
+
+    /// The upstream URI for a request's path and query (which the caller has checked starts with `/`).
+    pub fn uri(&self, path_and_query: Option<&PathAndQuery>) -> Result<Uri, InvalidTarget> {
+        let pq = path_and_query.map_or("/", PathAndQuery::as_str);
+        if !pq.starts_with('/') {
+            return Err(InvalidTarget);
+        }
+        let mut text = String::with_capacity(self.base.len() + pq.len());
+        text.push_str(&self.base);
+        text.push_str(pq);
+        Uri::from_maybe_shared(Bytes::from(text)).map_err(|_| InvalidTarget)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(base: &str) -> Target {
+        Target::new(&crate::config::parse_base_url(base).unwrap())
+    }
+
+    #[test]
+    fn concatenates_prefix_path_and_query() {
+        let t = target("https://api.example/v1/");
+        let pq = PathAndQuery::from_static("/payments/7?expand=true");
+        assert_eq!(t.uri(Some(&pq)).unwrap(), "https://api.example/v1/payments/7?expand=true");
+        assert_eq!(t.uri(None).unwrap(), "https://api.example/v1/");
+    }
+
+    #[test]
+    fn absolute_form_and_double_slash_never_change_the_host() {
+        let t = target("https://api.example");
+        let uri: Uri = "http://evil.example/x".parse().unwrap();
+        assert_eq!(t.uri(uri.path_and_query()).unwrap().host(), Some("api.example"));
+        let pq = PathAndQuery::from_static("//evil.example/x");
+        let out = t.uri(Some(&pq)).unwrap();
+        assert_eq!(out.host(), Some("api.example"));
+        assert_eq!(out.path(), "//evil.example/x");
+    }
+}

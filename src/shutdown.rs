@@ -1,0 +1,118 @@
+//! Graceful shutdown: one [`Shutdown`] controller and cheap [`ShutdownSignal`] readers.
+//!
+//! Phases: running → draining (SIGTERM seen: `/readyz` 503, still serving normally for `shutdown.delay`, like
+//! pingora's two-phase grace, so endpoints are removed before the listener closes) → stopping (listeners closed,
+//! late requests on open connections get 503 `SHUTTING_DOWN`, in-flight requests get `shutdown.grace`).
+
+use std::sync::{
+    atomic::{AtomicU8, Ordering},
+    Arc,
+};
+
+use tokio::sync::watch;
+
+/// Where the process is in its shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    Running = 0,
+    Draining = 1,
+    Stopping = 2,
+}
+
+/// Moves the phases forward. Owned by the app.
+#[derive(Debug, Clone)]
+pub struct Shutdown {
+    tx: Arc<watch::Sender<Phase>>,
+    phase: Arc<AtomicU8>,
+}
+
+/// Reads the phase: an atomic load on the hot path, a future for tasks.
+#[derive(Debug, Clone)]
+pub struct ShutdownSignal {
+    rx: watch::Receiver<Phase>,
+    phase: Arc<AtomicU8>,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Shutdown {
+    /// Running.
+    pub fn new() -> Self {
+        let (tx, _) = watch::channel(Phase::Running);
+        Self {
+            tx: Arc::new(tx),
+            phase: Arc::new(AtomicU8::new(Phase::Running as u8)),
+        }
+    }
+
+    /// A reader.
+    pub fn signal(&self) -> ShutdownSignal {
+        ShutdownSignal {
+            rx: self.tx.subscribe(),
+            phase: self.phase.clone(),
+        }
+    }
+
+    /// Move forward to `phase` (never backward).
+    pub fn advance(&self, phase: Phase) {
+        self.phase.fetch_max(phase as u8, Ordering::SeqCst);
+        self.tx.send_if_modified(|p| {
+            let changed = *p < phase;
+            if changed {
+                *p = phase;
+            }
+            changed
+        });
+    }
+}
+
+impl ShutdownSignal {
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Relaxed) {
+            0 => Phase::Running,
+            1 => Phase::Draining,
+            _ => Phase::Stopping,
+        }
+    }
+
+    /// Resolves once the phase reaches `phase`.
+    pub async fn reached(&self, phase: Phase) {
+        let mut rx = self.rx.clone();
+        let _ = rx.wait_for(|p| *p >= phase).await;
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT, logging which.
+pub async fn os_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers");
+        return std::future::pending().await;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(event = "shutdown_signal", signal = name, "shutting down gracefully");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn phases_only_move_forward() {
+        let s = Shutdown::new();
+        let sig = s.signal();
+        assert_eq!(sig.phase(), Phase::Running);
+        s.advance(Phase::Stopping);
+        s.advance(Phase::Draining);
+        assert_eq!(sig.phase(), Phase::Stopping);
+        sig.reached(Phase::Draining).await;
+    }
+}

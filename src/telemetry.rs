@@ -1,0 +1,19 @@
+//! Logging: tracing-subscriber, JSON lines by default or `pretty` for people; `RUST_LOG` overrides `log.level`.
+//! Nothing logs the token: it is a type whose `Debug`/`Display` print only its fingerprint.
+
+use tracing_subscriber::{fmt, EnvFilter};
+
+use crate::config::LogFormat;
+
+/// Install the global subscriber (once; later calls are ignored). Logs go to stdout.
+pub fn init(format: LogFormat, level: &str) {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info")));
+    let builder = fmt().with_env_filter(filter).with_target(true);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Pretty => builder.compact().try_init(),
+    };
+}

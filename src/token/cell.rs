@@ -1,0 +1,213 @@
+//! The token cell: one lock-free `ArcSwapOption<Current>` read on every request, written only by the refresher.
+//!
+//! `Current` carries everything derived from a token once (the `Authorization` value, claims, deadlines), so the
+//! hot path does one atomic load and two clock reads.
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, SystemTime},
+};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use http::HeaderValue;
+use tokio::time::Instant;
+
+use super::{jwt::Claims, secret::Token};
+
+/// Where a token came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    File,
+    Env,
+    StateFile,
+    Refresh,
+}
+
+impl Source {
+    /// Lower-case name for `/status` and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::File => "file",
+            Source::Env => "env",
+            Source::StateFile => "state_file",
+            Source::Refresh => "refresh",
+        }
+    }
+}
+
+/// A monotonic instant paired with the wall-clock time it was taken at. Deadlines are checked on both clocks,
+/// so neither a suspended machine (monotonic time stops) nor a wall-clock jump makes a stale token look fresh.
+#[derive(Debug, Clone, Copy)]
+pub struct Stamp {
+    pub mono: Instant,
+    pub wall: SystemTime,
+}
+
+impl Stamp {
+    /// Now, on both clocks.
+    pub fn now() -> Self {
+        Self {
+            mono: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+
+    /// Time elapsed since this stamp: the larger of the two clocks' readings.
+    pub fn elapsed(&self, now: &Stamp) -> Duration {
+        let mono = now.mono.saturating_duration_since(self.mono);
+        let wall = now.wall.duration_since(self.wall).unwrap_or_default();
+        mono.max(wall)
+    }
+}
+
+/// One adopted token and what was derived from it.
+#[derive(Debug)]
+pub struct Current {
+    token: Token,
+    header: HeaderValue,
+    /// Increases with every adoption; tells whether the token changed since a request took it.
+    pub generation: u64,
+    pub claims: Claims,
+    /// Expiry from the refresh response (`expires_in`/`expires_at`) when the token itself has no `exp`.
+    pub expires_at: Option<SystemTime>,
+    pub source: Source,
+    /// When this token was adopted.
+    pub obtained: Stamp,
+    /// When the upstream last confirmed it (a refresh that kept it), or `obtained`.
+    pub confirmed: Stamp,
+    /// `upstream.revoke_after`, to derive the deadline.
+    pub revoke_after: Duration,
+    /// When the administrator-issued session ends.
+    pub session_expires_at: SystemTime,
+}
+
+/// Why the current token may not be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unusable {
+    Missing,
+    Expired,
+    DeadlinePassed,
+}
+
+impl Unusable {
+    /// Reason text for errors and `/readyz`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Unusable::Missing => "no token loaded (missing or revoked)",
+            Unusable::Expired => "the token's exp has passed",
+            Unusable::DeadlinePassed => "the token was not refreshed before its revoke deadline",
+        }
+    }
+}
+
+// === impl Current ===
+
+impl Current {
+    /// Derive everything once.
+    pub fn new(token: Token, generation: u64, source: Source, claims: Claims, expires_at: Option<SystemTime>,
+               confirmed: Stamp, revoke_after: Duration, session_expires_at: SystemTime) -> Self {
+        let now = Stamp::now();
+        Self {
+            header: token.bearer_header(),
+            token,
+            generation,
+            claims,
+            expires_at: claims.exp.or(expires_at),
+            source,
+            obtained: now,
+            confirmed,
+            revoke_after,
+            session_expires_at,
+        }
+    }
+
+    /// The token (for the refresh call, the state file and scrubbing).
+    pub fn token(&self) -> &Token {
+        &self.token
+    }
+
+    /// `Bearer <token>`, sensitive, built once.
+    pub fn header(&self) -> &HeaderValue {
+        &self.header
+    }
+
+    /// The revoke deadline on the wall clock.
+    pub fn revoke_deadline(&self) -> SystemTime {
+        self.confirmed.wall + self.revoke_after
+    }
+
+    /// Whether this token may be sent now.
+    pub fn check(&self, now: &Stamp) -> Result<(), Unusable> {
+        if self.expires_at.is_some_and(|exp| now.wall >= exp) {
+            return Err(Unusable::Expired);
+        }
+        if self.confirmed.elapsed(now) >= self.revoke_after {
+            return Err(Unusable::DeadlinePassed);
+        }
+        Ok(())
+    }
+}
+
+/// What the refresher reports about itself, for `/status` and readiness.
+#[derive(Debug, Clone, Default)]
+pub struct RefreshStatus {
+    pub revoked: bool,
+    pub refreshing: bool,
+    pub last_refresh_at: Option<SystemTime>,
+    pub next_refresh_at: Option<SystemTime>,
+    pub consecutive_failures: u32,
+    pub last_error: Option<String>,
+    /// Fingerprint of the last token, kept after it was revoked.
+    pub last_fingerprint: Option<String>,
+}
+
+/// The cell. Readers call [`TokenCell::load`]; only the refresher stores.
+#[derive(Debug, Default)]
+pub struct TokenCell {
+    current: ArcSwapOption<Current>,
+    status: ArcSwap<RefreshStatus>,
+    generation: AtomicU64,
+}
+
+// === impl TokenCell ===
+
+impl TokenCell {
+    /// A new, empty cell.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// The current token, if any (one atomic load and a reference count).
+    pub fn load(&self) -> Option<Arc<Current>> {
+        self.current.load_full()
+    }
+
+    /// The current token if it may be sent now.
+    pub fn usable(&self, now: &Stamp) -> Result<Arc<Current>, Unusable> {
+        let current = self.current.load_full().ok_or(Unusable::Missing)?;
+        current.check(now)?;
+        Ok(current)
+    }
+
+    /// The refresher's status.
+    pub fn status(&self) -> Arc<RefreshStatus> {
+        self.status.load_full()
+    }
+
+    pub(super) fn next_generation(&self) -> u64 {
+        self.generation.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub(super) fn store(&self, current: Option<Arc<Current>>) {
+        self.current.store(current);
+    }
+
+    pub(super) fn update_status(&self, f: impl FnOnce(&mut RefreshStatus)) {
+        let mut next = (*self.status.load_full()).clone();
+        f(&mut next);
+        self.status.store(Arc::new(next));
+    }
+}

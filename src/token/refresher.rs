@@ -1,0 +1,534 @@
+//! The background refresher: the only writer of the token cell. It refreshes on schedule, on demand
+//! ([`RefreshHandle`], single flight), adopts a changed token file, persists to the state file, backs off on
+//! failures until the revoke deadline, and never dies on an error.
+
+use std::{future::Future, path::PathBuf, sync::Arc, time::Duration, time::SystemTime};
+
+use tokio::{
+    sync::{mpsc, oneshot},
+    time::Instant,
+};
+
+use super::{
+    cell::{Current, Source, Stamp, TokenCell},
+    refresh::{RefreshClient, RefreshError, Refreshed},
+    schedule,
+    secret::{fingerprint, Token, TokenError},
+    source::{self, FileWatch},
+    state_file::{self, Persisted},
+};
+use crate::{clock::rfc3339, metrics::Metrics};
+
+/// What asked for a refresh (logged with every attempt).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Startup,
+    Schedule,
+    Upstream401,
+    Admin,
+    File,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Startup => "startup",
+            Trigger::Schedule => "schedule",
+            Trigger::Upstream401 => "401",
+            Trigger::Admin => "admin",
+            Trigger::File => "file",
+        }
+    }
+}
+
+/// The answer to [`RefreshHandle::refresh_now`].
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The token current after the refresh.
+    pub current: Arc<Current>,
+    /// Whether a refresh call succeeded for this request (false: the token had already changed, or it was
+    /// confirmed less than `min_refresh_gap` ago).
+    pub refreshed: bool,
+}
+
+struct Waiter {
+    trigger: Trigger,
+    /// The generation the caller's request used; a newer current token answers it without a call.
+    seen: Option<u64>,
+    reply: oneshot::Sender<Result<Outcome, RefreshError>>,
+}
+
+/// Asks the refresher for a refresh; joins one already in flight. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RefreshHandle {
+    tx: mpsc::Sender<Waiter>,
+}
+
+impl std::fmt::Debug for Waiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Waiter").field("trigger", &self.trigger).finish()
+    }
+}
+
+impl RefreshHandle {
+    /// Refresh now, or join the refresh in flight. `seen` is the generation of the token the caller used.
+    pub async fn refresh_now(&self, trigger: Trigger, seen: Option<u64>) -> Result<Outcome, RefreshError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Waiter { trigger, seen, reply })
+            .await
+            .map_err(|_| RefreshError::Transient("the refresher has stopped".into()))?;
+        rx.await
+            .unwrap_or_else(|_| Err(RefreshError::Transient("the refresher has stopped".into())))
+    }
+}
+
+/// Timing and storage settings of the refresher.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub refresh_interval: Duration,
+    pub revoke_after: Duration,
+    pub refresh_before_expiry: Duration,
+    pub session_ttl: Duration,
+    pub min_refresh_gap: Duration,
+    pub token_file: Option<PathBuf>,
+    pub state_file: Option<PathBuf>,
+}
+
+/// The refresher task's state.
+pub struct Refresher<C> {
+    settings: Settings,
+    cell: Arc<TokenCell>,
+    client: C,
+    rx: mpsc::Receiver<Waiter>,
+    metrics: Arc<Metrics>,
+    file: Option<FileWatch>,
+    jitter: Box<dyn FnMut() -> f64 + Send + Sync>,
+    failures: u32,
+    retry_at: Option<Instant>,
+    warnings_logged: usize,
+    /// The first refresh after start is still to come.
+    startup: bool,
+}
+
+impl<C> std::fmt::Debug for Refresher<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Refresher").field("failures", &self.failures).finish_non_exhaustive()
+    }
+}
+
+/// How many refresh requests may queue while one is in flight.
+const QUEUE: usize = 1024;
+
+// === impl Refresher ===
+
+impl<C: RefreshClient> Refresher<C> {
+    /// A refresher for `cell`, and the handle that asks it for refreshes.
+    pub fn new(settings: Settings, cell: Arc<TokenCell>, client: C, metrics: Arc<Metrics>) -> (Self, RefreshHandle) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let file = settings
+            .token_file
+            .clone()
+            .map(|p| FileWatch::new(p, cell.load().as_ref().map(|c| c.token())));
+        let me = Self {
+            settings,
+            cell,
+            client,
+            rx,
+            metrics,
+            file,
+            jitter: Box::new(rand::random::<f64>),
+            failures: 0,
+            retry_at: None,
+            warnings_logged: 0,
+            startup: false,
+        };
+        (me, RefreshHandle { tx })
+    }
+
+    /// Replace the jitter source (tests make backoff deterministic).
+    pub fn with_jitter(mut self, jitter: impl FnMut() -> f64 + Send + Sync + 'static) -> Self {
+        self.jitter = Box::new(jitter);
+        self
+    }
+
+    /// Adopt the token a start-up source gave (see [`source::choose`]).
+    pub fn adopt_initial(&mut self, c: source::Candidate) {
+        let now = Stamp::now();
+        let confirmed = c.confirmed_at.map_or(now, |wall| stamp_at(&now, wall));
+        let session_start = c
+            .session_started_at
+            .or(c.claims.auth_time)
+            .or(c.claims.iat)
+            .unwrap_or(now.wall);
+        self.warn_if_skewed(&c.token, &c.claims);
+        let generation = self.cell.next_generation();
+        let current = Current::new(
+            c.token,
+            generation,
+            c.source,
+            c.claims,
+            None,
+            confirmed,
+            self.settings.revoke_after,
+            session_start + self.settings.session_ttl,
+        );
+        tracing::info!(
+            event = "token_adopted",
+            source = c.source.as_str(),
+            fingerprint = %current.token().fingerprint(),
+            revoke_deadline = %rfc3339(current.revoke_deadline()),
+            "adopted the initial token"
+        );
+        self.cell.store(Some(Arc::new(current)));
+        // Its last refresh time is unknown (a Secret, an environment variable): refresh at once.
+        self.retry_at = Some(Instant::now());
+        self.startup = true;
+        self.publish_schedule();
+    }
+
+    /// Run until `shutdown` completes.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        if self.cell.load().is_none() {
+            self.cell.update_status(|s| s.last_error = Some("no token loaded".into()));
+        }
+        loop {
+            let wait = self.due_in(&Stamp::now()).map_or(schedule::POLL, |d| d.min(schedule::POLL));
+            tokio::select! {
+                biased;
+                () = &mut shutdown => return,
+                waiter = self.rx.recv() => match waiter {
+                    Some(w) => {
+                        let trigger = w.trigger;
+                        if let Some(waiters) = self.answer_without_call(w) {
+                            self.refresh(waiters, trigger).await;
+                        }
+                    }
+                    None => return,
+                },
+                () = tokio::time::sleep(wait) => {
+                    self.poll_file().await;
+                    self.warn_session();
+                    if self.due_in(&Stamp::now()) == Some(Duration::ZERO) {
+                        let trigger = if std::mem::take(&mut self.startup) { Trigger::Startup } else { Trigger::Schedule };
+                        self.refresh(Vec::new(), trigger).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// How long until the next refresh attempt; `None` when there is nothing to refresh.
+    fn due_in(&self, now: &Stamp) -> Option<Duration> {
+        let current = self.cell.load()?;
+        if let Some(at) = self.retry_at {
+            return Some(at.saturating_duration_since(now.mono));
+        }
+        // Measured from the confirmation on both clocks, like the revoke deadline.
+        let since = current.confirmed.elapsed(now);
+        let until_expiry = current
+            .expires_at
+            .map(|exp| exp.duration_since(current.confirmed.wall).unwrap_or_default().saturating_sub(since));
+        Some(schedule::refresh_due_in(
+            since,
+            self.settings.refresh_interval,
+            until_expiry,
+            self.settings.refresh_before_expiry,
+        ))
+    }
+
+    /// Answer a waiter at once when no call is needed; else return it to join a refresh.
+    fn answer_without_call(&mut self, w: Waiter) -> Option<Vec<Waiter>> {
+        let Some(current) = self.cell.load() else {
+            let _ = w.reply.send(Err(RefreshError::NoToken));
+            return None;
+        };
+        let newer = w.seen.is_some_and(|g| current.generation > g);
+        let too_soon = w.trigger == Trigger::Upstream401
+            && current.confirmed.elapsed(&Stamp::now()) < self.settings.min_refresh_gap;
+        if newer || too_soon {
+            let _ = w.reply.send(Ok(Outcome {
+                current,
+                refreshed: newer,
+            }));
+            return None;
+        }
+        Some(vec![w])
+    }
+
+    /// One refresh call; every waiter that arrives meanwhile joins it.
+    async fn refresh(&mut self, mut waiters: Vec<Waiter>, trigger: Trigger) {
+        let Some(old) = self.cell.load() else {
+            for w in waiters {
+                let _ = w.reply.send(Err(RefreshError::NoToken));
+            }
+            return;
+        };
+        self.cell.update_status(|s| s.refreshing = true);
+        let started = Instant::now();
+        let result = {
+            let call = self.client.refresh(old.token());
+            tokio::pin!(call);
+            loop {
+                tokio::select! {
+                    r = &mut call => break r,
+                    Some(w) = self.rx.recv() => waiters.push(w),
+                }
+            }
+        };
+        let latency = started.elapsed();
+        let result = match result {
+            Ok(Refreshed::New { token, expires_at }) => self.adopt_refreshed(&old, token, expires_at).await,
+            Ok(Refreshed::Kept) => Ok(self.confirm(&old)),
+            Err(e) => Err(e),
+        };
+        let outcome = match &result {
+            Ok(current) => {
+                self.failures = 0;
+                self.retry_at = None;
+                let label = if current.generation == old.generation { "unchanged" } else { "success" };
+                self.metrics.token_refresh(label);
+                self.cell.update_status(|s| {
+                    s.refreshing = false;
+                    s.revoked = false;
+                    s.consecutive_failures = 0;
+                    s.last_error = None;
+                    s.last_refresh_at = Some(SystemTime::now());
+                });
+                Ok(Outcome {
+                    current: current.clone(),
+                    refreshed: true,
+                })
+            }
+            Err(e) => {
+                self.metrics.token_refresh(e.result_label());
+                self.fail(&old, e);
+                Err(e.clone())
+            }
+        };
+        self.publish_schedule();
+        let new = result.as_ref().ok();
+        tracing::info!(
+            event = "token_refresh",
+            trigger = trigger.as_str(),
+            outcome = match &result { Ok(_) => "ok", Err(e) => e.result_label() },
+            error = result.as_ref().err().map(|e| e.to_string()),
+            latency_ms = latency.as_millis() as u64,
+            old_fingerprint = %old.token().fingerprint(),
+            new_fingerprint = new.map(|c| c.token().fingerprint()),
+            next_refresh_at = self.cell.status().next_refresh_at.map(rfc3339),
+            revoke_deadline = new.map(|c| rfc3339(c.revoke_deadline())),
+            consecutive_failures = self.failures,
+            "token refresh"
+        );
+        for w in waiters {
+            let _ = w.reply.send(outcome.clone());
+        }
+    }
+
+    /// A new token from the upstream: check it, persist it, then put it in the cell.
+    async fn adopt_refreshed(
+        &mut self,
+        old: &Current,
+        token: Token,
+        expires_at: Option<SystemTime>,
+    ) -> Result<Arc<Current>, RefreshError> {
+        let claims = source::check(&token, SystemTime::now()).map_err(RefreshError::BadToken)?;
+        self.warn_if_skewed(&token, &claims);
+        let session_expires_at = claims
+            .auth_time
+            .map_or(old.session_expires_at, |t| t + self.settings.session_ttl);
+        let current = Current::new(
+            token,
+            self.cell.next_generation(),
+            Source::Refresh,
+            claims,
+            expires_at,
+            Stamp::now(),
+            self.settings.revoke_after,
+            session_expires_at,
+        );
+        self.persist(&current).await;
+        let current = Arc::new(current);
+        self.cell.store(Some(current.clone()));
+        Ok(current)
+    }
+
+    /// The same token, confirmed now.
+    fn confirm(&mut self, old: &Current) -> Arc<Current> {
+        let current = Arc::new(Current::new(
+            old.token().clone(),
+            old.generation,
+            old.source,
+            old.claims,
+            old.expires_at,
+            Stamp::now(),
+            self.settings.revoke_after,
+            old.session_expires_at,
+        ));
+        self.cell.store(Some(current.clone()));
+        current
+    }
+
+    fn fail(&mut self, old: &Current, e: &RefreshError) {
+        if let RefreshError::Revoked(_) = e {
+            self.cell.store(None);
+            self.failures = 0;
+            self.retry_at = None;
+            tracing::error!(
+                event = "token_revoked",
+                fingerprint = %old.token().fingerprint(),
+                "the upstream refused the token: not ready until a new token appears in the token file"
+            );
+            self.cell.update_status(|s| {
+                s.refreshing = false;
+                s.revoked = true;
+                s.last_error = Some(e.to_string());
+                s.last_fingerprint = Some(old.token().fingerprint());
+            });
+            return;
+        }
+        self.failures += 1;
+        let now = Stamp::now();
+        let until_deadline = self.settings.revoke_after.saturating_sub(old.confirmed.elapsed(&now));
+        let delay = schedule::retry_delay(self.failures, (self.jitter)(), until_deadline);
+        self.retry_at = Some(now.mono + delay);
+        let failures = self.failures;
+        self.cell.update_status(|s| {
+            s.refreshing = false;
+            s.consecutive_failures = failures;
+            s.last_error = Some(e.to_string());
+        });
+    }
+
+    /// Persist to the state file, durably, before the token goes into the cell.
+    async fn persist(&self, current: &Current) {
+        let Some(path) = self.settings.state_file.clone() else {
+            return;
+        };
+        let state = Persisted {
+            token: current.token().clone(),
+            confirmed_at: current.confirmed.wall,
+            session_started_at: current.session_expires_at.checked_sub(self.settings.session_ttl),
+        };
+        let written = tokio::task::spawn_blocking(move || state_file::write(&path, &state)).await;
+        if let Err(e) = written.map_err(std::io::Error::other).and_then(|r| r) {
+            tracing::error!(event = "state_file_error", error = %e, "cannot persist the token to token.state_file; a restart would fall back to the token file");
+        }
+    }
+
+    /// Adopt a changed token file, after checking it; a refused file leaves the current token in place.
+    async fn poll_file(&mut self) {
+        let Some(watch) = self.file.as_mut() else { return };
+        let Some(read) = watch.poll().await else { return };
+        let path = watch.path().display().to_string();
+        let old = self.cell.load();
+        let old_fp = old.as_ref().map(|c| c.token().fingerprint());
+        let checked = read.and_then(|t| source::check(&t, SystemTime::now()).map(|claims| (t, claims)));
+        let (token, claims) = match checked {
+            Ok(ok) => ok,
+            Err(e) => {
+                let refused_fp = std::fs::read_to_string(watch.path()).map(|t| fingerprint(t.trim())).ok();
+                self.log_file_refused(&path, &e, refused_fp, old_fp);
+                return;
+            }
+        };
+        if old.as_ref().is_some_and(|c| c.token() == &token) {
+            return;
+        }
+        self.warn_if_skewed(&token, &claims);
+        let now = Stamp::now();
+        let session_start = claims.auth_time.or(claims.iat).unwrap_or(now.wall);
+        let current = Current::new(
+            token,
+            self.cell.next_generation(),
+            Source::File,
+            claims,
+            None,
+            now,
+            self.settings.revoke_after,
+            session_start + self.settings.session_ttl,
+        );
+        self.persist(&current).await;
+        let current = Arc::new(current);
+        self.cell.store(Some(current.clone()));
+        self.failures = 0;
+        self.retry_at = None;
+        self.warnings_logged = 0;
+        self.cell.update_status(|s| {
+            s.revoked = false;
+            s.consecutive_failures = 0;
+            s.last_error = None;
+        });
+        self.publish_schedule();
+        self.metrics.token_refresh("file");
+        tracing::info!(
+            event = "token_refresh",
+            trigger = Trigger::File.as_str(),
+            outcome = "ok",
+            old_fingerprint = old_fp,
+            new_fingerprint = %current.token().fingerprint(),
+            revoke_deadline = %rfc3339(current.revoke_deadline()),
+            "adopted a new token from {path}"
+        );
+    }
+
+    fn log_file_refused(&self, path: &str, e: &TokenError, refused: Option<String>, current: Option<String>) {
+        tracing::warn!(
+            event = "token_file_refused",
+            error = %e,
+            refused_fingerprint = refused,
+            current_fingerprint = current,
+            "the token file {path} holds a token that cannot be used; keeping the current token"
+        );
+    }
+
+    fn warn_if_skewed(&self, token: &Token, claims: &super::jwt::Claims) {
+        if let Some(iat) = claims.iat {
+            if let Ok(ahead) = iat.duration_since(SystemTime::now()) {
+                if ahead > Duration::from_secs(60) {
+                    tracing::warn!(
+                        event = "clock_skew",
+                        fingerprint = %token.fingerprint(),
+                        ahead_secs = ahead.as_secs(),
+                        "the token's iat lies in the future: this machine's clock may be behind"
+                    );
+                }
+            }
+        }
+    }
+
+    fn warn_session(&mut self) {
+        let Some(current) = self.cell.load() else { return };
+        let remaining = current.session_expires_at.duration_since(SystemTime::now()).unwrap_or_default();
+        if let Some(index) = schedule::session_warning_due(remaining, self.warnings_logged) {
+            self.warnings_logged = index + 1;
+            tracing::warn!(
+                event = "session_ending",
+                remaining_secs = remaining.as_secs(),
+                session_expires_at = %rfc3339(current.session_expires_at),
+                "the token session ends soon: an administrator must issue a new token"
+            );
+        }
+    }
+
+    /// Publish the next refresh time on the wall clock for `/status`.
+    fn publish_schedule(&self) {
+        let now = Stamp::now();
+        let next = self.due_in(&now).map(|d| now.wall + d);
+        self.cell.update_status(|s| s.next_refresh_at = next);
+    }
+}
+
+/// The monotonic instant matching a wall-clock time in the past (now minus its age).
+fn stamp_at(now: &Stamp, wall: SystemTime) -> Stamp {
+    let age = now.wall.duration_since(wall).unwrap_or_default();
+    Stamp {
+        mono: now.mono.checked_sub(age).unwrap_or(now.mono),
+        wall,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,98 @@
+//! When to refresh, and how long to wait after a failure: pure functions of durations, unit-tested directly.
+//!
+//! next refresh = the earlier of `refresh_interval` after the last confirmation and `refresh_before_expiry`
+//! before the token's `exp`; a failed refresh is retried with exponential backoff and full jitter, never later
+//! than half the time left before the revoke deadline.
+
+use std::time::Duration;
+
+/// First retry delay after a failure (before jitter).
+pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// Largest retry delay (before jitter).
+pub const BACKOFF_CAP: Duration = Duration::from_secs(60);
+/// Smallest retry delay, so full jitter never spins.
+pub const BACKOFF_FLOOR: Duration = Duration::from_millis(250);
+/// The refresher looks at the wall clock and the token file at least this often.
+pub const POLL: Duration = Duration::from_millis(500);
+/// Session warnings are logged when this much of the session remains.
+pub const SESSION_WARNINGS: [Duration; 3] = [
+    Duration::from_secs(2 * 3600),
+    Duration::from_secs(3600),
+    Duration::from_secs(15 * 60),
+];
+
+/// How long until the next scheduled refresh, given the time since the token was last confirmed and the time
+/// left until its expiry (if known).
+pub fn refresh_due_in(
+    since_confirmed: Duration,
+    interval: Duration,
+    until_expiry: Option<Duration>,
+    before_expiry: Duration,
+) -> Duration {
+    let by_interval = interval.saturating_sub(since_confirmed);
+    match until_expiry {
+        Some(left) => by_interval.min(left.saturating_sub(before_expiry)),
+        None => by_interval,
+    }
+}
+
+/// Delay before retry number `failures` (1 for the first retry). `jitter` in `[0, 1]` scales the exponential
+/// step (full jitter); the result is at least [`BACKOFF_FLOOR`] and at most half of `until_deadline`, so a few
+/// more attempts fit before the upstream revokes the token.
+pub fn retry_delay(failures: u32, jitter: f64, until_deadline: Duration) -> Duration {
+    let exp = failures.saturating_sub(1).min(16);
+    let step = BACKOFF_BASE.saturating_mul(1 << exp).min(BACKOFF_CAP);
+    let jittered = step.mul_f64(jitter.clamp(0.0, 1.0)).max(BACKOFF_FLOOR);
+    jittered.min((until_deadline / 2).max(BACKOFF_FLOOR))
+}
+
+/// Which session warning (index into [`SESSION_WARNINGS`]) is due, given how much of the session remains and
+/// how many warnings were already logged.
+pub fn session_warning_due(remaining: Duration, already: usize) -> Option<usize> {
+    let due = SESSION_WARNINGS.iter().filter(|w| remaining <= **w).count();
+    (due > already).then(|| due - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    #[test]
+    fn interval_rules_without_expiry() {
+        assert_eq!(refresh_due_in(S(0), S(600), None, S(120)), S(600));
+        assert_eq!(refresh_due_in(S(599), S(600), None, S(120)), S(1));
+        assert_eq!(refresh_due_in(S(9999), S(600), None, S(120)), S(0));
+    }
+
+    #[test]
+    fn near_expiry_wins() {
+        // exp 60 s away, 10 min interval: refresh now (60 - 120 < 0).
+        assert_eq!(refresh_due_in(S(0), S(600), Some(S(60)), S(120)), S(0));
+        assert_eq!(refresh_due_in(S(0), S(600), Some(S(300)), S(120)), S(180));
+        assert_eq!(refresh_due_in(S(0), S(60), Some(S(3600)), S(120)), S(60));
+    }
+
+    #[test]
+    fn backoff_grows_is_capped_and_respects_the_deadline() {
+        let far = S(3600);
+        let delays: Vec<_> = (1..=8).map(|n| retry_delay(n, 1.0, far)).collect();
+        assert_eq!(delays[..4], [S(1), S(2), S(4), S(8)]);
+        assert_eq!(delays[7], S(60));
+        assert_eq!(retry_delay(1, 0.0, far), BACKOFF_FLOOR);
+        assert_eq!(retry_delay(10, 1.0, S(30)), S(15));
+        assert_eq!(retry_delay(10, 1.0, S(0)), BACKOFF_FLOOR);
+        assert!(retry_delay(3, 0.5, far) <= S(4));
+    }
+
+    #[test]
+    fn session_warnings_fire_once_each() {
+        assert_eq!(session_warning_due(S(3 * 3600), 0), None);
+        assert_eq!(session_warning_due(S(2 * 3600), 0), Some(0));
+        assert_eq!(session_warning_due(S(2 * 3600), 1), None);
+        assert_eq!(session_warning_due(S(30 * 60), 1), Some(1));
+        assert_eq!(session_warning_due(S(60), 0), Some(2));
+        assert_eq!(session_warning_due(S(60), 3), None);
+    }
+}

@@ -1,0 +1,157 @@
+//! Where tokens come from besides a refresh: the token file (watched for Kubernetes Secret rotation), the
+//! environment, and the state file; and which of them wins at start (pure).
+
+use std::{
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
+
+use super::{
+    cell::Source,
+    jwt::{self, Claims},
+    secret::{fingerprint, Token, TokenError},
+};
+
+/// A token found at start, with what tells how new it is.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub token: Token,
+    pub source: Source,
+    pub claims: Claims,
+    /// File modification time (state file: the last refresh), if any.
+    pub modified: Option<SystemTime>,
+    /// The last upstream confirmation, when the state file recorded it.
+    pub confirmed_at: Option<SystemTime>,
+    /// The session start, when the state file recorded it.
+    pub session_started_at: Option<SystemTime>,
+}
+
+/// Check a token handed over from outside (file, environment, refresh): usable now, or why not.
+pub fn check(token: &Token, now: SystemTime) -> Result<Claims, TokenError> {
+    let claims = jwt::claims(token.expose());
+    if claims.exp.is_some_and(|exp| exp <= now) {
+        return Err(TokenError::Expired);
+    }
+    Ok(claims)
+}
+
+/// Read a token file. `Ok(None)` when the file does not exist (yet).
+pub fn read_file(path: &Path) -> Result<Option<(Token, SystemTime)>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let modified = std::fs::metadata(path).and_then(|m| m.modified()).unwrap_or(SystemTime::now());
+    let token = Token::parse(&text).map_err(|e| format!("{}: {e} ({})", path.display(), fingerprint(text.trim())))?;
+    Ok(Some((token, modified)))
+}
+
+/// Pick the newest usable candidate: by JWT `iat`, else `exp`, else file times; a state-file token beats an
+/// environment token that carries no time.
+pub fn choose(mut candidates: Vec<Candidate>) -> Option<Candidate> {
+    candidates.sort_by_key(|c| {
+        (
+            c.claims.iat.or(c.claims.exp),
+            c.modified.unwrap_or(SystemTime::UNIX_EPOCH),
+            c.source == Source::StateFile,
+        )
+    });
+    // If only some have claims, compare by claims only among those that have them: a token with an iat is
+    // newer than an opaque one only if the opaque one is also older by file time.
+    let all_have_times = candidates.iter().all(|c| c.claims.iat.or(c.claims.exp).is_some());
+    if !all_have_times {
+        candidates.sort_by_key(|c| (c.modified.unwrap_or(SystemTime::UNIX_EPOCH), c.source == Source::StateFile));
+    }
+    candidates.pop()
+}
+
+/// Watches the token file: reports new, stable content (seen the same on two polls in a row, so a file being
+/// written is never read half-way). Following the path each time follows Kubernetes' `..data` symlink swap.
+#[derive(Debug)]
+pub struct FileWatch {
+    path: PathBuf,
+    adopted: Option<String>,
+    pending: Option<String>,
+}
+
+impl FileWatch {
+    /// Watch `path`; `initial` is the content already adopted at start (never re-adopted).
+    pub fn new(path: PathBuf, initial: Option<&Token>) -> Self {
+        Self {
+            path,
+            adopted: initial.map(|t| t.expose().to_owned()),
+            pending: None,
+        }
+    }
+
+    /// The watched path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Look at the file once. `Some` when it holds new content that was already there on the previous poll.
+    pub async fn poll(&mut self) -> Option<Result<Token, TokenError>> {
+        let text = tokio::fs::read_to_string(&self.path).await.ok()?;
+        let trimmed = text.trim();
+        if self.adopted.as_deref() == Some(trimmed) {
+            self.pending = None;
+            return None;
+        }
+        if self.pending.as_deref() != Some(trimmed) {
+            self.pending = Some(trimmed.to_owned());
+            return None;
+        }
+        self.pending = None;
+        self.adopted = Some(trimmed.to_owned());
+        Some(Token::parse(trimmed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn cand(source: Source, iat: Option<u64>, modified: u64) -> Candidate {
+        let at = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        Candidate {
+            token: Token::parse(&format!("{source:?}")).unwrap(),
+            source,
+            claims: Claims {
+                iat: iat.map(at),
+                ..Claims::default()
+            },
+            modified: Some(at(modified)),
+            confirmed_at: None,
+            session_started_at: None,
+        }
+    }
+
+    #[test]
+    fn newest_by_iat_then_file_time() {
+        let pick = |c: Vec<Candidate>| choose(c).unwrap().source;
+        assert_eq!(pick(vec![cand(Source::File, Some(10), 99), cand(Source::StateFile, Some(20), 1)]), Source::StateFile);
+        assert_eq!(pick(vec![cand(Source::File, Some(30), 1), cand(Source::StateFile, Some(20), 99)]), Source::File);
+        assert_eq!(pick(vec![cand(Source::File, None, 5), cand(Source::StateFile, None, 9)]), Source::StateFile);
+        assert_eq!(pick(vec![cand(Source::File, None, 9), cand(Source::StateFile, Some(1), 5)]), Source::File);
+        assert!(choose(Vec::new()).is_none());
+    }
+
+    #[tokio::test]
+    async fn file_watch_reports_stable_new_content_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "first\n").unwrap();
+        let mut watch = FileWatch::new(path.clone(), Some(&Token::parse("first").unwrap()));
+        assert!(watch.poll().await.is_none());
+        std::fs::write(&path, "second\n").unwrap();
+        assert!(watch.poll().await.is_none(), "needs to be seen twice");
+        assert_eq!(watch.poll().await.unwrap().unwrap().expose(), "second");
+        assert!(watch.poll().await.is_none(), "never re-adopted");
+        std::fs::write(&path, " \n").unwrap();
+        watch.poll().await;
+        assert_eq!(watch.poll().await.unwrap(), Err(TokenError::Empty));
+    }
+}

@@ -1,0 +1,110 @@
+//! The state file: every refreshed token persisted atomically (temporary file, fsync, rename, fsync of the
+//! directory) with mode 0600, before it is put in the cell; read first at start.
+
+use std::{
+    io::Write,
+    os::unix::fs::OpenOptionsExt,
+    path::Path,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::secret::Token;
+
+/// What is persisted.
+#[derive(Debug, Clone)]
+pub struct Persisted {
+    pub token: Token,
+    /// When the upstream last confirmed the token (its revoke deadline counts from here).
+    pub confirmed_at: SystemTime,
+    pub session_started_at: Option<SystemTime>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Record {
+    token: String,
+    confirmed_at_ms: u64,
+    session_started_at_ms: Option<u64>,
+}
+
+fn ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn at(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// Write atomically and durably, mode 0600. Blocking: call from `spawn_blocking`.
+pub fn write(path: &Path, state: &Persisted) -> std::io::Result<()> {
+    let record = Record {
+        token: state.token.expose().to_owned(),
+        confirmed_at_ms: ms(state.confirmed_at),
+        session_started_at_ms: state.session_started_at.map(ms),
+    };
+    let json = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(&json)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Read the state file. `Ok(None)` when there is none. A file holding a bare token (written by hand) works too.
+pub fn read(path: &Path) -> Result<Option<Persisted>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let modified = std::fs::metadata(path).and_then(|m| m.modified()).unwrap_or(UNIX_EPOCH);
+    let (token, confirmed_at, session_started_at) = match serde_json::from_str::<Record>(&text) {
+        Ok(r) => (r.token, at(r.confirmed_at_ms), r.session_started_at_ms.map(at)),
+        Err(_) => (text, modified, None),
+    };
+    let token = Token::parse(&token).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(Some(Persisted {
+        token,
+        confirmed_at,
+        session_started_at,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn round_trip_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token.state");
+        let state = Persisted {
+            token: Token::parse("abc.def.ghi").unwrap(),
+            confirmed_at: at(1_700_000_000_000),
+            session_started_at: Some(at(1_699_990_000_000)),
+        };
+        write(&path, &state).unwrap();
+        write(&path, &state).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let back = read(&path).unwrap().unwrap();
+        assert_eq!(back.token, state.token);
+        assert_eq!(back.confirmed_at, state.confirmed_at);
+        assert_eq!(back.session_started_at, state.session_started_at);
+        assert!(read(&dir.path().join("none")).unwrap().is_none());
+        std::fs::write(&path, "bare-token\n").unwrap();
+        assert_eq!(read(&path).unwrap().unwrap().token.expose(), "bare-token");
+    }
+}
