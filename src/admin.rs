@@ -115,7 +115,8 @@ async fn refresh(State(state): State<Arc<AdminState>>) -> Response {
             );
             body.endpoint_url = Some("/refresh".into());
             body.build_version = Some(env!("CARGO_PKG_VERSION").into());
-            body.extra.insert("token".into(), token_json(&token::snapshot(&state.token)));
+            body.extra
+                .insert("token".into(), token_json(&token::snapshot(&state.token)));
             json_response(status, body.to_json())
         }
     }
@@ -123,7 +124,11 @@ async fn refresh(State(state): State<Arc<AdminState>>) -> Response {
 
 async fn quit(State(state): State<Arc<AdminState>>) -> Response {
     if let Some(quit) = &state.quit {
-        tracing::info!(event = "shutdown_signal", signal = "quitquitquit", "shutting down gracefully");
+        tracing::info!(
+            event = "shutdown_signal",
+            signal = "quitquitquit",
+            "shutting down gracefully"
+        );
         quit.advance(Phase::Draining);
     }
     Json(serde_json::json!({"shutting_down": true})).into_response()

@@ -98,7 +98,12 @@ pub async fn run(cfg: Config, listeners: Listeners, signal: impl Future<Output =
     );
     let metrics = Arc::new(Metrics::new());
     let cell = TokenCell::new();
-    let (mut refresher, refresh) = Refresher::new(token::settings(&cfg.token), cell.clone(), refresh_client, metrics.clone());
+    let (mut refresher, refresh) = Refresher::new(
+        token::settings(&cfg.token),
+        cell.clone(),
+        refresh_client,
+        metrics.clone(),
+    );
     if let Some(candidate) = token::initial_candidate(&cfg.token) {
         refresher.adopt_initial(candidate);
     }
@@ -130,11 +135,21 @@ pub async fn run(cfg: Config, listeners: Listeners, signal: impl Future<Output =
     let refresher_stop = admin_phase.signal();
     let refresher = tokio::spawn(refresher.run(async move { refresher_stop.reached(Phase::Stopping).await }));
     let proxy_router = proxy::router(proxy_state);
-    let mut proxies = vec![tokio::spawn(serve(listeners.proxy, proxy_router.clone(), limits, proxy_phase.clone()))];
+    let mut proxies = vec![tokio::spawn(serve(
+        listeners.proxy,
+        proxy_router.clone(),
+        limits,
+        proxy_phase.clone(),
+    ))];
     if let Some(unix) = listeners.unix {
         proxies.push(tokio::spawn(serve(unix, proxy_router, limits, proxy_phase.clone())));
     }
-    let admin_server = tokio::spawn(serve(listeners.admin, admin::router(admin_state), limits, admin_phase.clone()));
+    let admin_server = tokio::spawn(serve(
+        listeners.admin,
+        admin::router(admin_state),
+        limits,
+        admin_phase.clone(),
+    ));
     tracing::info!(
         event = "started",
         version = env!("CARGO_PKG_VERSION"),
@@ -151,15 +166,24 @@ pub async fn run(cfg: Config, listeners: Listeners, signal: impl Future<Output =
         () = quit.reached(Phase::Draining) => {},
     }
     proxy_phase.advance(Phase::Draining);
-    tracing::info!(event = "draining", delay_ms = cfg.shutdown.delay.as_millis() as u64, "not ready; still serving for shutdown.delay");
+    tracing::info!(
+        event = "draining",
+        delay_ms = cfg.shutdown.delay.as_millis() as u64,
+        "not ready; still serving for shutdown.delay"
+    );
     tokio::time::sleep(cfg.shutdown.delay).await;
     // Draining → stopping: close the listeners, let in-flight requests finish within the grace.
     proxy_phase.advance(Phase::Stopping);
     let drained = tokio::time::timeout(cfg.shutdown.grace, futures_util::future::join_all(proxies)).await;
     let result = match drained {
-        Ok(results) => results.into_iter().try_for_each(|r| r.map_err(|e| AppError::Task(e.to_string()))),
+        Ok(results) => results
+            .into_iter()
+            .try_for_each(|r| r.map_err(|e| AppError::Task(e.to_string()))),
         Err(_) => {
-            tracing::warn!(event = "grace_expired", "shutdown.grace passed with requests still in flight; closing them");
+            tracing::warn!(
+                event = "grace_expired",
+                "shutdown.grace passed with requests still in flight; closing them"
+            );
             Ok(())
         }
     };

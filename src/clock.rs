@@ -39,7 +39,11 @@ pub fn parse_timestamp(v: &serde_json::Value) -> Option<SystemTime> {
     if !number.is_finite() || number < 0.0 {
         return None;
     }
-    let ms = if number < SECONDS_BELOW { number * 1000.0 } else { number };
+    let ms = if number < SECONDS_BELOW {
+        number * 1000.0
+    } else {
+        number
+    };
     if ms >= 9.0e15 {
         return None;
     }

@@ -50,7 +50,10 @@ fn main() -> ExitCode {
             if runtime.block_on(wait::until_ready(&admin, timeout)) {
                 ExitCode::SUCCESS
             } else {
-                eprintln!("issettled-proxy wait: {admin} was not ready within {}", humantime::format_duration(timeout));
+                eprintln!(
+                    "issettled-proxy wait: {admin} was not ready within {}",
+                    humantime::format_duration(timeout)
+                );
                 ExitCode::from(1)
             }
         }

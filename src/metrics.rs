@@ -128,44 +128,105 @@ impl Metrics {
     pub fn render(&self, gauges: &TokenGauges) -> String {
         let mut out = String::with_capacity(4096);
         let w = &mut out;
-        header(w, "requests_total", "counter", "Requests answered on the proxy port, by method and status.");
+        header(
+            w,
+            "requests_total",
+            "counter",
+            "Requests answered on the proxy port, by method and status.",
+        );
         for (m, method) in METHODS.iter().enumerate() {
             for s in 0..STATUSES {
                 let n = self.requests[m * STATUSES + s].load(Relaxed);
                 if n > 0 {
-                    let _ = writeln!(w, "issettled_proxy_requests_total{{method=\"{method}\",status=\"{}\"}} {n}", s + 100);
+                    let _ = writeln!(
+                        w,
+                        "issettled_proxy_requests_total{{method=\"{method}\",status=\"{}\"}} {n}",
+                        s + 100
+                    );
                 }
             }
         }
-        header(w, "request_duration_seconds", "histogram", "Time from request to response head on the proxy port.");
+        header(
+            w,
+            "request_duration_seconds",
+            "histogram",
+            "Time from request to response head on the proxy port.",
+        );
         let mut cumulative = 0;
         for (i, bound) in BUCKETS.iter().enumerate() {
             cumulative += self.buckets[i].load(Relaxed);
-            let _ = writeln!(w, "issettled_proxy_request_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}");
+            let _ = writeln!(
+                w,
+                "issettled_proxy_request_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+            );
         }
         let count = self.duration_count.load(Relaxed);
-        let _ = writeln!(w, "issettled_proxy_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            w,
+            "issettled_proxy_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
         let sum = self.duration_sum_micros.load(Relaxed) as f64 / 1e6;
         let _ = writeln!(w, "issettled_proxy_request_duration_seconds_sum {sum}");
         let _ = writeln!(w, "issettled_proxy_request_duration_seconds_count {count}");
-        header(w, "upstream_errors_total", "counter", "Upstream faults answered with a proxy error, by code.");
+        header(
+            w,
+            "upstream_errors_total",
+            "counter",
+            "Upstream faults answered with a proxy error, by code.",
+        );
         for (i, code) in UPSTREAM_CODES.iter().enumerate() {
-            let _ = writeln!(w, "issettled_proxy_upstream_errors_total{{code=\"{code}\"}} {}", self.upstream_errors[i].load(Relaxed));
+            let _ = writeln!(
+                w,
+                "issettled_proxy_upstream_errors_total{{code=\"{code}\"}} {}",
+                self.upstream_errors[i].load(Relaxed)
+            );
         }
-        header(w, "token_refresh_total", "counter", "Token refresh attempts and file adoptions, by result.");
+        header(
+            w,
+            "token_refresh_total",
+            "counter",
+            "Token refresh attempts and file adoptions, by result.",
+        );
         for (i, result) in REFRESH_RESULTS.iter().enumerate() {
-            let _ = writeln!(w, "issettled_proxy_token_refresh_total{{result=\"{result}\"}} {}", self.refreshes[i].load(Relaxed));
+            let _ = writeln!(
+                w,
+                "issettled_proxy_token_refresh_total{{result=\"{result}\"}} {}",
+                self.refreshes[i].load(Relaxed)
+            );
         }
-        gauge(w, "token_ready", "1 while a usable token is held and the proxy is not shutting down.", Some(f64::from(u8::from(gauges.ready))));
-        gauge(w, "token_revoke_deadline_seconds", "Seconds until the upstream revokes the token unless it is refreshed.", gauges.revoke_deadline_seconds);
-        gauge(w, "token_session_remaining_seconds", "Seconds until the administrator-issued token session ends.", gauges.session_remaining_seconds);
-        gauge(w, "in_flight_requests", "Requests being answered on the proxy port.", Some(self.in_flight.load(Relaxed) as f64));
+        gauge(
+            w,
+            "token_ready",
+            "1 while a usable token is held and the proxy is not shutting down.",
+            Some(f64::from(u8::from(gauges.ready))),
+        );
+        gauge(
+            w,
+            "token_revoke_deadline_seconds",
+            "Seconds until the upstream revokes the token unless it is refreshed.",
+            gauges.revoke_deadline_seconds,
+        );
+        gauge(
+            w,
+            "token_session_remaining_seconds",
+            "Seconds until the administrator-issued token session ends.",
+            gauges.session_remaining_seconds,
+        );
+        gauge(
+            w,
+            "in_flight_requests",
+            "Requests being answered on the proxy port.",
+            Some(self.in_flight.load(Relaxed) as f64),
+        );
         out
     }
 }
 
 fn header(w: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(w, "# HELP issettled_proxy_{name} {help}\n# TYPE issettled_proxy_{name} {kind}");
+    let _ = writeln!(
+        w,
+        "# HELP issettled_proxy_{name} {help}\n# TYPE issettled_proxy_{name} {kind}"
+    );
 }
 
 fn gauge(w: &mut String, name: &str, help: &str, value: Option<f64>) {
@@ -189,7 +250,9 @@ mod tests {
         m.token_refresh("success");
         {
             let _g = m.in_flight();
-            assert!(m.render(&TokenGauges::default()).contains("issettled_proxy_in_flight_requests 1"));
+            assert!(m
+                .render(&TokenGauges::default())
+                .contains("issettled_proxy_in_flight_requests 1"));
         }
         let text = m.render(&TokenGauges {
             ready: true,

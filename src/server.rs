@@ -71,7 +71,9 @@ pub async fn serve<A: Accept>(
     limits: Limits,
     stop: ShutdownSignal,
 ) -> impl Future<Output = ()> {
-    let max = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+    let max = limits
+        .max_connections
+        .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
     let slots = Arc::new(Semaphore::new(max));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().max_headers(PARSER_MAX_HEADERS);
@@ -91,7 +93,14 @@ pub async fn serve<A: Accept>(
         };
         match accepted {
             Ok(io) => {
-                tokio::spawn(connection(io, router.clone(), builder.clone(), limits, stop.clone(), permit));
+                tokio::spawn(connection(
+                    io,
+                    router.clone(),
+                    builder.clone(),
+                    limits,
+                    stop.clone(),
+                    permit,
+                ));
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off briefly instead of spinning.

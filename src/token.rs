@@ -138,7 +138,11 @@ pub fn initial_candidate(cfg: &TokenConfig) -> Option<Candidate> {
             session_started_at: None,
         }),
         Ok(None) => {
-            tracing::warn!(event = "token_missing", "token.file {} does not exist (yet)", path.display());
+            tracing::warn!(
+                event = "token_missing",
+                "token.file {} does not exist (yet)",
+                path.display()
+            );
             None
         }
         Err(e) => {
@@ -149,7 +153,11 @@ pub fn initial_candidate(cfg: &TokenConfig) -> Option<Candidate> {
     let configured = configured.or_else(|| {
         let env = cfg.env.as_ref()?;
         let Some(token) = env.value.clone() else {
-            tracing::warn!(event = "token_missing", "token.env {} is not set or not a usable token", env.name);
+            tracing::warn!(
+                event = "token_missing",
+                "token.env {} is not set or not a usable token",
+                env.name
+            );
             return None;
         };
         usable(token, "token.env").map(|(token, claims)| Candidate {

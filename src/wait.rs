@@ -10,6 +10,7 @@ const POLL: Duration = Duration::from_millis(100);
 
 /// True as soon as `{admin}/readyz` answers 200; false when `timeout` passes first.
 pub async fn until_ready(admin: &str, timeout: Duration) -> bool {
+    crate::proxy::client::install_crypto_provider();
     let url = format!("{}/readyz", admin.trim_end_matches('/'));
     let Ok(client) = reqwest::Client::builder()
         .no_proxy()

@@ -15,7 +15,11 @@ fn list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
     }
     Ok(match OneOrMany::deserialize(d)? {
         OneOrMany::Many(v) => v,
-        OneOrMany::One(s) => s.split(',').map(|p| p.trim().to_owned()).filter(|p| !p.is_empty()).collect(),
+        OneOrMany::One(s) => s
+            .split(',')
+            .map(|p| p.trim().to_owned())
+            .filter(|p| !p.is_empty())
+            .collect(),
     })
 }
 

@@ -6,7 +6,8 @@ use super::Config;
 /// Render the effective configuration. The token itself is never printed.
 pub fn render_effective(config: &Config) -> String {
     let body = toml::to_string_pretty(&config.raw).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
-    let mut out = String::from("# effective configuration of issettled-proxy (file + ISSETTLED_PROXY__* environment)\n");
+    let mut out =
+        String::from("# effective configuration of issettled-proxy (file + ISSETTLED_PROXY__* environment)\n");
     if let Some(env) = &config.token.env {
         let what = match &env.value {
             Some(token) => format!("set, {}", token.fingerprint()),

@@ -40,7 +40,10 @@ fn minimal_file_takes_defaults() {
 fn environment_overrides_file_including_lists() {
     let e = env(&[
         ("ISSETTLED_PROXY__UPSTREAM__BASE_URL", "http://127.0.0.1:9999"),
-        ("ISSETTLED_PROXY__POLICY__ALLOWED_PATH_PREFIXES", "/payments,/digital-accounts"),
+        (
+            "ISSETTLED_PROXY__POLICY__ALLOWED_PATH_PREFIXES",
+            "/payments,/digital-accounts",
+        ),
         ("ISSETTLED_PROXY__TOKEN__REFRESH_INTERVAL", "1s"),
         ("ISSETTLED_PROXY__LISTEN__MAX_CONNECTIONS", "7"),
     ]);
@@ -67,12 +70,32 @@ fn bad_values_name_their_key() {
         ("ISSETTLED_PROXY__LISTEN__IDLE_TIMEOUT", "soon", "listen.idle_timeout"),
         ("ISSETTLED_PROXY__LISTEN__ADDRESS", "nowhere", "listen.address"),
         ("ISSETTLED_PROXY__UPSTREAM__BASE_URL", "ftp://x", "upstream.base_url"),
-        ("ISSETTLED_PROXY__UPSTREAM__BASE_URL", "https://h/a/../b", "upstream.base_url"),
-        ("ISSETTLED_PROXY__TOKEN__REFRESH_INTERVAL", "20m", "token.refresh_interval"),
-        ("ISSETTLED_PROXY__POLICY__INBOUND_AUTHORIZATION", "keep", "policy.inbound_authorization"),
-        ("ISSETTLED_PROXY__POLICY__ALLOWED_PATH_PREFIXES", "payments", "policy.allowed_path_prefixes"),
+        (
+            "ISSETTLED_PROXY__UPSTREAM__BASE_URL",
+            "https://h/a/../b",
+            "upstream.base_url",
+        ),
+        (
+            "ISSETTLED_PROXY__TOKEN__REFRESH_INTERVAL",
+            "20m",
+            "token.refresh_interval",
+        ),
+        (
+            "ISSETTLED_PROXY__POLICY__INBOUND_AUTHORIZATION",
+            "keep",
+            "policy.inbound_authorization",
+        ),
+        (
+            "ISSETTLED_PROXY__POLICY__ALLOWED_PATH_PREFIXES",
+            "payments",
+            "policy.allowed_path_prefixes",
+        ),
         ("ISSETTLED_PROXY__LOG__FORMAT", "xml", "log.format"),
-        ("ISSETTLED_PROXY__UPSTREAM__CA_FILE", "/nonexistent/ca.pem", "upstream.ca_file"),
+        (
+            "ISSETTLED_PROXY__UPSTREAM__CA_FILE",
+            "/nonexistent/ca.pem",
+            "upstream.ca_file",
+        ),
     ];
     for (k, v, key) in cases {
         assert_eq!(err_key(load(Source::Toml(MINIMAL), &env(&[(k, v)]))), key, "{k}={v}");

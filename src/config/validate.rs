@@ -20,8 +20,12 @@ fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
 }
 
 fn duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| invalid(key, format!("`{text}` is not a duration like \"500ms\", \"30s\", \"10m\": {e}")))
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        invalid(
+            key,
+            format!("`{text}` is not a duration like \"500ms\", \"30s\", \"10m\": {e}"),
+        )
+    })
 }
 
 fn positive(key: &str, text: &str) -> Result<Duration, ConfigError> {
@@ -56,7 +60,10 @@ fn method(key: &str, text: &str) -> Result<Method, ConfigError> {
 }
 
 fn methods(key: &str, list: &[String]) -> Result<Vec<Method>, ConfigError> {
-    list.iter().filter(|m| !m.trim().is_empty()).map(|m| method(key, m)).collect()
+    list.iter()
+        .filter(|m| !m.trim().is_empty())
+        .map(|m| method(key, m))
+        .collect()
 }
 
 fn non_empty(list: &[String]) -> impl Iterator<Item = &str> {
@@ -71,7 +78,10 @@ pub(crate) fn base_url(text: &str) -> Result<BaseUrl, ConfigError> {
         return Err(invalid(KEY, "required (for example \"https://api.issettled.example\")"));
     }
     let uri = Uri::from_str(text).map_err(|e| invalid(KEY, format!("`{text}` is not a URL: {e}")))?;
-    let scheme = uri.scheme().cloned().ok_or_else(|| invalid(KEY, "must start with https:// or http://"))?;
+    let scheme = uri
+        .scheme()
+        .cloned()
+        .ok_or_else(|| invalid(KEY, "must start with https:// or http://"))?;
     if scheme != http::uri::Scheme::HTTPS && scheme != http::uri::Scheme::HTTP {
         return Err(invalid(KEY, "must start with https:// or http://"));
     }
@@ -84,7 +94,10 @@ pub(crate) fn base_url(text: &str) -> Result<BaseUrl, ConfigError> {
     }
     let prefix = uri.path().trim_end_matches('/').to_owned();
     if crate::proxy::policy::check_path(if prefix.is_empty() { "/" } else { &prefix }).is_err() {
-        return Err(invalid(KEY, "path prefix must not contain dot-segments, backslashes or `//`"));
+        return Err(invalid(
+            KEY,
+            "path prefix must not contain dot-segments, backslashes or `//`",
+        ));
     }
     Ok(BaseUrl {
         scheme,
@@ -139,7 +152,10 @@ fn token(f: &super::file::Token, env: &HashMap<String, String>) -> Result<TokenC
     let file = optional_path(&f.file);
     let env_name = f.env.trim();
     if file.is_none() && env_name.is_empty() {
-        return Err(invalid("token.file", "set token.file or token.env (or both: file wins)"));
+        return Err(invalid(
+            "token.file",
+            "set token.file or token.env (or both: file wins)",
+        ));
     }
     let env_token = (!env_name.is_empty()).then(|| EnvToken {
         name: env_name.to_owned(),
@@ -183,7 +199,10 @@ fn policy(f: &super::file::Policy) -> Result<PolicyConfig, ConfigError> {
             return Err(invalid(PREFIXES, format!("`{p}` must start with `/`")));
         }
         if crate::proxy::policy::check_path(p).is_err() {
-            return Err(invalid(PREFIXES, format!("`{p}` has dot-segments, backslashes or `//`")));
+            return Err(invalid(
+                PREFIXES,
+                format!("`{p}` has dot-segments, backslashes or `//`"),
+            ));
         }
         allowed_path_prefixes.push(p.trim_end_matches('/').to_owned());
     }
@@ -214,7 +233,12 @@ fn log(f: &super::file::Log) -> Result<LogConfig, ConfigError> {
     let format = match f.format.trim() {
         "json" => LogFormat::Json,
         "pretty" => LogFormat::Pretty,
-        other => return Err(invalid("log.format", format!("`{other}`: expected \"json\" or \"pretty\""))),
+        other => {
+            return Err(invalid(
+                "log.format",
+                format!("`{other}`: expected \"json\" or \"pretty\""),
+            ))
+        }
     };
     let level = f.level.trim().to_owned();
     tracing_subscriber::EnvFilter::try_new(&level)

@@ -26,11 +26,17 @@ const ALIASES: [(&str, &[&str]); 9] = [
     ("code", &["code", "errorCode", "error_code"]),
     ("endpoint_url", &["endpoint_url", "endpointUrl", "endpointURL"]),
     ("long_message", &["long_message", "longMessage"]),
-    ("member_identification", &["member_identification", "memberIdentification"]),
+    (
+        "member_identification",
+        &["member_identification", "memberIdentification"],
+    ),
     ("service_name", &["service_name", "serviceName"]),
     ("short_message", &["short_message", "shortMessage"]),
     ("timestamp", &["timestamp"]),
-    ("troubleshooting_id", &["troubleshooting_id", "troubleshootingId", "troubleshootingID"]),
+    (
+        "troubleshooting_id",
+        &["troubleshooting_id", "troubleshootingId", "troubleshootingID"],
+    ),
 ];
 
 /// Normalize an upstream error. Never panics, for any bytes.

@@ -32,9 +32,15 @@ fn invalid(key: &str, reason: String) -> ConfigError {
     }
 }
 
+/// Make ring the process-wide rustls provider (for reqwest clients built without a configuration). Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// The TLS configuration from `[upstream]`. A CA file or client certificate that cannot be used is a
 /// configuration error naming its key.
 pub fn tls_config(cfg: &UpstreamConfig) -> Result<ClientConfig, ConfigError> {
+    install_crypto_provider();
     let mut roots = RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     let (added, _) = roots.add_parsable_certificates(native.certs);
@@ -51,27 +57,38 @@ pub fn tls_config(cfg: &UpstreamConfig) -> Result<ClientConfig, ConfigError> {
                 .map_err(|e| invalid("upstream.ca_file", format!("unusable certificate: {e}")))?;
         }
     } else if added == 0 {
-        tracing::warn!("no system CA certificates found and upstream.ca_file is not set: TLS to the upstream will fail");
+        tracing::warn!(
+            "no system CA certificates found and upstream.ca_file is not set: TLS to the upstream will fail"
+        );
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| invalid("upstream.base_url", format!("TLS setup failed: {e}")))?
         .with_root_certificates(roots);
-    let mut config = match (&cfg.client_cert_file, &cfg.client_key_file) {
+    let config = match (&cfg.client_cert_file, &cfg.client_key_file) {
         (Some(cert), Some(key)) => {
             let chain = CertificateDer::pem_file_iter(cert)
                 .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| invalid("upstream.client_cert_file", format!("cannot read PEM certificates: {e}")))?;
-            let key = PrivateKeyDer::from_pem_file(key)
-                .map_err(|e| invalid("upstream.client_key_file", format!("cannot read a PEM private key: {e}")))?;
+                .map_err(|e| {
+                    invalid(
+                        "upstream.client_cert_file",
+                        format!("cannot read PEM certificates: {e}"),
+                    )
+                })?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+                invalid(
+                    "upstream.client_key_file",
+                    format!("cannot read a PEM private key: {e}"),
+                )
+            })?;
             builder
                 .with_client_auth_cert(chain, key)
                 .map_err(|e| invalid("upstream.client_cert_file", format!("unusable client certificate: {e}")))?
         }
         _ => builder.with_no_client_auth(),
     };
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // ALPN is left empty: hyper-rustls fills it from the enabled versions, `refresh_client` sets its own.
     Ok(config)
 }
 
@@ -97,7 +114,8 @@ pub fn upstream_client(cfg: &UpstreamConfig, tls: ClientConfig) -> UpstreamClien
 }
 
 /// The refresh client.
-pub fn refresh_client(cfg: &UpstreamConfig, tls: ClientConfig) -> Result<reqwest::Client, ConfigError> {
+pub fn refresh_client(cfg: &UpstreamConfig, mut tls: ClientConfig) -> Result<reqwest::Client, ConfigError> {
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .no_proxy()

@@ -127,7 +127,11 @@ async fn handle(
         return Ok(Response::from_parts(head, Body::new(incoming)));
     }
     let bytes = read_bounded(incoming, deadline).await;
-    let clean = scrub::scrub_bytes(&bytes, used.token().expose().as_bytes(), used.token().fingerprint().as_bytes());
+    let clean = scrub::scrub_bytes(
+        &bytes,
+        used.token().expose().as_bytes(),
+        used.token().fingerprint().as_bytes(),
+    );
     let fill = Fill {
         endpoint_url: path,
         member_id: state.rules.member_id.as_deref(),
@@ -141,7 +145,12 @@ async fn handle(
 fn error_response(mut head: http::response::Parts, body: &[u8], fill: &Fill<'_>) -> Response {
     let normalized = normalize(head.status, body, fill);
     let mut response = json_response(head.status, normalized.to_json());
-    for name in [header::CONTENT_TYPE, header::CONTENT_LENGTH, header::CONTENT_ENCODING, header::ETAG] {
+    for name in [
+        header::CONTENT_TYPE,
+        header::CONTENT_LENGTH,
+        header::CONTENT_ENCODING,
+        header::ETAG,
+    ] {
         head.headers.remove(name);
     }
     let (mut parts, body) = response.into_parts();
@@ -158,7 +167,9 @@ fn check(state: &ProxyState, parts: &Parts) -> Result<(), ProxyError> {
     let rules = &state.rules;
     let mut hosts = parts.headers.get_all(header::HOST).iter();
     let host = match (hosts.next(), hosts.next()) {
-        (Some(h), None) => h.to_str().map_err(|_| ProxyError::BadRequest("the Host header is not valid"))?,
+        (Some(h), None) => h
+            .to_str()
+            .map_err(|_| ProxyError::BadRequest("the Host header is not valid"))?,
         (None, None) => parts
             .uri
             .authority()
@@ -181,12 +192,18 @@ fn check(state: &ProxyState, parts: &Parts) -> Result<(), ProxyError> {
     }
     policy::header_limits(&parts.headers).map_err(ProxyError::HeadersTooLarge)?;
     let path = parts.uri.path();
-    policy::check_path(path).map_err(|_| ProxyError::BadRequest("the path is not allowed: dot-segments, backslashes, encoded separators and `//` are refused"))?;
+    policy::check_path(path).map_err(|_| {
+        ProxyError::BadRequest(
+            "the path is not allowed: dot-segments, backslashes, encoded separators and `//` are refused",
+        )
+    })?;
     if !policy::prefix_allowed(path, &rules.allowed_path_prefixes) {
         return Err(ProxyError::EndpointNotPermitted);
     }
     if rules.inbound_authorization == InboundAuthorization::Reject && headers::has_app_credentials(&parts.headers) {
-        return Err(ProxyError::BadRequest("the app sent an Authorization header (policy.inbound_authorization = \"reject\")"));
+        return Err(ProxyError::BadRequest(
+            "the app sent an Authorization header (policy.inbound_authorization = \"reject\")",
+        ));
     }
     Ok(())
 }
@@ -201,12 +218,19 @@ fn limit_body(body: Body, headers: &HeaderMap, max: u64) -> Result<Body, ProxyEr
         Some(Some(_)) => Ok(body),
         Some(None) => Err(ProxyError::BadRequest("the Content-Length header is not a number")),
         None if body.is_end_stream() => Ok(body),
-        None => Ok(Body::new(Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX)))),
+        None => Ok(Body::new(Limited::new(
+            body,
+            usize::try_from(max).unwrap_or(usize::MAX),
+        ))),
     }
 }
 
 /// Send one request, bounded by the deadline.
-async fn send(state: &ProxyState, req: http::Request<Body>, deadline: Instant) -> Result<http::Response<Incoming>, ProxyError> {
+async fn send(
+    state: &ProxyState,
+    req: http::Request<Body>,
+    deadline: Instant,
+) -> Result<http::Response<Incoming>, ProxyError> {
     match tokio::time::timeout_at(deadline, state.client.request(req)).await {
         Err(_) => Err(ProxyError::UpstreamTimeout),
         Ok(Ok(response)) => Ok(response),
@@ -253,7 +277,10 @@ async fn after_401(state: &ProxyState, used: &Arc<Current>, wait: bool) -> Optio
 /// Replace an echoed token in response headers by its fingerprint.
 fn scrub_headers(headers: &mut HeaderMap, used: &Current) {
     let secret = used.token().expose().as_bytes();
-    if headers.values().any(|v| memchr::memmem::find(v.as_bytes(), secret).is_some()) {
+    if headers
+        .values()
+        .any(|v| memchr::memmem::find(v.as_bytes(), secret).is_some())
+    {
         scrub::scrub_headers(headers, secret, used.token().fingerprint().as_bytes());
     }
 }

@@ -98,7 +98,10 @@ fn percent_decode(input: &[u8]) -> Result<Vec<u8>, PathError> {
 pub fn prefix_allowed(path: &str, prefixes: &[String]) -> bool {
     prefixes.is_empty()
         || prefixes.iter().any(|p| {
-            p.is_empty() || path.strip_prefix(p.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            p.is_empty()
+                || path
+                    .strip_prefix(p.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
         })
 }
 

@@ -50,7 +50,10 @@ mod tests {
     fn concatenates_prefix_path_and_query() {
         let t = target("https://api.example/v1/");
         let pq = PathAndQuery::from_static("/payments/7?expand=true");
-        assert_eq!(t.uri(Some(&pq)).unwrap(), "https://api.example/v1/payments/7?expand=true");
+        assert_eq!(
+            t.uri(Some(&pq)).unwrap(),
+            "https://api.example/v1/payments/7?expand=true"
+        );
         assert_eq!(t.uri(None).unwrap(), "https://api.example/v1/");
     }
 

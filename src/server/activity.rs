@@ -160,7 +160,11 @@ mod tests {
         let a = std::sync::Arc::new(Activity::new());
         let (head, idle) = (Duration::from_secs(10), Duration::from_secs(60));
         tokio::time::advance(Duration::from_secs(11)).await;
-        assert_eq!(a.verdict(head, idle), Verdict::HeaderTimeout, "a new connection that sends nothing");
+        assert_eq!(
+            a.verdict(head, idle),
+            Verdict::HeaderTimeout,
+            "a new connection that sends nothing"
+        );
         drop(a.begin());
         a.read();
         tokio::time::advance(Duration::from_secs(5)).await;

@@ -103,12 +103,36 @@ impl Unusable {
     }
 }
 
+/// What a token is adopted with; [`Current::new`] derives the rest.
+#[derive(Debug)]
+pub struct Adoption {
+    pub token: Token,
+    pub generation: u64,
+    pub source: Source,
+    pub claims: Claims,
+    /// Expiry stated by the refresh response (used when the token has no `exp`).
+    pub expires_at: Option<SystemTime>,
+    /// When the upstream last confirmed the token.
+    pub confirmed: Stamp,
+    pub revoke_after: Duration,
+    pub session_expires_at: SystemTime,
+}
+
 // === impl Current ===
 
 impl Current {
     /// Derive everything once.
-    pub fn new(token: Token, generation: u64, source: Source, claims: Claims, expires_at: Option<SystemTime>,
-               confirmed: Stamp, revoke_after: Duration, session_expires_at: SystemTime) -> Self {
+    pub fn new(a: Adoption) -> Self {
+        let Adoption {
+            token,
+            generation,
+            source,
+            claims,
+            expires_at,
+            confirmed,
+            revoke_after,
+            session_expires_at,
+        } = a;
         let now = Stamp::now();
         Self {
             header: token.bearer_header(),

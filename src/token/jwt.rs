@@ -79,7 +79,15 @@ mod tests {
 
     #[test]
     fn opaque_and_malformed_tokens_have_no_claims() {
-        for t in ["opaque", "a.b", "a.b.c.d", "x.!!!.y", &jwt("[1]"), &jwt(r#"{"exp":"soon"}"#), &jwt(r#"{"exp":-1}"#)] {
+        for t in [
+            "opaque",
+            "a.b",
+            "a.b.c.d",
+            "x.!!!.y",
+            &jwt("[1]"),
+            &jwt(r#"{"exp":"soon"}"#),
+            &jwt(r#"{"exp":-1}"#),
+        ] {
             assert_eq!(claims(t).exp, None, "{t}");
         }
     }

@@ -12,7 +12,10 @@ use super::secret::{Token, TokenError};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Refreshed {
     /// A new token, with the expiry the response stated (if any).
-    New { token: Token, expires_at: Option<SystemTime> },
+    New {
+        token: Token,
+        expires_at: Option<SystemTime>,
+    },
     /// 200/204 without a token: the current token stays and counts as refreshed.
     Kept,
 }
@@ -65,7 +68,11 @@ pub fn parse_refresh_response(status: StatusCode, body: &[u8], now: SystemTime) 
     let json: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(_) if body.iter().all(u8::is_ascii_whitespace) => return Ok(Refreshed::Kept),
-        Err(_) => return Err(RefreshError::Transient("refresh answered a body that is not JSON".into())),
+        Err(_) => {
+            return Err(RefreshError::Transient(
+                "refresh answered a body that is not JSON".into(),
+            ))
+        }
     };
     for scope in [Some(&json), json.get("data")].into_iter().flatten() {
         let Some(text) = TOKEN_KEYS.iter().find_map(|k| scope.get(*k).and_then(Value::as_str)) else {
@@ -87,7 +94,9 @@ fn expiry(scope: &Value, now: SystemTime) -> Option<SystemTime> {
     }
     let secs = scope.get("expires_in")?;
     let secs = secs.as_f64().or_else(|| secs.as_str()?.trim().parse().ok())?;
-    (secs.is_finite() && secs >= 0.0 && secs < 1e9).then(|| now + std::time::Duration::from_secs_f64(secs))
+    (0.0..1e9)
+        .contains(&secs)
+        .then(|| now + std::time::Duration::from_secs_f64(secs))
 }
 
 /// The real refresh call over reqwest (rustls, no redirects, no proxy variables, time-outs set).
@@ -121,7 +130,11 @@ impl RefreshClient for HttpRefreshClient {
             .map_err(|e| RefreshError::Transient(describe(&e)))?;
         let status = response.status();
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| RefreshError::Transient(describe(&e)))? {
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| RefreshError::Transient(describe(&e)))?
+        {
             if body.len() + chunk.len() > MAX_RESPONSE {
                 return Err(RefreshError::Transient("refresh response body too large".into()));
             }

@@ -10,7 +10,7 @@ use tokio::{
 };
 
 use super::{
-    cell::{Current, Source, Stamp, TokenCell},
+    cell::{Adoption, Current, Source, Stamp, TokenCell},
     refresh::{RefreshClient, RefreshError, Refreshed},
     schedule,
     secret::{fingerprint, Token, TokenError},
@@ -113,7 +113,9 @@ pub struct Refresher<C> {
 
 impl<C> std::fmt::Debug for Refresher<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Refresher").field("failures", &self.failures).finish_non_exhaustive()
+        f.debug_struct("Refresher")
+            .field("failures", &self.failures)
+            .finish_non_exhaustive()
     }
 }
 
@@ -163,16 +165,16 @@ impl<C: RefreshClient> Refresher<C> {
             .unwrap_or(now.wall);
         self.warn_if_skewed(&c.token, &c.claims);
         let generation = self.cell.next_generation();
-        let current = Current::new(
-            c.token,
+        let current = Current::new(Adoption {
+            token: c.token,
             generation,
-            c.source,
-            c.claims,
-            None,
+            source: c.source,
+            claims: c.claims,
+            expires_at: None,
             confirmed,
-            self.settings.revoke_after,
-            session_start + self.settings.session_ttl,
-        );
+            revoke_after: self.settings.revoke_after,
+            session_expires_at: session_start + self.settings.session_ttl,
+        });
         tracing::info!(
             event = "token_adopted",
             source = c.source.as_str(),
@@ -191,10 +193,13 @@ impl<C: RefreshClient> Refresher<C> {
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         if self.cell.load().is_none() {
-            self.cell.update_status(|s| s.last_error = Some("no token loaded".into()));
+            self.cell
+                .update_status(|s| s.last_error = Some("no token loaded".into()));
         }
         loop {
-            let wait = self.due_in(&Stamp::now()).map_or(schedule::POLL, |d| d.min(schedule::POLL));
+            let wait = self
+                .due_in(&Stamp::now())
+                .map_or(schedule::POLL, |d| d.min(schedule::POLL));
             tokio::select! {
                 biased;
                 () = &mut shutdown => return,
@@ -227,9 +232,11 @@ impl<C: RefreshClient> Refresher<C> {
         }
         // Measured from the confirmation on both clocks, like the revoke deadline.
         let since = current.confirmed.elapsed(now);
-        let until_expiry = current
-            .expires_at
-            .map(|exp| exp.duration_since(current.confirmed.wall).unwrap_or_default().saturating_sub(since));
+        let until_expiry = current.expires_at.map(|exp| {
+            exp.duration_since(current.confirmed.wall)
+                .unwrap_or_default()
+                .saturating_sub(since)
+        });
         Some(schedule::refresh_due_in(
             since,
             self.settings.refresh_interval,
@@ -287,7 +294,11 @@ impl<C: RefreshClient> Refresher<C> {
             Ok(current) => {
                 self.failures = 0;
                 self.retry_at = None;
-                let label = if current.generation == old.generation { "unchanged" } else { "success" };
+                let label = if current.generation == old.generation {
+                    "unchanged"
+                } else {
+                    "success"
+                };
                 self.metrics.token_refresh(label);
                 self.cell.update_status(|s| {
                     s.refreshing = false;
@@ -339,16 +350,16 @@ impl<C: RefreshClient> Refresher<C> {
         let session_expires_at = claims
             .auth_time
             .map_or(old.session_expires_at, |t| t + self.settings.session_ttl);
-        let current = Current::new(
+        let current = Current::new(Adoption {
             token,
-            self.cell.next_generation(),
-            Source::Refresh,
+            generation: self.cell.next_generation(),
+            source: Source::Refresh,
             claims,
             expires_at,
-            Stamp::now(),
-            self.settings.revoke_after,
+            confirmed: Stamp::now(),
+            revoke_after: self.settings.revoke_after,
             session_expires_at,
-        );
+        });
         self.persist(&current).await;
         let current = Arc::new(current);
         self.cell.store(Some(current.clone()));
@@ -357,16 +368,16 @@ impl<C: RefreshClient> Refresher<C> {
 
     /// The same token, confirmed now.
     fn confirm(&mut self, old: &Current) -> Arc<Current> {
-        let current = Arc::new(Current::new(
-            old.token().clone(),
-            old.generation,
-            old.source,
-            old.claims,
-            old.expires_at,
-            Stamp::now(),
-            self.settings.revoke_after,
-            old.session_expires_at,
-        ));
+        let current = Arc::new(Current::new(Adoption {
+            token: old.token().clone(),
+            generation: old.generation,
+            source: old.source,
+            claims: old.claims,
+            expires_at: old.expires_at,
+            confirmed: Stamp::now(),
+            revoke_after: self.settings.revoke_after,
+            session_expires_at: old.session_expires_at,
+        }));
         self.cell.store(Some(current.clone()));
         current
     }
@@ -429,7 +440,9 @@ impl<C: RefreshClient> Refresher<C> {
         let (token, claims) = match checked {
             Ok(ok) => ok,
             Err(e) => {
-                let refused_fp = std::fs::read_to_string(watch.path()).map(|t| fingerprint(t.trim())).ok();
+                let refused_fp = std::fs::read_to_string(watch.path())
+                    .map(|t| fingerprint(t.trim()))
+                    .ok();
                 self.log_file_refused(&path, &e, refused_fp, old_fp);
                 return;
             }
@@ -440,16 +453,16 @@ impl<C: RefreshClient> Refresher<C> {
         self.warn_if_skewed(&token, &claims);
         let now = Stamp::now();
         let session_start = claims.auth_time.or(claims.iat).unwrap_or(now.wall);
-        let current = Current::new(
+        let current = Current::new(Adoption {
             token,
-            self.cell.next_generation(),
-            Source::File,
+            generation: self.cell.next_generation(),
+            source: Source::File,
             claims,
-            None,
-            now,
-            self.settings.revoke_after,
-            session_start + self.settings.session_ttl,
-        );
+            expires_at: None,
+            confirmed: now,
+            revoke_after: self.settings.revoke_after,
+            session_expires_at: session_start + self.settings.session_ttl,
+        });
         self.persist(&current).await;
         let current = Arc::new(current);
         self.cell.store(Some(current.clone()));
@@ -501,7 +514,10 @@ impl<C: RefreshClient> Refresher<C> {
 
     fn warn_session(&mut self) {
         let Some(current) = self.cell.load() else { return };
-        let remaining = current.session_expires_at.duration_since(SystemTime::now()).unwrap_or_default();
+        let remaining = current
+            .session_expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
         if let Some(index) = schedule::session_warning_due(remaining, self.warnings_logged) {
             self.warnings_logged = index + 1;
             tracing::warn!(

@@ -42,7 +42,9 @@ pub fn read_file(path: &Path) -> Result<Option<(Token, SystemTime)>, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     };
-    let modified = std::fs::metadata(path).and_then(|m| m.modified()).unwrap_or(SystemTime::now());
+    let modified = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .unwrap_or(SystemTime::now());
     let token = Token::parse(&text).map_err(|e| format!("{}: {e} ({})", path.display(), fingerprint(text.trim())))?;
     Ok(Some((token, modified)))
 }
@@ -61,7 +63,12 @@ pub fn choose(mut candidates: Vec<Candidate>) -> Option<Candidate> {
     // newer than an opaque one only if the opaque one is also older by file time.
     let all_have_times = candidates.iter().all(|c| c.claims.iat.or(c.claims.exp).is_some());
     if !all_have_times {
-        candidates.sort_by_key(|c| (c.modified.unwrap_or(SystemTime::UNIX_EPOCH), c.source == Source::StateFile));
+        candidates.sort_by_key(|c| {
+            (
+                c.modified.unwrap_or(SystemTime::UNIX_EPOCH),
+                c.source == Source::StateFile,
+            )
+        });
     }
     candidates.pop()
 }
@@ -132,10 +139,28 @@ mod tests {
     #[test]
     fn newest_by_iat_then_file_time() {
         let pick = |c: Vec<Candidate>| choose(c).unwrap().source;
-        assert_eq!(pick(vec![cand(Source::File, Some(10), 99), cand(Source::StateFile, Some(20), 1)]), Source::StateFile);
-        assert_eq!(pick(vec![cand(Source::File, Some(30), 1), cand(Source::StateFile, Some(20), 99)]), Source::File);
-        assert_eq!(pick(vec![cand(Source::File, None, 5), cand(Source::StateFile, None, 9)]), Source::StateFile);
-        assert_eq!(pick(vec![cand(Source::File, None, 9), cand(Source::StateFile, Some(1), 5)]), Source::File);
+        assert_eq!(
+            pick(vec![
+                cand(Source::File, Some(10), 99),
+                cand(Source::StateFile, Some(20), 1)
+            ]),
+            Source::StateFile
+        );
+        assert_eq!(
+            pick(vec![
+                cand(Source::File, Some(30), 1),
+                cand(Source::StateFile, Some(20), 99)
+            ]),
+            Source::File
+        );
+        assert_eq!(
+            pick(vec![cand(Source::File, None, 5), cand(Source::StateFile, None, 9)]),
+            Source::StateFile
+        );
+        assert_eq!(
+            pick(vec![cand(Source::File, None, 9), cand(Source::StateFile, Some(1), 5)]),
+            Source::File
+        );
         assert!(choose(Vec::new()).is_none());
     }
 

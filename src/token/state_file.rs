@@ -44,8 +44,14 @@ pub fn write(path: &Path, state: &Persisted) -> std::io::Result<()> {
         session_started_at_ms: state.session_started_at.map(ms),
     };
     let json = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp"));
     {
         let mut file = std::fs::OpenOptions::new()

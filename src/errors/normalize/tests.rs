@@ -46,7 +46,10 @@ fn camel_case_string_seconds_and_extra_fields() {
 fn html_and_empty_bodies_are_filled() {
     let html = b"<html><body>\n<h1>502 Bad Gateway</h1>\r\n</body></html>";
     let out = as_json(&normalize(StatusCode::BAD_GATEWAY, html, &FILL));
-    assert_eq!(out["long_message"], "<html><body> <h1>502 Bad Gateway</h1> </body></html>");
+    assert_eq!(
+        out["long_message"],
+        "<html><body> <h1>502 Bad Gateway</h1> </body></html>"
+    );
     assert_eq!(out["short_message"], "Bad Gateway");
     assert_eq!(out["endpoint_url"], "/payments/7");
     assert_eq!(out["troubleshooting_id"], "req-42");

@@ -26,9 +26,18 @@ fn every_token_field_at_top_level_and_in_data() {
 #[test]
 fn expiry_forms() {
     let secs = |t: Option<SystemTime>| t.unwrap().duration_since(UNIX_EPOCH).unwrap().as_secs();
-    assert_eq!(secs(new_token(200, r#"{"token":"T","expires_in":900}"#).1), 1_700_000_900);
-    assert_eq!(secs(new_token(200, r#"{"token":"T","expires_at":1700000500}"#).1), 1_700_000_500);
-    assert_eq!(secs(new_token(200, r#"{"token":"T","expires_at":1700000500000}"#).1), 1_700_000_500);
+    assert_eq!(
+        secs(new_token(200, r#"{"token":"T","expires_in":900}"#).1),
+        1_700_000_900
+    );
+    assert_eq!(
+        secs(new_token(200, r#"{"token":"T","expires_at":1700000500}"#).1),
+        1_700_000_500
+    );
+    assert_eq!(
+        secs(new_token(200, r#"{"token":"T","expires_at":1700000500000}"#).1),
+        1_700_000_500
+    );
     assert_eq!(
         secs(new_token(200, r#"{"data":{"token":"T","expires_at":"2023-11-14T22:20:00Z"}}"#).1),
         1_700_000_400

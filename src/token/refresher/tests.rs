@@ -112,7 +112,11 @@ async fn transient_failures_back_off_with_growing_delays_then_recover() {
     tokio::time::sleep(Duration::from_secs(60)).await;
     let calls = client.calls.lock().unwrap().clone();
     assert_eq!(calls.len(), 4);
-    assert_eq!(gaps(&calls), vec![1, 2, 4], "exponential backoff (jitter pinned to 1.0)");
+    assert_eq!(
+        gaps(&calls),
+        vec![1, 2, 4],
+        "exponential backoff (jitter pinned to 1.0)"
+    );
     let current = cell.load().unwrap();
     assert_eq!(current.token().expose(), "minted-4");
     assert_eq!(cell.status().consecutive_failures, 0);
@@ -157,7 +161,13 @@ async fn a_401_within_min_refresh_gap_causes_no_call() {
     }
     assert_eq!(client.calls.lock().unwrap().len(), 1, "only the start-up refresh");
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert!(handle.refresh_now(Trigger::Upstream401, Some(seen)).await.unwrap().refreshed);
+    assert!(
+        handle
+            .refresh_now(Trigger::Upstream401, Some(seen))
+            .await
+            .unwrap()
+            .refreshed
+    );
     assert_eq!(client.calls.lock().unwrap().len(), 2);
 }
 
@@ -173,7 +183,10 @@ async fn revoked_empties_the_cell() {
     let snap = crate::token::snapshot(&cell);
     assert_eq!(snap.state, TokenState::Revoked);
     assert!(snap.fingerprint.is_some());
-    assert_eq!(handle.refresh_now(Trigger::Admin, None).await.unwrap_err(), RefreshError::NoToken);
+    assert_eq!(
+        handle.refresh_now(Trigger::Admin, None).await.unwrap_err(),
+        RefreshError::NoToken
+    );
     tokio::time::sleep(Duration::from_secs(3600)).await;
     assert_eq!(client.calls.lock().unwrap().len(), 1, "no retries on a revoked token");
 }

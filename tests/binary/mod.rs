@@ -1,0 +1,288 @@
+//! Running the real `issettled-proxy` binary in the tests: a configuration file in a temporary directory with
+//! free ports, the token in a file, the child's stdout and stderr captured, and SIGTERM by `kill -TERM`.
+//! Only the child's environment is set; the test process's environment is never changed.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::PathBuf,
+    process::{ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncReadExt},
+    process::{Child, Command},
+};
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_issettled-proxy");
+
+/// A port that was free a moment ago (bound on `127.0.0.1:0`, then released).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A `Command` for the binary with an empty environment except `PATH` (nothing from the test process leaks in,
+/// such as `RUST_LOG` or `ISSETTLED_PROXY__*`).
+pub fn command() -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// A configuration file for the binary, built section by section (values are TOML literals).
+#[derive(Debug)]
+pub struct BinConfig {
+    pub dir: tempfile::TempDir,
+    pub address: SocketAddr,
+    pub admin: SocketAddr,
+    pub token_file: PathBuf,
+    sections: BTreeMap<String, BTreeMap<String, String>>,
+    env: BTreeMap<String, String>,
+}
+
+impl BinConfig {
+    /// In front of `upstream_url`, on free ports, the token read from `<dir>/token` (not written yet: see
+    /// [`BinConfig::write_token`]), JSON logs at `info`.
+    pub fn new(upstream_url: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let token_file = dir.path().join("token");
+        let mut cfg = Self {
+            dir,
+            address,
+            admin,
+            token_file,
+            sections: BTreeMap::new(),
+            env: BTreeMap::new(),
+        };
+        cfg = cfg
+            .set("listen", "address", &quote(&address.to_string()))
+            .set("listen", "admin_address", &quote(&admin.to_string()))
+            .set("upstream", "base_url", &quote(upstream_url))
+            .set("upstream", "member_id", "\"testBank\"")
+            .set("upstream", "request_timeout", "\"5s\"")
+            .set("log", "format", "\"json\"")
+            .set("log", "level", "\"info\"");
+        let file = cfg.token_file.display().to_string();
+        cfg.set("token", "file", &quote(&file))
+    }
+
+    /// Set `section.key` to a TOML literal (`"\"5s\""`, `"true"`, `"[\"GET\"]"`).
+    pub fn set(mut self, section: &str, key: &str, literal: &str) -> Self {
+        self.sections
+            .entry(section.to_owned())
+            .or_default()
+            .insert(key.to_owned(), literal.to_owned());
+        self
+    }
+
+    /// An environment variable for the child only.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.insert(key.to_owned(), value.to_owned());
+        self
+    }
+
+    /// Write the token file (with the trailing newline a Secret file has).
+    pub fn write_token(&self, token: &str) {
+        std::fs::write(&self.token_file, format!("{token}\n")).unwrap();
+    }
+
+    /// The TOML text.
+    pub fn toml(&self) -> String {
+        let mut out = String::new();
+        for (section, keys) in &self.sections {
+            out.push_str(&format!("[{section}]\n"));
+            for (k, v) in keys {
+                out.push_str(&format!("{k} = {v}\n"));
+            }
+        }
+        out
+    }
+
+    /// Write `config.toml` into the directory and return its path.
+    pub fn write(&self) -> PathBuf {
+        let path = self.dir.path().join("config.toml");
+        std::fs::write(&path, self.toml()).unwrap();
+        path
+    }
+
+    /// `http://127.0.0.1:port{path}` on the proxy port.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    /// `http://127.0.0.1:port{path}` on the admin port.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// Write the file and start `issettled-proxy run --config FILE` (not waiting for it).
+    pub fn start(&self) -> Running {
+        let path = self.write();
+        let mut cmd = command();
+        cmd.arg("run").arg("--config").arg(&path).envs(&self.env);
+        Running::spawn(cmd)
+    }
+
+    /// Start and wait until `/readyz` answers 200.
+    pub async fn start_ready(&self) -> Running {
+        let mut running = self.start();
+        running.wait_ready(&self.admin_url("/readyz")).await;
+        running
+    }
+}
+
+/// A TOML string literal.
+pub fn quote(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+/// A running child with its output collected in the background (so a chatty child never blocks on a pipe).
+#[derive(Debug)]
+pub struct Running {
+    pub child: Child,
+    stdout: Arc<Mutex<Vec<u8>>>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    readers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Spawn `cmd` (which must have piped stdout and stderr).
+    pub fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd.spawn().expect("spawn the binary");
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let readers = vec![
+            tokio::spawn(collect(child.stdout.take().unwrap(), stdout.clone())),
+            tokio::spawn(collect(child.stderr.take().unwrap(), stderr.clone())),
+        ];
+        Self {
+            child,
+            stdout,
+            stderr,
+            readers,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("still running")
+    }
+
+    /// Everything on stdout so far.
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.stdout.lock().unwrap()).into_owned()
+    }
+
+    /// Everything on stderr so far.
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+    }
+
+    /// Send a signal with `kill -SIG pid`.
+    pub fn signal(&self, sig: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{sig} failed");
+    }
+
+    /// SIGTERM.
+    pub fn term(&self) {
+        self.signal("TERM");
+    }
+
+    /// Wait for the exit (bounded), then for the rest of its output.
+    pub async fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let status = match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(status) => status.unwrap(),
+            Err(_) => panic!(
+                "the child did not exit within {limit:?}\nstdout:\n{}\nstderr:\n{}",
+                tail(&self.stdout()),
+                tail(&self.stderr())
+            ),
+        };
+        for reader in self.readers.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
+        }
+        status
+    }
+
+    /// Poll `url` until it answers 200 (10 s at most); panic with the child's output if it exits first.
+    pub async fn wait_ready(&mut self, url: &str) {
+        let client = super::common::client();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "the binary exited early with {status}\nstdout:\n{}\nstderr:\n{}",
+                    tail(&self.stdout()),
+                    tail(&self.stderr())
+                );
+            }
+            if let Ok(r) = client.get(url).timeout(Duration::from_secs(1)).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!(
+            "{url} not 200 within 10 s\nstdout:\n{}\nstderr:\n{}",
+            tail(&self.stdout()),
+            tail(&self.stderr())
+        );
+    }
+}
+
+async fn collect(mut pipe: impl AsyncRead + Unpin, into: Arc<Mutex<Vec<u8>>>) {
+    let mut buf = [0u8; 8192];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => into.lock().unwrap().extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// The last 4000 characters of `s`, for panic messages.
+pub fn tail(s: &str) -> &str {
+    let mut start = s.len().saturating_sub(4000);
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
+/// Run a short command (the binary's one-shot commands, curl, python) to completion, bounded.
+pub async fn output(mut cmd: Command, limit: Duration) -> std::process::Output {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    match tokio::time::timeout(limit, cmd.output()).await {
+        Ok(out) => out.expect("run the command"),
+        Err(_) => panic!("{cmd:?} did not finish within {limit:?}"),
+    }
+}
+
+/// `sha256:` and the first 8 hex digits of the token's SHA-256: the only form a token may appear in.
+pub fn fingerprint(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(token.as_bytes());
+    let hex: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}

@@ -1,0 +1,364 @@
+//! The command line as the contract fixes it, on the real binary: `--version`, `check-config` (exit 0/2, the key
+//! named, the token never printed), exit 1 on an address in use, no token in trace-level logs (issue 3 point 8),
+//! `wait` (issue 6 point 2) and a `demo` smoke test.
+
+mod binary;
+mod common;
+
+use std::time::{Duration, Instant};
+
+use binary::{command, fingerprint, output, quote, tail, BinConfig, Running};
+use issettled_proxy::sim::{Sim, SimConfig};
+
+/// Run `check-config --config <text>` and return (exit code, stdout, stderr).
+async fn check_config(text: &str, env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut cmd = command();
+    cmd.arg("check-config").arg("--config").arg(&path);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = output(cmd, Duration::from_secs(10)).await;
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A valid minimal configuration, plus `extra` appended to its `[token]` section.
+fn minimal(token_extra: &str) -> String {
+    format!("[upstream]\nbase_url = \"http://127.0.0.1:9\"\n[token]\nfile = \"/nonexistent/token\"\n{token_extra}\n")
+}
+
+#[tokio::test]
+async fn version_prints_the_version() {
+    let mut cmd = command();
+    cmd.arg("--version");
+    let out = output(cmd, Duration::from_secs(10)).await;
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(env!("CARGO_PKG_VERSION")), "{stdout}");
+    assert!(stdout.contains("issettled-proxy"), "{stdout}");
+}
+
+#[tokio::test]
+async fn check_config_accepts_a_minimal_file() {
+    let (code, stdout, stderr) = check_config(&minimal(""), &[]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("127.0.0.1:9"), "{stdout}");
+}
+
+#[tokio::test]
+async fn check_config_names_the_key_of_a_bad_value() {
+    // refresh_interval must be shorter than revoke_after.
+    let (code, _, stderr) = check_config(&minimal("refresh_interval = \"15m\"\nrevoke_after = \"15m\""), &[]).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("token.refresh_interval"), "{stderr}");
+
+    // An unknown key.
+    let (code, _, stderr) = check_config(&minimal("refresh_intervall = \"1m\""), &[]).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("refresh_intervall"), "{stderr}");
+
+    // A bad duration.
+    let text = "[upstream]\nbase_url = \"http://127.0.0.1:9\"\nrequest_timeout = \"5 parsecs\"\n\
+                [token]\nfile = \"/nonexistent/token\"\n";
+    let (code, _, stderr) = check_config(text, &[]).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("upstream.request_timeout"), "{stderr}");
+
+    // A bad value from the environment names the key too.
+    let (code, _, stderr) = check_config(&minimal(""), &[("ISSETTLED_PROXY__LISTEN__ADDRESS", "not-an-address")]).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("listen.address"), "{stderr}");
+}
+
+#[tokio::test]
+async fn check_config_on_a_missing_file_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = command();
+    cmd.arg("check-config")
+        .arg("--config")
+        .arg(dir.path().join("absent.toml"));
+    let out = output(cmd, Duration::from_secs(10)).await;
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test]
+async fn check_config_accepts_the_example_and_prints_the_effective_configuration() {
+    for example in ["config/issettled-proxy.example.toml", "config/issettled-proxy.toml"] {
+        let mut cmd = command();
+        cmd.arg("check-config")
+            .arg("--config")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/").to_owned() + example);
+        let out = output(cmd, Duration::from_secs(10)).await;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{example}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for section in ["[listen]", "[upstream]", "[token]", "[policy]", "[log]", "[shutdown]"] {
+            assert!(stdout.contains(section), "{example}: {section} missing in\n{stdout}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn check_config_never_prints_the_token() {
+    let sim = Sim::new(SimConfig::default());
+    let token = sim.mint_admin_token();
+    let text = "[upstream]\nbase_url = \"http://127.0.0.1:9\"\n[token]\nenv = \"MY_ISSETTLED_TOKEN\"\n";
+    let (code, stdout, stderr) = check_config(text, &[("MY_ISSETTLED_TOKEN", &token)]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        !stdout.contains(&token) && !stderr.contains(&token),
+        "the token was printed"
+    );
+    assert!(stdout.contains(&fingerprint(&token)), "no fingerprint in\n{stdout}");
+
+    // Also when it comes through a configuration override.
+    let (code, stdout, stderr) = check_config(
+        &minimal(""),
+        &[
+            ("ISSETTLED_PROXY__TOKEN__ENV", "MY_ISSETTLED_TOKEN"),
+            ("ISSETTLED_PROXY__TOKEN__FILE", ""),
+            ("MY_ISSETTLED_TOKEN", &token),
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        !stdout.contains(&token) && !stderr.contains(&token),
+        "the token was printed"
+    );
+}
+
+#[tokio::test]
+async fn an_address_in_use_exits_1() {
+    let upstream = common::Upstream::spawn().await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let cfg = BinConfig::new(&upstream.url).set("listen", "address", &quote(&taken.local_addr().unwrap().to_string()));
+    cfg.write_token(&upstream.token());
+    let mut running = cfg.start();
+    let status = running.wait(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(1), "stderr:\n{}", running.stderr());
+    assert!(running.stderr().contains("listen.address"), "{}", running.stderr());
+    drop(taken);
+}
+
+/// Issue 3 point 8: at trace level, through requests, an error echoing the token, refreshes (admin and after an
+/// upstream 401) and a SIGTERM, no token the upstream ever issued appears in the output.
+#[tokio::test]
+async fn no_token_in_trace_logs() {
+    let upstream = common::Upstream::spawn().await;
+    let first = upstream.token();
+    let cfg = BinConfig::new(&upstream.url)
+        .set("token", "min_refresh_gap", "\"100ms\"")
+        .set("token", "refresh_interval", "\"2s\"")
+        .set("token", "revoke_after", "\"15m\"")
+        .env("RUST_LOG", "trace");
+    cfg.write_token(&first);
+    let mut running = cfg.start_ready().await;
+    let c = common::client();
+
+    for _ in 0..3 {
+        let r = c.get(cfg.url("/digital-accounts?limit=2")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let r = c
+        .post(cfg.url("/payments"))
+        .json(&serde_json::json!({"amount": "1.00", "currency": "EUR", "creditor_account": "DA-1002"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+
+    // An upstream error that repeats the token in its body and a header.
+    let r = c.get(cfg.url("/errors/echo-token")).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let headers = format!("{:?}", r.headers());
+    let body = r.text().await.unwrap();
+    for t in upstream.sim.issued_tokens() {
+        assert!(
+            !body.contains(&t) && !headers.contains(&t),
+            "the token reached the app: {body}"
+        );
+    }
+
+    // Refreshes on demand.
+    for _ in 0..3 {
+        let r = c.post(cfg.admin_url("/refresh")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    }
+
+    // An upstream 401 on the current token: one refresh, then the GET is retried.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let current = upstream.sim.issued_tokens().last().unwrap().clone();
+    upstream.sim.reject_api_token(&current);
+    let refreshes = upstream.sim.refresh_calls().len();
+    let r = c.get(cfg.url("/digital-accounts")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let requests = upstream.sim.requests();
+    let [.., refused, retried] = &requests[..] else {
+        panic!("too few requests")
+    };
+    assert_eq!(refused.token.as_deref(), Some(current.as_str()));
+    assert!(!refused.token_valid, "the rejected token was accepted");
+    assert!(
+        retried.token_valid && retried.token.as_deref() != Some(current.as_str()),
+        "no retry with a new token"
+    );
+    assert!(
+        upstream.sim.refresh_calls().len() > refreshes,
+        "no refresh after the 401"
+    );
+
+    // Let the scheduled refresh run once too.
+    let before = upstream.sim.refresh_calls().len();
+    assert!(
+        common::wait_for(|| async { upstream.sim.refresh_calls().len() > before }).await,
+        "no scheduled refresh"
+    );
+    let r = c.get(cfg.url("/digital-accounts/DA-1001")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    running.term();
+    let status = running.wait(Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", tail(&running.stderr()));
+
+    let (stdout, stderr) = (running.stdout(), running.stderr());
+    assert!(stdout.lines().count() > 20, "too few log lines:\n{stdout}");
+    assert!(
+        stdout.lines().any(|l| l.contains("token_refresh")),
+        "no token_refresh event in the logs:\n{}",
+        tail(&stdout)
+    );
+    let issued = upstream.sim.issued_tokens();
+    assert!(issued.len() >= 6, "{} tokens issued", issued.len());
+    for token in &issued {
+        for (name, text) in [("stdout", &stdout), ("stderr", &stderr)] {
+            if let Some(line) = text.lines().find(|l| l.contains(token.as_str())) {
+                panic!("a token appears on {name}: {line}");
+            }
+            // Nor its signature alone (a token cut at a dot).
+            let signature = token.rsplit('.').next().unwrap();
+            assert!(!text.contains(signature), "a token's signature appears on {name}");
+        }
+    }
+}
+
+/// `wait` against a sidecar that starts later: exit 0 within about a second of it becoming ready.
+#[tokio::test]
+async fn wait_returns_once_the_sidecar_starts() {
+    let upstream = common::Upstream::spawn().await;
+    let cfg = BinConfig::new(&upstream.url);
+    cfg.write_token(&upstream.token());
+
+    let mut wait = command();
+    wait.args(["wait", "--admin", &cfg.admin_url(""), "--timeout", "15s"]);
+    let mut waiting = Running::spawn(wait);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        waiting.child.try_wait().unwrap().is_none(),
+        "wait returned before the sidecar started"
+    );
+
+    let mut proxy = cfg.start();
+    proxy.wait_ready(&cfg.admin_url("/readyz")).await;
+    let ready_at = Instant::now();
+    let status = waiting.wait(Duration::from_secs(3)).await;
+    assert_eq!(status.code(), Some(0), "{}", waiting.stderr());
+    assert!(
+        ready_at.elapsed() < Duration::from_millis(1200),
+        "{:?}",
+        ready_at.elapsed()
+    );
+    proxy.term();
+    assert_eq!(proxy.wait(Duration::from_secs(10)).await.code(), Some(0));
+}
+
+/// `wait` against a sidecar that runs without a token until its token file appears.
+#[tokio::test]
+async fn wait_returns_once_the_token_file_appears() {
+    let upstream = common::Upstream::spawn().await;
+    let cfg = BinConfig::new(&upstream.url);
+    let mut proxy = cfg.start();
+    proxy.wait_ready(&cfg.admin_url("/healthz")).await;
+    let c = common::client();
+    assert_eq!(c.get(cfg.admin_url("/readyz")).send().await.unwrap().status(), 503);
+
+    let mut wait = command();
+    wait.args(["wait", "--admin", &cfg.admin_url(""), "--timeout", "15s"]);
+    let mut waiting = Running::spawn(wait);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        waiting.child.try_wait().unwrap().is_none(),
+        "wait returned while the sidecar had no token"
+    );
+
+    cfg.write_token(&upstream.token());
+    proxy.wait_ready(&cfg.admin_url("/readyz")).await;
+    let ready_at = Instant::now();
+    let status = waiting.wait(Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Some(0), "{}", waiting.stderr());
+    assert!(
+        ready_at.elapsed() < Duration::from_millis(1200),
+        "{:?}",
+        ready_at.elapsed()
+    );
+    proxy.term();
+    assert_eq!(proxy.wait(Duration::from_secs(10)).await.code(), Some(0));
+}
+
+/// `wait` with nothing listening: exit 1 at its time-out, not before and not much after.
+#[tokio::test]
+async fn wait_exits_1_at_its_timeout() {
+    let port = binary::free_port();
+    let started = Instant::now();
+    let mut cmd = command();
+    cmd.args([
+        "wait",
+        "--admin",
+        &format!("http://127.0.0.1:{port}"),
+        "--timeout",
+        "3s",
+    ]);
+    let out = output(cmd, Duration::from_secs(10)).await;
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(took >= Duration::from_millis(2900), "gave up early: {took:?}");
+    assert!(took < Duration::from_secs(5), "overran its time-out: {took:?}");
+}
+
+/// `demo` on its fixed ports, if they are free: the printed curl line works, SIGTERM stops it with 0.
+#[tokio::test]
+async fn demo_serves_and_stops() {
+    for port in [8080, 8081, 8090] {
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            eprintln!("demo_serves_and_stops: port {port} is in use; skipping the demo smoke test");
+            return;
+        }
+    }
+    let mut cmd = command();
+    cmd.arg("demo");
+    let mut demo = Running::spawn(cmd);
+    demo.wait_ready("http://127.0.0.1:8081/readyz").await;
+    let c = common::client();
+    let r = c.get("http://127.0.0.1:8080/digital-accounts").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let accounts: serde_json::Value = r.json().await.unwrap();
+    assert!(accounts.as_array().is_some_and(|a| !a.is_empty()), "{accounts}");
+    assert!(
+        demo.stdout().contains("curl -s http://127.0.0.1:8080/digital-accounts"),
+        "{}",
+        demo.stdout()
+    );
+    demo.term();
+    let status = demo.wait(Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", demo.stderr());
+}

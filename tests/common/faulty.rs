@@ -1,0 +1,144 @@
+//! A raw-TCP upstream that misbehaves on purpose: never answers, resets mid-body, sends garbage, a huge or
+//! trickled error body, or a truncated chunked response. Counts the requests it received.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+/// How the upstream misbehaves.
+#[derive(Debug, Clone, Copy)]
+pub enum Fault {
+    /// Reads the request, never answers.
+    Hang,
+    /// 200 with a Content-Length of 1000, sends 10 bytes, then resets.
+    ResetMidBody,
+    /// Answers a line that is not HTTP.
+    GarbageStatus,
+    /// 500 with a 10 MiB body.
+    HugeErrorBody,
+    /// 500 whose body arrives one byte every 200 ms, forever.
+    TrickleErrorBody,
+    /// 200 chunked, one chunk, then the connection closes without the last chunk.
+    TruncatedChunked,
+    /// Closes the connection as soon as the request arrived.
+    CloseImmediately,
+}
+
+/// The faulty upstream.
+pub struct Faulty {
+    pub addr: SocketAddr,
+    pub requests: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Faulty {
+    /// Listen on `127.0.0.1:0` with `fault`.
+    pub async fn spawn(fault: Fault) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counter = requests.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let _ = serve(stream, fault, counter).await;
+                });
+            }
+        });
+        Self { addr, requests, task }
+    }
+
+    /// `http://127.0.0.1:port`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.addr.port())
+    }
+
+    /// Requests received so far.
+    pub fn count(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Faulty {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn read_head(stream: &mut TcpStream) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut byte).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&byte[..n]);
+    }
+    Ok(())
+}
+
+async fn serve(mut stream: TcpStream, fault: Fault, counter: Arc<AtomicUsize>) -> std::io::Result<()> {
+    read_head(&mut stream).await?;
+    counter.fetch_add(1, Ordering::SeqCst);
+    match fault {
+        Fault::Hang => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        Fault::ResetMidBody => {
+            stream
+                .write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n0123456789",
+                )
+                .await?;
+            #[allow(deprecated)] // a reset is exactly what this fault is for
+            stream.set_linger(Some(Duration::ZERO))?;
+        }
+        Fault::GarbageStatus => {
+            stream.write_all(b"NOT-HTTP garbage\r\n\r\n").await?;
+        }
+        Fault::HugeErrorBody => {
+            let size = 10 * 1024 * 1024;
+            let head = format!(
+                "HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain\r\ncontent-length: {size}\r\n\r\n"
+            );
+            stream.write_all(head.as_bytes()).await?;
+            let chunk = vec![b'x'; 64 * 1024];
+            for _ in 0..(size / chunk.len()) {
+                stream.write_all(&chunk).await?;
+            }
+        }
+        Fault::TrickleErrorBody => {
+            stream
+                .write_all(
+                    b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain\r\ncontent-length: 100000\r\n\r\n",
+                )
+                .await?;
+            loop {
+                stream.write_all(b"x").await?;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        Fault::TruncatedChunked => {
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
+                .await?;
+        }
+        Fault::CloseImmediately => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,299 @@
+//! The shared harness for the integration tests: the simulated IsSettled on an ephemeral port ([`Upstream`]),
+//! the proxy on ephemeral ports ([`TestProxy`]), and a client that follows no redirects and reads no proxy
+//! variables. Configurations are built from TOML text plus an environment map; the process env is untouched.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+
+use issettled_proxy::{
+    app::{self, AppError, Listeners},
+    config::{self, Source},
+    sim::{Sim, SimConfig},
+};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+
+pub mod faulty;
+pub mod tls;
+
+/// The simulated IsSettled, serving on `127.0.0.1:0`.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub sim: Sim,
+    /// `http://127.0.0.1:port` (or `https://localhost:port`), plus the sim's prefix.
+    pub url: String,
+    task: JoinHandle<()>,
+}
+
+impl Upstream {
+    /// Default simulation.
+    pub async fn spawn() -> Self {
+        Self::spawn_with(SimConfig::default()).await
+    }
+
+    /// With a custom simulation.
+    pub async fn spawn_with(cfg: SimConfig) -> Self {
+        let prefix = cfg.prefix.clone();
+        let sim = Sim::new(cfg);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = sim.router();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, router).await.unwrap();
+        });
+        Self {
+            addr,
+            sim,
+            url: format!("http://127.0.0.1:{}{prefix}", addr.port()),
+            task,
+        }
+    }
+
+    /// Over TLS with a certificate from `tls::TestPki` (served as `localhost`).
+    pub async fn spawn_tls(cfg: SimConfig, server: Arc<rustls::ServerConfig>) -> Self {
+        let prefix = cfg.prefix.clone();
+        let sim = Sim::new(cfg);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = sim.router();
+        let task = tokio::spawn(tls::serve_tls(listener, server, router));
+        Self {
+            addr,
+            sim,
+            url: format!("https://localhost:{}{prefix}", addr.port()),
+            task,
+        }
+    }
+
+    /// A fresh administrator-issued token.
+    pub fn token(&self) -> String {
+        self.sim.mint_admin_token()
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Builds a proxy configuration: TOML text for the upstream and token source, plus `ISSETTLED_PROXY__*`
+/// overrides for everything else.
+pub struct ProxyBuilder {
+    toml: String,
+    env: HashMap<String, String>,
+}
+
+impl ProxyBuilder {
+    /// Proxy in front of `upstream_url`, with the token handed over in the `TEST_TOKEN` variable.
+    pub fn new(upstream_url: &str, token: &str) -> Self {
+        let toml = format!(
+            "[upstream]\nbase_url = \"{upstream_url}\"\nmember_id = \"testBank\"\nrequest_timeout = \"5s\"\n\
+             [token]\nenv = \"TEST_TOKEN\"\n[log]\nformat = \"json\"\nlevel = \"warn\"\n"
+        );
+        let mut env = HashMap::new();
+        env.insert("TEST_TOKEN".to_owned(), token.to_owned());
+        Self { toml, env }
+    }
+
+    /// With the token in a file instead (`token.file`); `token.env` is cleared.
+    pub fn token_file(self, path: &std::path::Path) -> Self {
+        self.set("TOKEN__FILE", &path.display().to_string())
+            .set("TOKEN__ENV", "")
+    }
+
+    /// Override `section.key` (given as `SECTION__KEY`).
+    pub fn set(mut self, key: &str, value: &str) -> Self {
+        self.env.insert(format!("ISSETTLED_PROXY__{key}"), value.to_owned());
+        self
+    }
+
+    /// The validated configuration.
+    pub fn config(&self) -> config::Config {
+        config::load(Source::Toml(&self.toml), &self.env).expect("test configuration")
+    }
+
+    /// Bind ephemeral ports and run the app.
+    pub async fn spawn(self) -> TestProxy {
+        let cfg = self.config();
+        let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let unix = cfg.listen.unix_socket.as_ref().map(|p| app::bind_unix(p).unwrap());
+        let addr = proxy.local_addr().unwrap();
+        let admin_addr = admin.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(app::run(cfg, Listeners { proxy, admin, unix }, async move {
+            let _ = stopped.await;
+        }));
+        let proxy = TestProxy {
+            addr,
+            admin: admin_addr,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        proxy.wait_until_up().await;
+        proxy
+    }
+}
+
+/// A running proxy on ephemeral ports.
+pub struct TestProxy {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), AppError>>>,
+}
+
+impl TestProxy {
+    /// `http://127.0.0.1:port{path}` on the proxy port.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.addr.port())
+    }
+
+    /// `http://127.0.0.1:port{path}` on the admin port.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin.port())
+    }
+
+    async fn wait_until_up(&self) {
+        let c = client();
+        for _ in 0..200 {
+            if c.get(self.admin_url("/healthz")).send().await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the proxy did not come up");
+    }
+
+    /// Wait until `/readyz` answers 200 (bounded).
+    pub async fn wait_ready(&self) {
+        assert!(wait_for(|| async { readyz(self).await == 200 }).await, "not ready");
+    }
+
+    /// Trigger the shutdown and wait for the app to end; re-raises a panic of the app task.
+    pub async fn stop(mut self) -> Result<(), AppError> {
+        self.trigger_stop();
+        self.join().await
+    }
+
+    /// Start the shutdown (like SIGTERM) without waiting.
+    pub fn trigger_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Wait for the app task to end.
+    pub async fn join(&mut self) -> Result<(), AppError> {
+        let task = self.task.take().expect("joined once");
+        match task.await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => panic!("app task failed: {e}"),
+        }
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// A client that follows no redirects and ignores proxy variables.
+pub fn client() -> reqwest::Client {
+    issettled_proxy::proxy::client::install_crypto_provider();
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// `/readyz` status (0 if unreachable).
+pub async fn readyz(proxy: &TestProxy) -> u16 {
+    client()
+        .get(proxy.admin_url("/readyz"))
+        .send()
+        .await
+        .map_or(0, |r| r.status().as_u16())
+}
+
+/// Poll `check` every 20 ms for up to 10 s.
+pub async fn wait_for<F, Fut>(mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..500 {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// The nine fields of the IsSettled error schema.
+pub const FIELDS: [&str; 9] = issettled_proxy::errors::schema::FIELDS;
+
+/// Assert that `body` is a schema error with `code`, and return it.
+pub fn assert_schema(body: &serde_json::Value) {
+    let obj = body.as_object().unwrap_or_else(|| panic!("not an object: {body}"));
+    for f in FIELDS {
+        let v = obj.get(f).unwrap_or_else(|| panic!("{f} missing in {body}"));
+        if f == "timestamp" {
+            assert!(v.is_i64(), "timestamp not an integer in {body}");
+        } else {
+            assert!(v.is_string() || v.is_null(), "{f} not a string in {body}");
+        }
+    }
+}
+
+/// GET through the proxy and return (status, JSON body).
+pub async fn get_json(url: &str) -> (u16, serde_json::Value) {
+    let r = client().get(url).send().await.unwrap();
+    let status = r.status().as_u16();
+    let body = r.json().await.unwrap_or(serde_json::Value::Null);
+    (status, body)
+}
+
+/// The Bearer token the upstream saw on a recorded request.
+pub fn bearer(headers: &http::HeaderMap) -> Option<String> {
+    headers
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::to_owned)
+}
+
+/// Send raw bytes on a new connection and read until the server closes it (or 10 s pass). Returns the raw
+/// response text.
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status code of a raw response text (0 if none).
+pub fn raw_status(response: &str) -> u16 {
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The JSON body of a raw `Connection: close` response.
+pub fn raw_json(response: &str) -> serde_json::Value {
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
+}

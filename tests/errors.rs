@@ -1,0 +1,208 @@
+//! Errors end to end: every upstream error normalized into the nine-field schema, and the proxy's own codes.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{
+    assert_schema, client,
+    faulty::{Fault, Faulty},
+    get_json, raw, raw_json, raw_status,
+    tls::TestPki,
+    ProxyBuilder, Upstream,
+};
+use issettled_proxy::sim::SimConfig;
+
+#[tokio::test]
+async fn documented_upstream_errors_keep_their_fields_and_status() {
+    let upstream = Upstream::spawn().await;
+    let proxy = ProxyBuilder::new(&upstream.url, &upstream.token())
+        .set("TOKEN__MIN_REFRESH_GAP", "1h")
+        .spawn()
+        .await;
+    for status in [400u16, 401, 403, 404, 406, 409, 429, 500] {
+        let (got, body) = get_json(&proxy.url(&format!("/errors/{status}"))).await;
+        assert_eq!(got, status);
+        assert_schema(&body);
+        assert_eq!(body["service_name"], "issettled", "{body}");
+        assert_eq!(body["build_version"], "2.14.3", "{body}");
+        assert_ne!(
+            body["code"],
+            format!("HTTP_{status}"),
+            "the upstream's own code is kept: {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn non_json_empty_and_camel_case_errors_are_normalized() {
+    let upstream = Upstream::spawn().await;
+    let proxy = ProxyBuilder::new(&upstream.url, &upstream.token()).spawn().await;
+
+    let r = client().get(proxy.url("/errors/html-502")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_schema(&body);
+    assert_eq!(body["code"], "HTTP_502");
+    assert_eq!(body["short_message"], "Bad Gateway");
+    assert!(body["long_message"].as_str().unwrap().contains("502 Bad Gateway"));
+    assert_eq!(body["endpoint_url"], "/errors/html-502");
+    assert_eq!(body["member_identification"], "testBank");
+    assert_eq!(body["service_name"], "issettled");
+
+    let (status, body) = get_json(&proxy.url("/errors/empty-503")).await;
+    assert_eq!(status, 503);
+    assert_schema(&body);
+    assert_eq!(body["code"], "HTTP_503");
+    assert!(body["troubleshooting_id"].as_str().is_some_and(|s| !s.is_empty()));
+
+    let (status, body) = get_json(&proxy.url("/errors/camel")).await;
+    assert_eq!(status, 409);
+    assert_schema(&body);
+    assert!(body["short_message"].is_string());
+    assert!(body.get("shortMessage").is_none());
+    assert!(body["troubleshooting_id"].is_string());
+    assert!(
+        body["timestamp"].as_i64().unwrap() > 1_600_000_000_000,
+        "seconds became milliseconds: {body}"
+    );
+    assert_eq!(body["details"]["field"], "amount", "extra fields are kept: {body}");
+}
+
+#[tokio::test]
+async fn an_echoed_token_is_replaced_by_its_fingerprint() {
+    let upstream = Upstream::spawn().await;
+    let token = upstream.token();
+    let proxy = ProxyBuilder::new(&upstream.url, &token)
+        .set("TOKEN__REFRESH_INTERVAL", "10m")
+        .spawn()
+        .await;
+    // The start-up refresh replaces the token; echo whatever is current.
+    let r = client().get(proxy.url("/errors/echo-token")).send().await.unwrap();
+    let header = r.headers().get("x-debug-token").map(|v| v.to_str().unwrap().to_owned());
+    let text = r.text().await.unwrap();
+    for t in upstream.sim.issued_tokens() {
+        assert!(!text.contains(&t), "token in body: {text}");
+        assert!(!header.as_deref().unwrap_or_default().contains(&t), "token in header");
+    }
+    assert!(text.contains("sha256:"), "{text}");
+    assert!(header.unwrap().contains("sha256:"));
+}
+
+#[tokio::test]
+async fn upstream_down_is_502_unreachable() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let proxy = ProxyBuilder::new(&format!("http://127.0.0.1:{port}"), "opaque-token")
+        .spawn()
+        .await;
+    let (status, body) = get_json(&proxy.url("/digital-accounts")).await;
+    assert_eq!(status, 502);
+    assert_schema(&body);
+    assert_eq!(body["code"], "UPSTREAM_UNREACHABLE");
+    assert_eq!(body["service_name"], "issettled-proxy");
+    assert_eq!(body["build_version"], env!("CARGO_PKG_VERSION"));
+}
+
+#[tokio::test]
+async fn an_upstream_that_never_answers_is_504_within_the_timeout() {
+    let upstream = Faulty::spawn(Fault::Hang).await;
+    let proxy = ProxyBuilder::new(&upstream.url(), "opaque-token")
+        .set("UPSTREAM__REQUEST_TIMEOUT", "1s")
+        .spawn()
+        .await;
+    let started = Instant::now();
+    let (status, body) = get_json(&proxy.url("/digital-accounts")).await;
+    assert_eq!(status, 504);
+    assert_eq!(body["code"], "UPSTREAM_TIMEOUT");
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn policy_refusals_send_nothing_upstream() {
+    let upstream = Upstream::spawn().await;
+    let proxy = ProxyBuilder::new(&upstream.url, &upstream.token())
+        .set("POLICY__ALLOWED_PATH_PREFIXES", "/payments,/digital-accounts")
+        .set("POLICY__MAX_BODY_BYTES", "1024")
+        .spawn()
+        .await;
+    let c = client();
+    let r = c.put(proxy.url("/payments/1")).body("{}").send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["code"],
+        "METHOD_NOT_ALLOWED"
+    );
+    for path in ["/admin", "/payments-x", "/echo"] {
+        let (status, body) = get_json(&proxy.url(path)).await;
+        assert_eq!(status, 403, "{path}");
+        assert_eq!(body["code"], "ENDPOINT_NOT_PERMITTED");
+        assert_schema(&body);
+    }
+    // Over the limit with a Content-Length ...
+    let r = c
+        .post(proxy.url("/payments"))
+        .body(vec![b'x'; 2048])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["code"],
+        "PAYLOAD_TOO_LARGE"
+    );
+    assert!(upstream.sim.requests().is_empty(), "nothing sent upstream");
+    // ... and chunked, without one.
+    let chunk = format!("800\r\n{}\r\n0\r\n\r\n", "x".repeat(2048));
+    let req = format!(
+        "POST /payments HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{chunk}"
+    );
+    let r = raw(proxy.addr, req.as_bytes()).await;
+    assert_eq!(raw_status(&r), 413, "{r}");
+    assert_eq!(raw_json(&r)["code"], "PAYLOAD_TOO_LARGE");
+}
+
+#[tokio::test]
+async fn tls_with_a_ca_file_works_and_an_untrusted_certificate_is_unreachable() {
+    let pki = TestPki::generate();
+    let upstream = Upstream::spawn_tls(SimConfig::default(), pki.server.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let trusted = ProxyBuilder::new(&upstream.url, &upstream.token())
+        .set("UPSTREAM__CA_FILE", &ca.display().to_string())
+        .spawn()
+        .await;
+    let (status, _) = get_json(&trusted.url("/digital-accounts")).await;
+    assert_eq!(status, 200);
+    assert!(!upstream.sim.requests().is_empty());
+
+    let untrusted = ProxyBuilder::new(&upstream.url, &upstream.token()).spawn().await;
+    let (status, body) = get_json(&untrusted.url("/digital-accounts")).await;
+    assert_eq!(status, 502);
+    assert_eq!(body["code"], "UPSTREAM_UNREACHABLE");
+}
+
+#[tokio::test]
+async fn broken_upstream_exchanges_are_502_protocol_errors() {
+    for fault in [Fault::GarbageStatus, Fault::CloseImmediately] {
+        let upstream = Faulty::spawn(fault).await;
+        let proxy = ProxyBuilder::new(&upstream.url(), "opaque-token").spawn().await;
+        let (status, body) = get_json(&proxy.url("/digital-accounts")).await;
+        assert_eq!(status, 502, "{fault:?}");
+        assert_eq!(body["code"], "UPSTREAM_PROTOCOL_ERROR", "{fault:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_huge_error_body_is_read_only_up_to_a_bound() {
+    let upstream = Faulty::spawn(Fault::HugeErrorBody).await;
+    let proxy = ProxyBuilder::new(&upstream.url(), "opaque-token").spawn().await;
+    let (status, body) = get_json(&proxy.url("/digital-accounts")).await;
+    assert_eq!(status, 500);
+    assert_schema(&body);
+    assert!(body["long_message"].as_str().unwrap().len() < 4096);
+}

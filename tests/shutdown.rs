@@ -1,0 +1,289 @@
+//! Issue 6 point 1: graceful shutdown. With 50 slow requests in flight, SIGTERM (or `POST /quitquitquit`, when
+//! enabled) turns `/readyz` 503 at once, keeps serving for `shutdown.delay`, then refuses new connections, lets
+//! all 50 finish with 200 and exits 0 within `shutdown.delay` + `shutdown.grace`.
+
+mod binary;
+mod common;
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use binary::{BinConfig, Running};
+use bytes::Bytes;
+use common::{client, ProxyBuilder, Upstream};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use tokio::{net::TcpStream, task::JoinHandle};
+
+const DELAY: Duration = Duration::from_millis(500);
+const GRACE: Duration = Duration::from_secs(5);
+const SLOW: usize = 50;
+
+/// `shutdown.delay` as configuration text.
+fn delay() -> String {
+    format!("{}ms", DELAY.as_millis())
+}
+
+/// Start `n` requests to `url` at once, each on its own connection; each task returns the status.
+fn fire(url: &str, n: usize) -> Vec<JoinHandle<Result<u16, String>>> {
+    let c = client();
+    (0..n)
+        .map(|_| {
+            let (c, url) = (c.clone(), url.to_owned());
+            tokio::spawn(async move {
+                let r = c.get(&url).send().await.map_err(|e| e.to_string())?;
+                let status = r.status().as_u16();
+                r.bytes().await.map_err(|e| e.to_string())?;
+                Ok(status)
+            })
+        })
+        .collect()
+}
+
+/// How many `/slow` requests the sim has received.
+fn slow_seen(upstream: &Upstream) -> usize {
+    upstream
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.path_and_query.starts_with("/slow"))
+        .count()
+}
+
+/// Wait until the sim has received `n` slow requests (so they are truly in flight).
+async fn until_in_flight(upstream: &Upstream, n: usize) {
+    assert!(
+        common::wait_for(|| async { slow_seen(upstream) >= n }).await,
+        "only {} of {n} slow requests reached the upstream",
+        slow_seen(upstream)
+    );
+}
+
+/// Every request ended with 200.
+async fn all_ok(tasks: Vec<JoinHandle<Result<u16, String>>>) {
+    let mut failures = Vec::new();
+    for task in tasks {
+        match tokio::time::timeout(Duration::from_secs(10), task).await {
+            Ok(Ok(Ok(200))) => {}
+            other => failures.push(format!("{other:?}")),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} in-flight requests failed: {failures:?}",
+        failures.len()
+    );
+}
+
+/// `/readyz` status at `admin` (0 if unreachable).
+async fn readyz_at(admin: &str) -> u16 {
+    client().get(admin).send().await.map_or(0, |r| r.status().as_u16())
+}
+
+/// `/readyz` turns 503 within 100 ms (well inside the delay).
+async fn becomes_unready_at_once(admin: &str) {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(100) {
+        if readyz_at(admin).await == 503 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("/readyz still not 503 100 ms after the shutdown started");
+}
+
+/// A new connection to `addr` is refused.
+async fn refuses_connections(addr: SocketAddr) {
+    match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await {
+        Ok(Err(e)) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}"),
+        Ok(Ok(_)) => panic!("a new connection was accepted after shutdown.delay"),
+        Err(_) => panic!("connect hung instead of being refused"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutdown_drains_fifty_slow_requests() {
+    let upstream = Upstream::spawn().await;
+    let mut proxy = ProxyBuilder::new(&upstream.url, &upstream.token())
+        .set("SHUTDOWN__DELAY", &delay())
+        .set("SHUTDOWN__GRACE", "5s")
+        .spawn()
+        .await;
+    proxy.wait_ready().await;
+    let tasks = fire(&proxy.url("/slow?ms=1000"), SLOW);
+    until_in_flight(&upstream, SLOW).await;
+
+    let t0 = Instant::now();
+    proxy.trigger_stop();
+    becomes_unready_at_once(&proxy.admin_url("/readyz")).await;
+
+    // During shutdown.delay a new connection is still served normally.
+    let r = client().get(proxy.url("/digital-accounts")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(t0.elapsed() < DELAY, "the check ran past the delay: {:?}", t0.elapsed());
+
+    // After it, new connections are refused while the slow requests are still running.
+    tokio::time::sleep_until((t0 + DELAY + Duration::from_millis(150)).into()).await;
+    refuses_connections(proxy.addr).await;
+    assert_eq!(common::readyz(&proxy).await, 503);
+
+    all_ok(tasks).await;
+    let ended = tokio::time::timeout(DELAY + GRACE, proxy.join()).await;
+    assert!(matches!(ended, Ok(Ok(()))), "{ended:?}");
+    assert!(t0.elapsed() < DELAY + GRACE, "{:?}", t0.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn quit_endpoint_is_404_unless_enabled() {
+    let upstream = Upstream::spawn().await;
+    let proxy = ProxyBuilder::new(&upstream.url, &upstream.token()).spawn().await;
+    proxy.wait_ready().await;
+    let r = client().post(proxy.admin_url("/quitquitquit")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(common::readyz(&proxy).await, 200);
+    let r = client().get(proxy.url("/digital-accounts")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(proxy.stop().await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn quit_endpoint_shuts_down_in_process() {
+    let upstream = Upstream::spawn().await;
+    let mut proxy = ProxyBuilder::new(&upstream.url, &upstream.token())
+        .set("SHUTDOWN__DELAY", &delay())
+        .set("SHUTDOWN__GRACE", "5s")
+        .set("SHUTDOWN__ENABLE_QUIT_ENDPOINT", "true")
+        .spawn()
+        .await;
+    proxy.wait_ready().await;
+    let tasks = fire(&proxy.url("/slow?ms=1000"), SLOW);
+    until_in_flight(&upstream, SLOW).await;
+
+    let t0 = Instant::now();
+    let r = client().post(proxy.admin_url("/quitquitquit")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    becomes_unready_at_once(&proxy.admin_url("/readyz")).await;
+    tokio::time::sleep_until((t0 + DELAY + Duration::from_millis(150)).into()).await;
+    refuses_connections(proxy.addr).await;
+
+    all_ok(tasks).await;
+    let ended = tokio::time::timeout(DELAY + GRACE, proxy.join()).await;
+    assert!(matches!(ended, Ok(Ok(()))), "{ended:?}");
+}
+
+/// A request on a keep-alive connection opened before the shutdown: served normally during the delay; after it,
+/// 503 `SHUTTING_DOWN` or a closed connection, never forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keep_alive_request_during_stopping() {
+    let upstream = Upstream::spawn().await;
+    let mut proxy = ProxyBuilder::new(&upstream.url, &upstream.token())
+        .set("SHUTDOWN__DELAY", &delay())
+        .set("SHUTDOWN__GRACE", "5s")
+        .spawn()
+        .await;
+    proxy.wait_ready().await;
+
+    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let request = |path: &str| {
+        http::Request::get(path)
+            .header(http::header::HOST, "127.0.0.1")
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+    let r = sender.send_request(request("/digital-accounts")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.into_body().collect().await.unwrap();
+
+    // Something in flight keeps the proxy in its stopping phase for a while.
+    let slow = fire(&proxy.url("/slow?ms=1500"), 1);
+    until_in_flight(&upstream, 1).await;
+
+    let t0 = Instant::now();
+    proxy.trigger_stop();
+    // Within the delay: normal service on the open connection.
+    sender.ready().await.unwrap();
+    let r = sender.send_request(request("/digital-accounts/DA-1001")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.into_body().collect().await.unwrap();
+    assert!(t0.elapsed() < DELAY);
+
+    tokio::time::sleep_until((t0 + DELAY + Duration::from_millis(150)).into()).await;
+    let forwarded_before = upstream.sim.requests().len();
+    let late = async {
+        sender.ready().await?;
+        sender.send_request(request("/digital-accounts")).await
+    };
+    match tokio::time::timeout(Duration::from_secs(3), late).await {
+        Ok(Err(_)) => {} // the connection was closed: allowed
+        Ok(Ok(r)) => {
+            assert_eq!(r.status(), 503, "a late request was served");
+            let body = r.into_body().collect().await.unwrap().to_bytes();
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            common::assert_schema(&body);
+            assert_eq!(body["code"], "SHUTTING_DOWN");
+        }
+        Err(_) => panic!("a late request on a kept-alive connection hung"),
+    }
+    assert_eq!(
+        upstream.sim.requests().len(),
+        forwarded_before,
+        "a late request was forwarded"
+    );
+
+    all_ok(slow).await;
+    let ended = tokio::time::timeout(DELAY + GRACE, proxy.join()).await;
+    assert!(matches!(ended, Ok(Ok(()))), "{ended:?}");
+}
+
+/// The binary under SIGTERM or `/quitquitquit` with 50 slow requests in flight: all 200, exit 0 in time.
+async fn binary_drains(quit_endpoint: bool) {
+    let upstream = Upstream::spawn().await;
+    let mut cfg = BinConfig::new(&upstream.url)
+        .set("shutdown", "delay", &format!("\"{}\"", delay()))
+        .set("shutdown", "grace", "\"5s\"");
+    if quit_endpoint {
+        cfg = cfg.env("ISSETTLED_PROXY__SHUTDOWN__ENABLE_QUIT_ENDPOINT", "true");
+    }
+    cfg.write_token(&upstream.token());
+    let mut running: Running = cfg.start_ready().await;
+    let tasks = fire(&cfg.url("/slow?ms=1000"), SLOW);
+    until_in_flight(&upstream, SLOW).await;
+
+    let t0 = Instant::now();
+    if quit_endpoint {
+        let r = client().post(cfg.admin_url("/quitquitquit")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    } else {
+        running.term();
+    }
+    becomes_unready_at_once(&cfg.admin_url("/readyz")).await;
+    let r = client().get(cfg.url("/digital-accounts")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "not served normally during shutdown.delay");
+    assert!(t0.elapsed() < DELAY, "the check ran past the delay: {:?}", t0.elapsed());
+    tokio::time::sleep_until((t0 + DELAY + Duration::from_millis(150)).into()).await;
+    refuses_connections(cfg.address).await;
+
+    all_ok(tasks).await;
+    let status = running.wait(DELAY + GRACE).await;
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", running.stderr());
+    assert!(t0.elapsed() < DELAY + GRACE, "{:?}", t0.elapsed());
+    let logs = running.stdout();
+    assert!(logs.contains("draining") && logs.contains("stopped"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn binary_sigterm_drains_and_exits_0() {
+    binary_drains(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn binary_quitquitquit_drains_and_exits_0() {
+    binary_drains(true).await;
+}
