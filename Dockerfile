@@ -3,7 +3,7 @@
 # issettled-proxy container image.
 #
 #   docker build -t issettled-proxy:dev .
-#   docker run --rm -p 127.0.0.1:8080:8080 -p 127.0.0.1:8081:8081 issettled-proxy:dev demo
+#   docker run --rm issettled-proxy:dev --version
 #
 # Needs BuildKit (the default builder since Docker 23) for the cache mounts below.
 # The crate uses rustls with ring, so there is no OpenSSL anywhere: ring only needs a C

@@ -2,12 +2,11 @@
 //! named, the token never printed), exit 1 on an address in use, no token in trace-level logs (issue 3 point 8),
 //! `wait` (issue 6 point 2) and a `demo` smoke test.
 
-mod binary;
 mod common;
 
 use std::time::{Duration, Instant};
 
-use binary::{command, fingerprint, output, quote, tail, BinConfig, Running};
+use common::binary::{command, fingerprint, output, quote, tail, BinConfig, Running};
 use issettled_proxy::sim::{Sim, SimConfig};
 
 /// Run `check-config --config <text>` and return (exit code, stdout, stderr).
@@ -318,7 +317,7 @@ async fn wait_returns_once_the_token_file_appears() {
 /// `wait` with nothing listening: exit 1 at its time-out, not before and not much after.
 #[tokio::test]
 async fn wait_exits_1_at_its_timeout() {
-    let port = binary::free_port();
+    let port = common::binary::free_port();
     let started = Instant::now();
     let mut cmd = command();
     cmd.args([

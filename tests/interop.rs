@@ -1,12 +1,11 @@
 //! Issue 2 point 9: the running binary driven end to end by curl and by Python's standard library, checked
 //! against what the simulated IsSettled received (the proxy's Bearer token, never the app's).
 
-mod binary;
 mod common;
 
 use std::time::Duration;
 
-use binary::{output, quote, BinConfig, Running};
+use common::binary::{output, quote, BinConfig, Running};
 use tokio::process::Command;
 
 /// Start the binary in front of a fresh sim, the proxy also on a Unix socket.

@@ -2,7 +2,6 @@
 //! enabled) turns `/readyz` 503 at once, keeps serving for `shutdown.delay`, then refuses new connections, lets
 //! all 50 finish with 200 and exits 0 within `shutdown.delay` + `shutdown.grace`.
 
-mod binary;
 mod common;
 
 use std::{
@@ -10,8 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use binary::{BinConfig, Running};
 use bytes::Bytes;
+use common::binary::{BinConfig, Running};
 use common::{client, ProxyBuilder, Upstream};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;

@@ -13,6 +13,7 @@ use issettled_proxy::{
 };
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
+pub mod binary;
 pub mod faulty;
 pub mod tls;
 

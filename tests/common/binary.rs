@@ -2,8 +2,6 @@
 //! free ports, the token in a file, the child's stdout and stderr captured, and SIGTERM by `kill -TERM`.
 //! Only the child's environment is set; the test process's environment is never changed.
 
-#![allow(dead_code, unreachable_pub)]
-
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
@@ -223,7 +221,7 @@ impl Running {
 
     /// Poll `url` until it answers 200 (10 s at most); panic with the child's output if it exits first.
     pub async fn wait_ready(&mut self, url: &str) {
-        let client = super::common::client();
+        let client = super::client();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {

@@ -1,0 +1,524 @@
+//! The token lifecycle end to end (issue 3): scheduled refreshes under load, backoff on transient failures,
+//! revocation and recovery through a Kubernetes-style token file swap, single-flight refresh after upstream 401s,
+//! every refresh response shape, the state file across a restart, `exp`-driven refreshes and `min_refresh_gap`.
+//!
+//! Acceptance point 8 (the token in no log line) is covered by the CLI tests, which capture the logs.
+
+mod common;
+
+use std::{
+    os::unix::fs::{symlink, PermissionsExt},
+    path::Path,
+    time::{Duration, Instant, SystemTime},
+};
+
+use common::{assert_schema, client, get_json, readyz, wait_for, ProxyBuilder, TestProxy, Upstream};
+use issettled_proxy::{
+    sim::{RefreshShape, ScriptedResponse, SimConfig},
+    token::secret::fingerprint,
+};
+use serde_json::Value;
+use tokio::task::JoinSet;
+
+/// `GET /status` on the admin port.
+async fn status(proxy: &TestProxy) -> Value {
+    get_json(&proxy.admin_url("/status")).await.1
+}
+
+/// Wait until the refresh the proxy makes at start-up has succeeded (the token then comes from a refresh).
+async fn startup_refresh_done(proxy: &TestProxy) {
+    let done = wait_for(|| async {
+        let s = status(proxy).await;
+        s["token"]["source"] == "refresh" && s["token"]["state"] == "valid"
+    })
+    .await;
+    assert!(done, "the start-up refresh did not succeed: {}", status(proxy).await);
+}
+
+/// The newest token the sim minted (after a refresh with a token-carrying shape: the proxy's current token).
+fn newest(upstream: &Upstream) -> String {
+    upstream.sim.issued_tokens().pop().expect("a token was minted")
+}
+
+/// The wall-clock time of a monotonic instant in the past.
+fn wall_of(at: Instant) -> SystemTime {
+    SystemTime::now() - at.elapsed()
+}
+
+fn rfc3339(v: &Value) -> SystemTime {
+    humantime::parse_rfc3339(v.as_str().unwrap_or_else(|| panic!("not a time: {v}"))).unwrap()
+}
+
+/// Publish `token` the way the kubelet updates a mounted Secret: write a new timestamped directory, point a
+/// temporary `..data_tmp` symlink at it and rename that over `..data`; `token` itself links to `..data/token`.
+fn publish_secret(dir: &Path, version: &str, token: &str) {
+    let versioned = dir.join(version);
+    std::fs::create_dir(&versioned).unwrap();
+    std::fs::write(versioned.join("token"), format!("{token}\n")).unwrap();
+    let tmp = dir.join("..data_tmp");
+    symlink(version, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    let link = dir.join("token");
+    if std::fs::symlink_metadata(&link).is_err() {
+        symlink("..data/token", &link).unwrap();
+    }
+}
+
+/// Point 1: `refresh_interval` 1 s for 10 s under 200 concurrent clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_second_refreshes_under_200_clients_fail_no_request_and_send_only_valid_tokens() {
+    let upstream = Upstream::spawn_with(SimConfig {
+        revoke_after: Duration::from_secs(5),
+        ..SimConfig::default()
+    })
+    .await;
+    let proxy = ProxyBuilder::new(&upstream.url, &upstream.token())
+        .set("TOKEN__REFRESH_INTERVAL", "1s")
+        .set("TOKEN__REVOKE_AFTER", "5s")
+        .spawn()
+        .await;
+    proxy.wait_ready().await;
+
+    let c = client();
+    let url = proxy.url("/digital-accounts");
+    let stop_at = Instant::now() + Duration::from_secs(10);
+    let mut clients = JoinSet::new();
+    for _ in 0..200 {
+        let (c, url) = (c.clone(), url.clone());
+        clients.spawn(async move {
+            let (mut ok, mut failed) = (0_usize, Vec::new());
+            while Instant::now() < stop_at {
+                let result = match c.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => r.bytes().await.map(drop).map_err(|e| e.to_string()),
+                    Ok(r) => Err(format!("status {}: {}", r.status(), r.text().await.unwrap_or_default())),
+                    Err(e) => Err(e.to_string()),
+                };
+                match result {
+                    Ok(()) => ok += 1,
+                    Err(e) => failed.push(e),
+                }
+            }
+            (ok, failed)
+        });
+    }
+    let (mut ok, mut failed) = (0, Vec::new());
+    while let Some(done) = clients.join_next().await {
+        let (n, f) = done.unwrap();
+        ok += n;
+        failed.extend(f);
+    }
+    let refreshes = upstream.sim.refresh_calls().len();
+
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed, e.g. {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    let seen = upstream.sim.requests();
+    assert_eq!(seen.len(), ok, "every request reached the upstream exactly once");
+    let invalid = seen.iter().filter(|r| !r.token_valid).count();
+    assert_eq!(
+        invalid, 0,
+        "the upstream saw {invalid} requests with a token it did not accept"
+    );
+    let distinct: std::collections::HashSet<_> = seen.iter().filter_map(|r| r.token.clone()).collect();
+    assert!(
+        distinct.len() >= 5,
+        "the token was swapped under load ({} tokens seen)",
+        distinct.len()
+    );
+    // One refresh at start-up, then one per second.
+    assert!((9..=12).contains(&refreshes), "{refreshes} refresh calls in 10 s");
+}
+
+/// Point 2: refresh answers 500 three times, then normally.
+///
+/// Backoff uses full jitter (base 1 s, floor 250 ms), so strictly growing delays cannot be asserted end to end;
+/// `transient_failures_back_off_with_growing_delays_then_recover` in `src/token/refresher/tests.rs` checks the
+/// growth on a paused clock with the jitter pinned. Here: three failures, then a success well before the
+/// revoke deadline, and the proxy serving throughout.
+#[tokio::test]
+async fn three_refresh_500s_are_retried_with_backoff_and_the_token_is_refreshed_before_the_revoke_deadline() {
+    let upstream = Upstream::spawn().await;
+    upstream.sim.script_refresh(vec![ScriptedResponse::Status(500); 3]);
+    let started = Instant::now();
+    let proxy = ProxyBuilder::new(&upstream.url, &upstream.token())
+        .set("TOKEN__REFRESH_INTERVAL", "10s")
+        .set("TOKEN__REVOKE_AFTER", "20s")
+        .spawn()
+        .await;
+    let revoke_deadline = started + Duration::from_secs(20);
+
+    let failing =
+        wait_for(|| async { status(&proxy).await["token"]["consecutive_failures"].as_u64() >= Some(1) }).await;
+    assert!(failing, "the failures show in /status: {}", status(&proxy).await);
+    let (code, _) = get_json(&proxy.url("/digital-accounts")).await;
+    assert_eq!(
+        code, 200,
+        "the current token keeps serving while the refresh is retried"
+    );
+
+    let recovered = wait_for(|| async {
+        let s = status(&proxy).await;
+        upstream.sim.refresh_calls().len() >= 4
+            && s["token"]["consecutive_failures"] == 0
+            && s["token"]["source"] == "refresh"
+    })
+    .await;
+    assert!(recovered, "not refreshed: {}", status(&proxy).await);
+    let calls = upstream.sim.refresh_calls();
+    assert_eq!(calls.len(), 4, "three failures and one success");
+    assert!(calls[3].at < revoke_deadline, "refreshed before the revoke deadline");
+    for pair in calls.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        assert!(
+            gap >= Duration::from_millis(200),
+            "a retry waits at least the backoff floor, waited {gap:?}"
+        );
+    }
+    // Full jitter over 1 s, 2 s and 4 s steps: at most 7 s in all.
+    assert!(
+        calls[3].at - calls[0].at <= Duration::from_secs(8),
+        "backoff capped: {:?}",
+        calls[3].at - calls[0].at
+    );
+
+    let s = status(&proxy).await;
+    assert_eq!(s["token"]["state"], "valid");
+    assert_eq!(s["token"]["last_error"], Value::Null);
+    let token = newest(&upstream);
+    assert_eq!(s["token"]["fingerprint"], fingerprint(&token));
+    let metrics = client()
+        .get(proxy.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("issettled_proxy_token_refresh_total{result=\"transient_error\"} 3"),
+        "{metrics}"
+    );
+
+    let (code, _) = get_json(&proxy.url("/digital-accounts")).await;
+    assert_eq!(code, 200);
+    let last = upstream.sim.requests().pop().unwrap();
+    assert_eq!(
+        last.token.as_deref(),
+        Some(token.as_str()),
+        "requests now carry the refreshed token"
+    );
+}
+
+/// Point 3: refresh answers 401 → not ready, 503 `TOKEN_UNAVAILABLE`; a new token by symlink swap → ready.
+#[tokio::test]
+async fn a_revoked_token_makes_the_proxy_unready_until_a_new_token_file_is_swapped_in() {
+    let upstream = Upstream::spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let first = upstream.token();
+    publish_secret(dir.path(), "..2024_01_01_00_00_00.000000001", &first);
+    let proxy = ProxyBuilder::new(&upstream.url, &first)
+        .token_file(&dir.path().join("token"))
+        .spawn()
+        .await;
+    startup_refresh_done(&proxy).await;
+    let c = client();
+
+    upstream.sim.script_refresh(vec![ScriptedResponse::Status(401)]);
+    let r = c.post(proxy.admin_url("/refresh")).send().await.unwrap();
+    assert!(
+        r.status().is_server_error(),
+        "a refused refresh is an error: {}",
+        r.status()
+    );
+    assert_eq!(readyz(&proxy).await, 503);
+    let s = status(&proxy).await;
+    assert_eq!(s["ready"], false);
+    assert_eq!(s["token"]["state"], "revoked");
+
+    let sent_before = upstream.sim.requests().len();
+    let (code, body) = get_json(&proxy.url("/digital-accounts")).await;
+    assert_eq!(code, 503);
+    assert_schema(&body);
+    assert_eq!(body["code"], "TOKEN_UNAVAILABLE");
+    assert_eq!(
+        upstream.sim.requests().len(),
+        sent_before,
+        "nothing is sent upstream without a usable token"
+    );
+
+    let fresh = upstream.sim.mint_admin_token();
+    publish_secret(dir.path(), "..2024_01_02_00_00_00.000000002", &fresh);
+    let swapped = Instant::now();
+    let ready = tokio::time::timeout(Duration::from_secs(3), async {
+        while readyz(&proxy).await != 200 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(ready.is_ok(), "not ready 3 s after the token file changed");
+    assert!(
+        swapped.elapsed() <= Duration::from_millis(2500),
+        "adopted within about 2 s: {:?}",
+        swapped.elapsed()
+    );
+
+    let (code, _) = get_json(&proxy.url("/digital-accounts")).await;
+    assert_eq!(code, 200);
+    let last = upstream.sim.requests().pop().unwrap();
+    assert_eq!(last.token.as_deref(), Some(fresh.as_str()));
+    assert!(last.token_valid);
+    let s = status(&proxy).await;
+    assert_eq!(s["token"]["source"], "file");
+    assert_eq!(s["token"]["state"], "valid");
+}
+
+/// Point 4: 100 concurrent GETs meeting 401 → one refresh, all succeed; a POST meeting 401 is not replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_upstream_401s_cause_one_refresh_and_gets_succeed_while_a_post_is_not_replayed() {
+    let upstream = Upstream::spawn().await;
+    let proxy = ProxyBuilder::new(&upstream.url, &upstream.token())
+        .set("TOKEN__MIN_REFRESH_GAP", "0s")
+        .spawn()
+        .await;
+    startup_refresh_done(&proxy).await;
+    assert_eq!(upstream.sim.refresh_calls().len(), 1, "the start-up refresh");
+    let rejected = newest(&upstream);
+    upstream.sim.reject_api_token(&rejected);
+
+    let c = client();
+    let mut gets = JoinSet::new();
+    for _ in 0..100 {
+        let (c, url) = (c.clone(), proxy.url("/digital-accounts"));
+        gets.spawn(async move { c.get(url).send().await.map(|r| r.status().as_u16()) });
+    }
+    let mut statuses = Vec::new();
+    while let Some(done) = gets.join_next().await {
+        statuses.push(done.unwrap().unwrap());
+    }
+    assert!(statuses.iter().all(|s| *s == 200), "all succeed on retry: {statuses:?}");
+    assert_eq!(
+        upstream.sim.refresh_calls().len(),
+        2,
+        "exactly one refresh beyond the start-up one"
+    );
+    let refreshed = newest(&upstream);
+    let seen = upstream.sim.requests();
+    let with_new = seen
+        .iter()
+        .filter(|r| r.token.as_deref() == Some(refreshed.as_str()) && r.token_valid)
+        .count();
+    let with_old = seen
+        .iter()
+        .filter(|r| r.token.as_deref() == Some(rejected.as_str()))
+        .count();
+    assert_eq!(with_new, 100, "each GET answered with the refreshed token");
+    assert_eq!(with_old + with_new, seen.len());
+    assert!((1..=100).contains(&with_old));
+
+    upstream.sim.reject_api_token(&refreshed);
+    let r = c
+        .post(proxy.url("/payments"))
+        .header("content-type", "application/json")
+        .body(r#"{"amount":"1.00","currency":"EUR"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/json"));
+    let body: Value = r.json().await.unwrap();
+    assert_schema(&body);
+    assert_eq!(body["code"], "UNAUTHORIZED", "the upstream's error, normalized: {body}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let posts = upstream
+        .sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == http::Method::POST)
+        .count();
+    assert_eq!(posts, 1, "a POST is never replayed");
+}
+
+/// Point 5: every refresh response shape of the contract.
+#[tokio::test]
+async fn every_refresh_response_shape_yields_a_working_token() {
+    let upstream = Upstream::spawn().await;
+    let proxy = ProxyBuilder::new(&upstream.url, &upstream.token()).spawn().await;
+    startup_refresh_done(&proxy).await;
+    let c = client();
+
+    for shape in [
+        RefreshShape::AccessToken,
+        RefreshShape::Token,
+        RefreshShape::AccessTokenCamel,
+        RefreshShape::Jwt,
+        RefreshShape::DataToken,
+        RefreshShape::NoContent,
+        RefreshShape::OkNoToken,
+    ] {
+        upstream.sim.set_refresh_shape(shape);
+        let minted_before = upstream.sim.issued_tokens().len();
+        let calls_before = upstream.sim.refresh_calls().len();
+        let r = c.post(proxy.admin_url("/refresh")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{shape:?}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(upstream.sim.refresh_calls().len(), calls_before + 1, "{shape:?}");
+
+        let mints = !matches!(shape, RefreshShape::NoContent | RefreshShape::OkNoToken);
+        let minted = upstream.sim.issued_tokens().len() - minted_before;
+        assert_eq!(minted, usize::from(mints), "{shape:?}");
+        // With a token-carrying shape the newest token; else the current one stays (and is the newest too).
+        let expected = newest(&upstream);
+        assert_eq!(body["fingerprint"], fingerprint(&expected), "{shape:?}: {body}");
+        assert_eq!(body["state"], "valid", "{shape:?}");
+        assert_eq!(body["consecutive_failures"], 0, "{shape:?}");
+
+        let (code, _) = get_json(&proxy.url("/digital-accounts")).await;
+        assert_eq!(code, 200, "{shape:?}");
+        let last = upstream.sim.requests().pop().unwrap();
+        assert_eq!(last.token.as_deref(), Some(expected.as_str()), "{shape:?}");
+        assert!(last.token_valid, "{shape:?}");
+    }
+}
+
+/// Point 6: the refreshed token survives a restart through `state_file`, which is mode 0600.
+#[tokio::test]
+async fn a_restart_continues_with_the_persisted_token_not_the_stale_token_file() {
+    let upstream = Upstream::spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    let state_file = dir.path().join("state").join("token.json");
+    std::fs::create_dir(state_file.parent().unwrap()).unwrap();
+    let stale = upstream.token();
+    std::fs::write(&token_file, format!("{stale}\n")).unwrap();
+    let builder = || {
+        ProxyBuilder::new(&upstream.url, &stale)
+            .token_file(&token_file)
+            .set("TOKEN__STATE_FILE", &state_file.display().to_string())
+    };
+
+    let proxy = builder().spawn().await;
+    startup_refresh_done(&proxy).await;
+    let r = client().post(proxy.admin_url("/refresh")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let persisted = newest(&upstream);
+    assert_eq!(upstream.sim.refresh_calls().len(), 2);
+    proxy.stop().await.unwrap();
+
+    let mode = std::fs::metadata(&state_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "state file mode {mode:o}");
+    assert!(std::fs::read_to_string(&state_file).unwrap().contains(&persisted));
+    assert_eq!(
+        std::fs::read_to_string(&token_file).unwrap().trim(),
+        stale,
+        "the token file is still stale"
+    );
+    // Were the stale token used again, its first refresh would now be refused.
+    upstream.sim.revoke(&stale);
+
+    let proxy = builder().spawn().await;
+    proxy.wait_ready().await;
+    assert!(
+        wait_for(|| async { upstream.sim.refresh_calls().len() >= 3 }).await,
+        "no start-up refresh"
+    );
+    let call = &upstream.sim.refresh_calls()[2];
+    assert_eq!(
+        call.token.as_deref(),
+        Some(persisted.as_str()),
+        "the restarted proxy refreshed the persisted token"
+    );
+    startup_refresh_done(&proxy).await;
+    let (code, _) = get_json(&proxy.url("/digital-accounts")).await;
+    assert_eq!(code, 200);
+    let last = upstream.sim.requests().pop().unwrap();
+    assert!(last.token_valid);
+    assert_ne!(last.token.as_deref(), Some(stale.as_str()));
+    assert!(upstream
+        .sim
+        .requests()
+        .iter()
+        .all(|r| r.token.as_deref() != Some(stale.as_str())));
+}
+
+/// Point 7: a JWT whose `exp` is 60 s away is refreshed by `exp - refresh_before_expiry`, long before the
+/// 10 minute interval. (`refresh_before_expiry` is 55 s here: with the default 2 m, a 60 s token would be due
+/// at once after every refresh.)
+#[tokio::test]
+async fn a_token_expiring_in_60s_is_refreshed_before_exp_minus_refresh_before_expiry() {
+    let upstream = Upstream::spawn_with(SimConfig {
+        token_ttl: Duration::from_secs(60),
+        ..SimConfig::default()
+    })
+    .await;
+    let proxy = ProxyBuilder::new(&upstream.url, &upstream.token())
+        .set("TOKEN__REFRESH_INTERVAL", "10m")
+        .set("TOKEN__REFRESH_BEFORE_EXPIRY", "55s")
+        .spawn()
+        .await;
+    startup_refresh_done(&proxy).await;
+    let first = newest(&upstream);
+    let s = status(&proxy).await;
+    let expires_at = rfc3339(&s["token"]["expires_at"]);
+    let due = expires_at - Duration::from_secs(55);
+    let next = rfc3339(&s["token"]["next_refresh_at"]);
+    assert!(
+        next <= due + Duration::from_millis(1),
+        "next refresh {next:?} after exp - 55 s {due:?}"
+    );
+
+    assert!(
+        wait_for(|| async { upstream.sim.refresh_calls().len() >= 2 }).await,
+        "no exp-driven refresh"
+    );
+    let calls = upstream.sim.refresh_calls();
+    assert_eq!(calls.len(), 2, "one exp-driven refresh, no storm");
+    let call = &calls[1];
+    assert_eq!(call.token.as_deref(), Some(first.as_str()));
+    assert!(call.token_valid, "refreshed while the token was still valid");
+    assert!(
+        wall_of(call.at) <= due + Duration::from_secs(1),
+        "refreshed by exp - refresh_before_expiry"
+    );
+    assert!(
+        call.at - calls[0].at >= Duration::from_secs(2),
+        "scheduled from exp, not at once"
+    );
+}
+
+/// Point 9: 50 upstream 401s on a token refreshed a second ago cause no refresh (`min_refresh_gap` 5 s).
+#[tokio::test]
+async fn upstream_401s_within_min_refresh_gap_cause_no_refresh() {
+    let upstream = Upstream::spawn().await;
+    let proxy = ProxyBuilder::new(&upstream.url, &upstream.token()).spawn().await;
+    startup_refresh_done(&proxy).await;
+    assert_eq!(upstream.sim.refresh_calls().len(), 1);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let token = newest(&upstream);
+    // E.g. a token without the Permitted Endpoint: the upstream says 401 though the token is fine.
+    upstream.sim.reject_api_token(&token);
+
+    let c = client();
+    for i in 0..50 {
+        let r = c.get(proxy.url("/digital-accounts")).send().await.unwrap();
+        assert_eq!(r.status(), 401, "request {i}");
+        if i == 0 {
+            assert_schema(&r.json().await.unwrap());
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        upstream.sim.refresh_calls().len(),
+        1,
+        "no refresh within min_refresh_gap"
+    );
+    let seen = upstream.sim.requests();
+    assert_eq!(seen.len(), 50, "no retries either");
+    assert!(seen.iter().all(|r| r.token.as_deref() == Some(token.as_str())));
+}
