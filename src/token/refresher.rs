@@ -128,10 +128,7 @@ impl<C: RefreshClient> Refresher<C> {
     /// A refresher for `cell`, and the handle that asks it for refreshes.
     pub fn new(settings: Settings, cell: Arc<TokenCell>, client: C, metrics: Arc<Metrics>) -> (Self, RefreshHandle) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let file = settings
-            .token_file
-            .clone()
-            .map(|p| FileWatch::new(p, cell.load().as_ref().map(|c| c.token())));
+        let file = settings.token_file.clone().map(FileWatch::new);
         let me = Self {
             settings,
             cell,

@@ -83,11 +83,13 @@ pub struct FileWatch {
 }
 
 impl FileWatch {
-    /// Watch `path`; `initial` is the content already adopted at start (never re-adopted).
-    pub fn new(path: PathBuf, initial: Option<&Token>) -> Self {
+    /// Watch `path`. Whatever it holds now was already considered at start (adopted, or beaten by a newer
+    /// state-file token, or refused) and is never adopted later: only a change is.
+    pub fn new(path: PathBuf) -> Self {
+        let adopted = std::fs::read_to_string(&path).ok().map(|t| t.trim().to_owned());
         Self {
             path,
-            adopted: initial.map(|t| t.expose().to_owned()),
+            adopted,
             pending: None,
         }
     }
@@ -169,7 +171,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
         std::fs::write(&path, "first\n").unwrap();
-        let mut watch = FileWatch::new(path.clone(), Some(&Token::parse("first").unwrap()));
+        let mut watch = FileWatch::new(path.clone());
         assert!(watch.poll().await.is_none());
         std::fs::write(&path, "second\n").unwrap();
         assert!(watch.poll().await.is_none(), "needs to be seen twice");
