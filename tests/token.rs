@@ -522,3 +522,19 @@ async fn upstream_401s_within_min_refresh_gap_cause_no_refresh() {
     assert_eq!(seen.len(), 50, "no retries either");
     assert!(seen.iter().all(|r| r.token.as_deref() == Some(token.as_str())));
 }
+
+/// A token whose whole lifetime is shorter than `refresh_before_expiry` (default 2 m) must not make every fresh
+/// token due at once: that turns the schedule into a refresh storm against the upstream.
+#[tokio::test]
+async fn a_token_lifetime_shorter_than_refresh_before_expiry_causes_no_refresh_storm() {
+    let upstream = Upstream::spawn_with(SimConfig {
+        token_ttl: Duration::from_secs(60),
+        ..SimConfig::default()
+    })
+    .await;
+    let proxy = ProxyBuilder::new(&upstream.url, &upstream.token()).spawn().await;
+    startup_refresh_done(&proxy).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let calls = upstream.sim.refresh_calls().len();
+    assert!(calls <= 5, "{calls} refresh calls in about 3 s");
+}

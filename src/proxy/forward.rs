@@ -208,18 +208,31 @@ fn check(state: &ProxyState, parts: &Parts) -> Result<(), ProxyError> {
     Ok(())
 }
 
-/// Refuse a declared length over the limit now; bound a body of unknown length as it streams.
+/// The app's request body failed while it streamed upstream (a malformed chunk, a client gone mid-body): the
+/// client's fault, answered 400, not an upstream 502.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body is malformed or broke off: {0}")]
+struct InboundBodyError(#[source] axum::Error);
+
+/// Refuse a declared length over the limit now; bound a body of unknown length as it streams. Errors of the
+/// app's body are tagged ([`InboundBodyError`]) so [`classify`] can tell them from the upstream's.
 fn limit_body(body: Body, headers: &HeaderMap, max: u64) -> Result<Body, ProxyError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .map(|v| v.to_str().ok().and_then(|s| s.parse::<u64>().ok()));
+    if body.is_end_stream() {
+        return match declared {
+            Some(None) => Err(ProxyError::BadRequest("the Content-Length header is not a number")),
+            _ => Ok(body),
+        };
+    }
+    let tagged = body.map_err(InboundBodyError);
     match declared {
         Some(Some(n)) if n > max => Err(ProxyError::PayloadTooLarge),
-        Some(Some(_)) => Ok(body),
+        Some(Some(_)) => Ok(Body::new(tagged)),
         Some(None) => Err(ProxyError::BadRequest("the Content-Length header is not a number")),
-        None if body.is_end_stream() => Ok(body),
         None => Ok(Body::new(Limited::new(
-            body,
+            tagged,
             usize::try_from(max).unwrap_or(usize::MAX),
         ))),
     }
@@ -245,6 +258,9 @@ fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
     while let Some(s) = source {
         if s.downcast_ref::<LengthLimitError>().is_some() {
             return ProxyError::PayloadTooLarge;
+        }
+        if s.downcast_ref::<InboundBodyError>().is_some() {
+            return ProxyError::BadRequest("the request body is malformed or broke off");
         }
         detail = s.to_string();
         source = s.source();
@@ -302,4 +318,61 @@ async fn read_bounded(mut body: Incoming, deadline: Instant) -> Bytes {
     };
     let _ = tokio::time::timeout_at(deadline.max(Instant::now() + Duration::from_millis(100)), read).await;
     Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body whose first frame is an error, like hyper's for a malformed chunk size.
+    fn broken_body() -> Body {
+        let frames = futures_util::stream::iter([Err::<Bytes, _>(std::io::Error::other("invalid chunk size"))]);
+        Body::from_stream(frames)
+    }
+
+    async fn first_error(body: Body) -> Box<dyn std::error::Error + Send + Sync> {
+        let mut body = body;
+        match body.frame().await {
+            Some(Err(e)) => e.into(),
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    fn chain_has<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+        let mut source = Some(e);
+        while let Some(s) = source {
+            if s.downcast_ref::<T>().is_some() {
+                return true;
+            }
+            source = s.source();
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn errors_of_the_app_body_are_tagged_as_the_clients() {
+        let mut headers = HeaderMap::new();
+        let chunked = limit_body(broken_body(), &headers, 1024).unwrap();
+        assert!(chain_has::<InboundBodyError>(&*first_error(chunked).await));
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+        let sized = limit_body(broken_body(), &headers, 1024).unwrap();
+        assert!(chain_has::<InboundBodyError>(&*first_error(sized).await));
+    }
+
+    #[tokio::test]
+    async fn over_the_limit_is_a_length_error_not_the_clients_fault() {
+        let big = Body::from_stream(futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from(
+            vec![b'x'; 2048],
+        ))]));
+        let limited = limit_body(big, &HeaderMap::new(), 1024).unwrap();
+        let e = first_error(limited).await;
+        assert!(chain_has::<LengthLimitError>(&*e));
+        assert!(!chain_has::<InboundBodyError>(&*e));
+        let mut declared = HeaderMap::new();
+        declared.insert(header::CONTENT_LENGTH, HeaderValue::from_static("2048"));
+        assert!(matches!(
+            limit_body(broken_body(), &declared, 1024),
+            Err(ProxyError::PayloadTooLarge)
+        ));
+    }
 }

@@ -229,15 +229,13 @@ impl<C: RefreshClient> Refresher<C> {
         }
         // Measured from the confirmation on both clocks, like the revoke deadline.
         let since = current.confirmed.elapsed(now);
-        let until_expiry = current.expires_at.map(|exp| {
-            exp.duration_since(current.confirmed.wall)
-                .unwrap_or_default()
-                .saturating_sub(since)
-        });
+        let lifetime = current
+            .expires_at
+            .map(|exp| exp.duration_since(current.confirmed.wall).unwrap_or_default());
         Some(schedule::refresh_due_in(
             since,
             self.settings.refresh_interval,
-            until_expiry,
+            lifetime,
             self.settings.refresh_before_expiry,
         ))
     }

@@ -21,17 +21,22 @@ pub const SESSION_WARNINGS: [Duration; 3] = [
     Duration::from_secs(15 * 60),
 ];
 
-/// How long until the next scheduled refresh, given the time since the token was last confirmed and the time
-/// left until its expiry (if known).
+/// How long until the next scheduled refresh, given the time since the token was last confirmed and its
+/// lifetime at that moment (`exp` minus the confirmation time, if known). The lead before `exp` is
+/// `before_expiry`; a token that does not even live that long is refreshed half-way through its life instead
+/// (else every fresh token would be due at once: a refresh storm).
 pub fn refresh_due_in(
     since_confirmed: Duration,
     interval: Duration,
-    until_expiry: Option<Duration>,
+    lifetime: Option<Duration>,
     before_expiry: Duration,
 ) -> Duration {
     let by_interval = interval.saturating_sub(since_confirmed);
-    match until_expiry {
-        Some(left) => by_interval.min(left.saturating_sub(before_expiry)),
+    match lifetime {
+        Some(life) => {
+            let lead = if before_expiry < life { before_expiry } else { life / 2 };
+            by_interval.min(life.saturating_sub(lead).saturating_sub(since_confirmed))
+        }
         None => by_interval,
     }
 }
@@ -68,10 +73,19 @@ mod tests {
 
     #[test]
     fn near_expiry_wins() {
-        // exp 60 s away, 10 min interval: refresh now (60 - 120 < 0).
-        assert_eq!(refresh_due_in(S(0), S(600), Some(S(60)), S(120)), S(0));
         assert_eq!(refresh_due_in(S(0), S(600), Some(S(300)), S(120)), S(180));
+        assert_eq!(refresh_due_in(S(100), S(600), Some(S(300)), S(120)), S(80));
         assert_eq!(refresh_due_in(S(0), S(60), Some(S(3600)), S(120)), S(60));
+        assert_eq!(refresh_due_in(S(200), S(600), Some(S(300)), S(120)), S(0));
+    }
+
+    #[test]
+    fn a_lifetime_shorter_than_the_lead_refreshes_half_way_not_at_once() {
+        // 60 s tokens with a 2 min lead: every 30 s, not in a loop.
+        assert_eq!(refresh_due_in(S(0), S(600), Some(S(60)), S(120)), S(30));
+        assert_eq!(refresh_due_in(S(29), S(600), Some(S(60)), S(120)), S(1));
+        assert_eq!(refresh_due_in(S(0), S(600), Some(S(0)), S(120)), S(0));
+        assert_eq!(refresh_due_in(S(0), S(600), Some(S(60)), S(55)), S(5));
     }
 
     #[test]

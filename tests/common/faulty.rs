@@ -5,7 +5,7 @@ use std::{
     net::SocketAddr,
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     time::Duration,
 };
@@ -38,6 +38,8 @@ pub enum Fault {
 pub struct Faulty {
     pub addr: SocketAddr,
     pub requests: Arc<AtomicUsize>,
+    /// The request line of each request received (`POST /payments HTTP/1.1`), refresh calls included.
+    lines: Arc<Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -47,19 +49,25 @@ impl Faulty {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(AtomicUsize::new(0));
-        let counter = requests.clone();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (counter, log) = (requests.clone(), lines.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let counter = counter.clone();
+                let (counter, log) = (counter.clone(), log.clone());
                 tokio::spawn(async move {
-                    let _ = serve(stream, fault, counter).await;
+                    let _ = serve(stream, fault, counter, log).await;
                 });
             }
         });
-        Self { addr, requests, task }
+        Self {
+            addr,
+            requests,
+            lines,
+            task,
+        }
     }
 
     /// `http://127.0.0.1:port`.
@@ -71,6 +79,19 @@ impl Faulty {
     pub fn count(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
     }
+
+    /// The request lines received so far, in order (the proxy's start-up refresh call included).
+    pub fn request_lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// How many requests for exactly this path (query excluded) arrived.
+    pub fn count_path(&self, path: &str) -> usize {
+        self.request_lines()
+            .iter()
+            .filter(|l| l.split(' ').nth(1).and_then(|t| t.split('?').next()) == Some(path))
+            .count()
+    }
 }
 
 impl Drop for Faulty {
@@ -79,7 +100,8 @@ impl Drop for Faulty {
     }
 }
 
-async fn read_head(stream: &mut TcpStream) -> std::io::Result<()> {
+/// Read a request head; returns its first line.
+async fn read_head(stream: &mut TcpStream) -> std::io::Result<String> {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -89,11 +111,18 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<()> {
         }
         buf.extend_from_slice(&byte[..n]);
     }
-    Ok(())
+    let head = String::from_utf8_lossy(&buf);
+    Ok(head.lines().next().unwrap_or_default().to_owned())
 }
 
-async fn serve(mut stream: TcpStream, fault: Fault, counter: Arc<AtomicUsize>) -> std::io::Result<()> {
-    read_head(&mut stream).await?;
+async fn serve(
+    mut stream: TcpStream,
+    fault: Fault,
+    counter: Arc<AtomicUsize>,
+    log: Arc<Mutex<Vec<String>>>,
+) -> std::io::Result<()> {
+    let line = read_head(&mut stream).await?;
+    log.lock().unwrap().push(line);
     counter.fetch_add(1, Ordering::SeqCst);
     match fault {
         Fault::Hang => {
