@@ -352,7 +352,7 @@ async fn no_path_escapes_the_permitted_prefix() {
         .await;
     let long = format!("/{}", "a".repeat(16 * 1024));
     let long_escape = format!("/payments/{}/../../digital-accounts", "a".repeat(16 * 1024));
-    let targets = [
+    let escapes = [
         "/payments/../digital-accounts",
         "/payments/./../digital-accounts",
         "/payments/%2e%2e/digital-accounts",
@@ -371,28 +371,21 @@ async fn no_path_escapes_the_permitted_prefix() {
         "//payments/../digital-accounts",
         "/payments/%00/../digital-accounts",
         "/payments/%zz",
-        "/payments-x",
-        "/digital-accounts",
-        "/Payments",
-        &long,
         &long_escape,
     ];
-    for target in targets {
+    for target in escapes {
         let request = format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
         let response = raw(proxy.addr, request.as_bytes()).await;
-        let status = raw_status(&response);
+        assert_bad_request(&response, &target[..target.len().min(60)]);
+    }
+    for target in ["/payments-x", "/digital-accounts", "/Payments", "/payment", &long] {
+        let request = format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        let response = raw(proxy.addr, request.as_bytes()).await;
         let short = &target[..target.len().min(60)];
-        assert!(matches!(status, 400 | 403 | 414 | 431), "{short}: {status}");
+        assert_eq!(raw_status(&response), 403, "{short}");
         let body = raw_json(&response);
-        if !body.is_null() {
-            assert_schema(&body);
-            let want = if status == 400 {
-                "BAD_REQUEST"
-            } else {
-                "ENDPOINT_NOT_PERMITTED"
-            };
-            assert_eq!(body["code"], want, "{short}");
-        }
+        assert_schema(&body);
+        assert_eq!(body["code"], "ENDPOINT_NOT_PERMITTED", "{short}");
     }
     // A path too long for a URI at all (> 64 KiB) is the parser's 414.
     let huge = format!(

@@ -235,3 +235,60 @@ impl TokenCell {
         self.status.store(Arc::new(next));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn current(confirmed: Stamp, exp: Option<SystemTime>) -> Current {
+        Current::new(Adoption {
+            token: Token::parse("t").unwrap(),
+            generation: 1,
+            source: Source::Env,
+            claims: Claims {
+                exp,
+                ..Claims::default()
+            },
+            expires_at: None,
+            confirmed,
+            revoke_after: Duration::from_secs(900),
+            session_expires_at: SystemTime::now() + Duration::from_secs(3600),
+        })
+    }
+
+    #[test]
+    fn deadlines_hold_on_both_clocks() {
+        let now = Stamp::now();
+        assert_eq!(current(now, None).check(&now), Ok(()));
+        // A suspended machine: the monotonic clock stood still, the wall clock moved on 20 minutes.
+        let woke = Stamp {
+            mono: now.mono,
+            wall: now.wall + Duration::from_secs(1200),
+        };
+        assert_eq!(current(now, None).check(&woke), Err(Unusable::DeadlinePassed));
+        // The wall clock jumped back an hour: the monotonic clock still counts.
+        let later = Stamp {
+            mono: now.mono + Duration::from_secs(1200),
+            wall: now.wall - Duration::from_secs(3600),
+        };
+        assert_eq!(current(now, None).check(&later), Err(Unusable::DeadlinePassed));
+        assert_eq!(now.elapsed(&later), Duration::from_secs(1200));
+        // A JWT past its exp is never sent.
+        let exp = now.wall + Duration::from_secs(10);
+        let after_exp = Stamp {
+            mono: now.mono,
+            wall: exp,
+        };
+        assert_eq!(current(now, Some(exp)).check(&after_exp), Err(Unusable::Expired));
+    }
+
+    #[test]
+    fn the_cell_hands_out_usable_tokens_only() {
+        let cell = TokenCell::new();
+        let now = Stamp::now();
+        assert_eq!(cell.usable(&now).unwrap_err(), Unusable::Missing);
+        cell.store(Some(Arc::new(current(now, None))));
+        assert_eq!(cell.usable(&now).unwrap().header(), "Bearer t");
+        assert!(cell.usable(&now).unwrap().header().is_sensitive());
+    }
+}
