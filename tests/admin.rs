@@ -47,24 +47,6 @@ const METRICS: [(&str, &str); 8] = [
     ("issettled_proxy_in_flight_requests", "gauge"),
 ];
 
-async fn status(proxy: &TestProxy) -> Value {
-    get_json(&proxy.admin_url("/status")).await.1
-}
-
-/// Wait until the start-up refresh has succeeded.
-async fn startup_refresh_done(proxy: &TestProxy) {
-    let done = wait_for(|| async {
-        let s = status(proxy).await;
-        s["token"]["source"] == "refresh" && s["token"]["state"] == "valid"
-    })
-    .await;
-    assert!(done, "the start-up refresh did not succeed: {}", status(proxy).await);
-}
-
-fn newest(upstream: &Upstream) -> String {
-    upstream.sim.issued_tokens().pop().expect("a token was minted")
-}
-
 /// One sample line of the text format.
 #[derive(Debug, Clone, PartialEq)]
 struct Sample {
@@ -226,7 +208,7 @@ async fn readyz_goes_200_503_200_through_a_revoked_token_and_a_new_token_file() 
     let first = upstream.token();
     std::fs::write(&path, format!("{first}\n")).unwrap();
     let proxy = ProxyBuilder::new(&upstream.url, &first).token_file(&path).spawn().await;
-    startup_refresh_done(&proxy).await;
+    proxy.startup_refresh_done().await;
     let c = client();
 
     let r = c.get(proxy.admin_url("/readyz")).send().await.unwrap();
@@ -234,7 +216,7 @@ async fn readyz_goes_200_503_200_through_a_revoked_token_and_a_new_token_file() 
     assert_eq!(r.json::<Value>().await.unwrap()["ready"], true);
 
     // The upstream revokes the token; the next refresh is refused.
-    upstream.sim.revoke(&newest(&upstream));
+    upstream.sim.revoke(&upstream.newest_token());
     let r = c.post(proxy.admin_url("/refresh")).send().await.unwrap();
     assert_eq!(r.status(), 502);
     let body: Value = r.json().await.unwrap();
@@ -249,7 +231,7 @@ async fn readyz_goes_200_503_200_through_a_revoked_token_and_a_new_token_file() 
         body["reason"].as_str().is_some_and(|s| !s.is_empty()),
         "a reason: {body}"
     );
-    let s = status(&proxy).await;
+    let s = proxy.status().await;
     assert_eq!(s["ready"], false);
     assert_eq!(s["token"]["state"], "revoked");
     assert!(s["token"]["last_error"].is_string());
@@ -270,7 +252,7 @@ async fn readyz_goes_200_503_200_through_a_revoked_token_and_a_new_token_file() 
     std::fs::write(&tmp, format!("{fresh}\n")).unwrap();
     std::fs::rename(&tmp, &path).unwrap();
     assert!(wait_for(|| async { readyz(&proxy).await == 200 }).await, "ready again");
-    let s = status(&proxy).await;
+    let s = proxy.status().await;
     assert_eq!(s["ready"], true);
     assert_eq!(s["token"]["state"], "valid");
     assert_eq!(s["token"]["source"], "file");
@@ -285,9 +267,9 @@ async fn readyz_goes_200_503_200_through_a_revoked_token_and_a_new_token_file() 
 async fn status_has_every_field_the_contract_lists() {
     let upstream = Upstream::spawn().await;
     let proxy = ProxyBuilder::new(&upstream.url, &upstream.token()).spawn().await;
-    startup_refresh_done(&proxy).await;
+    proxy.startup_refresh_done().await;
 
-    let s = status(&proxy).await;
+    let s = proxy.status().await;
     let top: Vec<&str> = s.as_object().unwrap().keys().map(String::as_str).collect();
     for key in ["version", "ready", "upstream", "token"] {
         assert!(top.contains(&key), "{key} missing in {s}");
@@ -312,7 +294,7 @@ async fn status_has_every_field_the_contract_lists() {
         fp.starts_with("sha256:") && fp.len() == 15 && fp[7..].bytes().all(|b| b.is_ascii_hexdigit()),
         "{fp}"
     );
-    assert_eq!(fp, fingerprint(&newest(&upstream)));
+    assert_eq!(fp, fingerprint(&upstream.newest_token()));
     assert_eq!(token["source"], "refresh");
     assert_eq!(token["consecutive_failures"], 0);
     assert_eq!(token["last_error"], Value::Null);
@@ -334,7 +316,7 @@ async fn status_has_every_field_the_contract_lists() {
 async fn metrics_parse_as_prometheus_text_and_count_requests_by_status() {
     let upstream = Upstream::spawn().await;
     let proxy = ProxyBuilder::new(&upstream.url, &upstream.token()).spawn().await;
-    startup_refresh_done(&proxy).await;
+    proxy.startup_refresh_done().await;
     let c = client();
     for _ in 0..3 {
         assert_eq!(get_json(&proxy.url("/digital-accounts")).await.0, 200);
@@ -416,7 +398,7 @@ async fn metrics_parse_as_prometheus_text_and_count_requests_by_status() {
 async fn the_token_appears_in_neither_status_nor_metrics() {
     let upstream = Upstream::spawn().await;
     let proxy = ProxyBuilder::new(&upstream.url, &upstream.token()).spawn().await;
-    startup_refresh_done(&proxy).await;
+    proxy.startup_refresh_done().await;
     let c = client();
     assert_eq!(get_json(&proxy.url("/digital-accounts")).await.0, 200);
     let refreshed = c
@@ -452,7 +434,7 @@ async fn the_token_appears_in_neither_status_nor_metrics() {
 async fn post_refresh_answers_the_status_token_object() {
     let upstream = Upstream::spawn().await;
     let proxy = ProxyBuilder::new(&upstream.url, &upstream.token()).spawn().await;
-    startup_refresh_done(&proxy).await;
+    proxy.startup_refresh_done().await;
     let calls = upstream.sim.refresh_calls().len();
 
     let r = client().post(proxy.admin_url("/refresh")).send().await.unwrap();
@@ -471,8 +453,8 @@ async fn post_refresh_answers_the_status_token_object() {
     assert_eq!(keys, expected, "the /status token object: {body}");
     assert_eq!(body["state"], "valid");
     assert_eq!(body["source"], "refresh");
-    assert_eq!(body["fingerprint"], fingerprint(&newest(&upstream)));
-    assert_eq!(status(&proxy).await["token"]["fingerprint"], body["fingerprint"]);
+    assert_eq!(body["fingerprint"], fingerprint(&upstream.newest_token()));
+    assert_eq!(proxy.status().await["token"]["fingerprint"], body["fingerprint"]);
 }
 
 #[tokio::test]

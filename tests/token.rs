@@ -7,38 +7,17 @@
 mod common;
 
 use std::{
-    os::unix::fs::{symlink, PermissionsExt},
-    path::Path,
+    os::unix::fs::PermissionsExt,
     time::{Duration, Instant, SystemTime},
 };
 
-use common::{assert_schema, client, get_json, readyz, wait_for, ProxyBuilder, TestProxy, Upstream};
+use common::{assert_schema, client, get_json, publish_secret, readyz, wait_for, ProxyBuilder, Upstream};
 use issettled_proxy::{
     sim::{RefreshShape, ScriptedResponse, SimConfig},
     token::secret::fingerprint,
 };
 use serde_json::Value;
 use tokio::task::JoinSet;
-
-/// `GET /status` on the admin port.
-async fn status(proxy: &TestProxy) -> Value {
-    get_json(&proxy.admin_url("/status")).await.1
-}
-
-/// Wait until the refresh the proxy makes at start-up has succeeded (the token then comes from a refresh).
-async fn startup_refresh_done(proxy: &TestProxy) {
-    let done = wait_for(|| async {
-        let s = status(proxy).await;
-        s["token"]["source"] == "refresh" && s["token"]["state"] == "valid"
-    })
-    .await;
-    assert!(done, "the start-up refresh did not succeed: {}", status(proxy).await);
-}
-
-/// The newest token the sim minted (after a refresh with a token-carrying shape: the proxy's current token).
-fn newest(upstream: &Upstream) -> String {
-    upstream.sim.issued_tokens().pop().expect("a token was minted")
-}
 
 /// The wall-clock time of a monotonic instant in the past.
 fn wall_of(at: Instant) -> SystemTime {
@@ -47,21 +26,6 @@ fn wall_of(at: Instant) -> SystemTime {
 
 fn rfc3339(v: &Value) -> SystemTime {
     humantime::parse_rfc3339(v.as_str().unwrap_or_else(|| panic!("not a time: {v}"))).unwrap()
-}
-
-/// Publish `token` the way the kubelet updates a mounted Secret: write a new timestamped directory, point a
-/// temporary `..data_tmp` symlink at it and rename that over `..data`; `token` itself links to `..data/token`.
-fn publish_secret(dir: &Path, version: &str, token: &str) {
-    let versioned = dir.join(version);
-    std::fs::create_dir(&versioned).unwrap();
-    std::fs::write(versioned.join("token"), format!("{token}\n")).unwrap();
-    let tmp = dir.join("..data_tmp");
-    symlink(version, &tmp).unwrap();
-    std::fs::rename(&tmp, dir.join("..data")).unwrap();
-    let link = dir.join("token");
-    if std::fs::symlink_metadata(&link).is_err() {
-        symlink("..data/token", &link).unwrap();
-    }
 }
 
 /// Point 1: `refresh_interval` 1 s for 10 s under 200 concurrent clients.
@@ -152,8 +116,8 @@ async fn three_refresh_500s_are_retried_with_backoff_and_the_token_is_refreshed_
     let revoke_deadline = started + Duration::from_secs(20);
 
     let failing =
-        wait_for(|| async { status(&proxy).await["token"]["consecutive_failures"].as_u64() >= Some(1) }).await;
-    assert!(failing, "the failures show in /status: {}", status(&proxy).await);
+        wait_for(|| async { proxy.status().await["token"]["consecutive_failures"].as_u64() >= Some(1) }).await;
+    assert!(failing, "the failures show in /status: {}", proxy.status().await);
     let (code, _) = get_json(&proxy.url("/digital-accounts")).await;
     assert_eq!(
         code, 200,
@@ -161,13 +125,13 @@ async fn three_refresh_500s_are_retried_with_backoff_and_the_token_is_refreshed_
     );
 
     let recovered = wait_for(|| async {
-        let s = status(&proxy).await;
+        let s = proxy.status().await;
         upstream.sim.refresh_calls().len() >= 4
             && s["token"]["consecutive_failures"] == 0
             && s["token"]["source"] == "refresh"
     })
     .await;
-    assert!(recovered, "not refreshed: {}", status(&proxy).await);
+    assert!(recovered, "not refreshed: {}", proxy.status().await);
     let calls = upstream.sim.refresh_calls();
     assert_eq!(calls.len(), 4, "three failures and one success");
     assert!(calls[3].at < revoke_deadline, "refreshed before the revoke deadline");
@@ -185,10 +149,10 @@ async fn three_refresh_500s_are_retried_with_backoff_and_the_token_is_refreshed_
         calls[3].at - calls[0].at
     );
 
-    let s = status(&proxy).await;
+    let s = proxy.status().await;
     assert_eq!(s["token"]["state"], "valid");
     assert_eq!(s["token"]["last_error"], Value::Null);
-    let token = newest(&upstream);
+    let token = upstream.newest_token();
     assert_eq!(s["token"]["fingerprint"], fingerprint(&token));
     let metrics = client()
         .get(proxy.admin_url("/metrics"))
@@ -224,7 +188,7 @@ async fn a_revoked_token_makes_the_proxy_unready_until_a_new_token_file_is_swapp
         .token_file(&dir.path().join("token"))
         .spawn()
         .await;
-    startup_refresh_done(&proxy).await;
+    proxy.startup_refresh_done().await;
     let c = client();
 
     upstream.sim.script_refresh(vec![ScriptedResponse::Status(401)]);
@@ -235,7 +199,7 @@ async fn a_revoked_token_makes_the_proxy_unready_until_a_new_token_file_is_swapp
         r.status()
     );
     assert_eq!(readyz(&proxy).await, 503);
-    let s = status(&proxy).await;
+    let s = proxy.status().await;
     assert_eq!(s["ready"], false);
     assert_eq!(s["token"]["state"], "revoked");
 
@@ -271,7 +235,7 @@ async fn a_revoked_token_makes_the_proxy_unready_until_a_new_token_file_is_swapp
     let last = upstream.sim.requests().pop().unwrap();
     assert_eq!(last.token.as_deref(), Some(fresh.as_str()));
     assert!(last.token_valid);
-    let s = status(&proxy).await;
+    let s = proxy.status().await;
     assert_eq!(s["token"]["source"], "file");
     assert_eq!(s["token"]["state"], "valid");
 }
@@ -284,9 +248,9 @@ async fn concurrent_upstream_401s_cause_one_refresh_and_gets_succeed_while_a_pos
         .set("TOKEN__MIN_REFRESH_GAP", "0s")
         .spawn()
         .await;
-    startup_refresh_done(&proxy).await;
+    proxy.startup_refresh_done().await;
     assert_eq!(upstream.sim.refresh_calls().len(), 1, "the start-up refresh");
-    let rejected = newest(&upstream);
+    let rejected = upstream.newest_token();
     upstream.sim.reject_api_token(&rejected);
 
     let c = client();
@@ -305,7 +269,7 @@ async fn concurrent_upstream_401s_cause_one_refresh_and_gets_succeed_while_a_pos
         2,
         "exactly one refresh beyond the start-up one"
     );
-    let refreshed = newest(&upstream);
+    let refreshed = upstream.newest_token();
     let seen = upstream.sim.requests();
     let with_new = seen
         .iter()
@@ -350,7 +314,7 @@ async fn concurrent_upstream_401s_cause_one_refresh_and_gets_succeed_while_a_pos
 async fn every_refresh_response_shape_yields_a_working_token() {
     let upstream = Upstream::spawn().await;
     let proxy = ProxyBuilder::new(&upstream.url, &upstream.token()).spawn().await;
-    startup_refresh_done(&proxy).await;
+    proxy.startup_refresh_done().await;
     let c = client();
 
     for shape in [
@@ -374,7 +338,7 @@ async fn every_refresh_response_shape_yields_a_working_token() {
         let minted = upstream.sim.issued_tokens().len() - minted_before;
         assert_eq!(minted, usize::from(mints), "{shape:?}");
         // With a token-carrying shape the newest token; else the current one stays (and is the newest too).
-        let expected = newest(&upstream);
+        let expected = upstream.newest_token();
         assert_eq!(body["fingerprint"], fingerprint(&expected), "{shape:?}: {body}");
         assert_eq!(body["state"], "valid", "{shape:?}");
         assert_eq!(body["consecutive_failures"], 0, "{shape:?}");
@@ -404,10 +368,10 @@ async fn a_restart_continues_with_the_persisted_token_not_the_stale_token_file()
     };
 
     let proxy = builder().spawn().await;
-    startup_refresh_done(&proxy).await;
+    proxy.startup_refresh_done().await;
     let r = client().post(proxy.admin_url("/refresh")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let persisted = newest(&upstream);
+    let persisted = upstream.newest_token();
     assert_eq!(upstream.sim.refresh_calls().len(), 2);
     proxy.stop().await.unwrap();
 
@@ -434,7 +398,7 @@ async fn a_restart_continues_with_the_persisted_token_not_the_stale_token_file()
         Some(persisted.as_str()),
         "the restarted proxy refreshed the persisted token"
     );
-    startup_refresh_done(&proxy).await;
+    proxy.startup_refresh_done().await;
     let (code, _) = get_json(&proxy.url("/digital-accounts")).await;
     assert_eq!(code, 200);
     let last = upstream.sim.requests().pop().unwrap();
@@ -462,9 +426,9 @@ async fn a_token_expiring_in_60s_is_refreshed_before_exp_minus_refresh_before_ex
         .set("TOKEN__REFRESH_BEFORE_EXPIRY", "55s")
         .spawn()
         .await;
-    startup_refresh_done(&proxy).await;
-    let first = newest(&upstream);
-    let s = status(&proxy).await;
+    proxy.startup_refresh_done().await;
+    let first = upstream.newest_token();
+    let s = proxy.status().await;
     let expires_at = rfc3339(&s["token"]["expires_at"]);
     let due = expires_at - Duration::from_secs(55);
     let next = rfc3339(&s["token"]["next_refresh_at"]);
@@ -497,10 +461,10 @@ async fn a_token_expiring_in_60s_is_refreshed_before_exp_minus_refresh_before_ex
 async fn upstream_401s_within_min_refresh_gap_cause_no_refresh() {
     let upstream = Upstream::spawn().await;
     let proxy = ProxyBuilder::new(&upstream.url, &upstream.token()).spawn().await;
-    startup_refresh_done(&proxy).await;
+    proxy.startup_refresh_done().await;
     assert_eq!(upstream.sim.refresh_calls().len(), 1);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let token = newest(&upstream);
+    let token = upstream.newest_token();
     // E.g. a token without the Permitted Endpoint: the upstream says 401 though the token is fine.
     upstream.sim.reject_api_token(&token);
 
@@ -533,7 +497,7 @@ async fn a_token_lifetime_shorter_than_refresh_before_expiry_causes_no_refresh_s
     })
     .await;
     let proxy = ProxyBuilder::new(&upstream.url, &upstream.token()).spawn().await;
-    startup_refresh_done(&proxy).await;
+    proxy.startup_refresh_done().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let calls = upstream.sim.refresh_calls().len();
     assert!(calls <= 5, "{calls} refresh calls in about 3 s");

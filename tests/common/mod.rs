@@ -66,6 +66,11 @@ impl Upstream {
         }
     }
 
+    /// The newest token the sim minted (after a refresh that returned one: the proxy's current token).
+    pub fn newest_token(&self) -> String {
+        self.sim.issued_tokens().pop().expect("a token was minted")
+    }
+
     /// A fresh administrator-issued token.
     pub fn token(&self) -> String {
         self.sim.mint_admin_token()
@@ -165,6 +170,21 @@ impl TestProxy {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("the proxy did not come up");
+    }
+
+    /// `GET /status` on the admin port.
+    pub async fn status(&self) -> serde_json::Value {
+        get_json(&self.admin_url("/status")).await.1
+    }
+
+    /// Wait until the refresh the proxy makes at start-up has succeeded (the token then comes from a refresh).
+    pub async fn startup_refresh_done(&self) {
+        let done = wait_for(|| async {
+            let s = self.status().await;
+            s["token"]["source"] == "refresh" && s["token"]["state"] == "valid"
+        })
+        .await;
+        assert!(done, "the start-up refresh did not succeed: {}", self.status().await);
     }
 
     /// Wait until `/readyz` answers 200 (bounded).
@@ -297,4 +317,19 @@ pub fn raw_status(response: &str) -> u16 {
 pub fn raw_json(response: &str) -> serde_json::Value {
     let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
+}
+
+/// Publish `token` the way the kubelet updates a mounted Secret: write a new timestamped directory, point a
+/// temporary `..data_tmp` symlink at it and rename that over `..data`; `token` itself links to `..data/token`.
+pub fn publish_secret(dir: &std::path::Path, version: &str, token: &str) {
+    let versioned = dir.join(version);
+    std::fs::create_dir(&versioned).unwrap();
+    std::fs::write(versioned.join("token"), format!("{token}\n")).unwrap();
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(version, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    let link = dir.join("token");
+    if std::fs::symlink_metadata(&link).is_err() {
+        std::os::unix::fs::symlink("..data/token", &link).unwrap();
+    }
 }
