@@ -11,7 +11,7 @@ use std::{
 
 use bytes::Bytes;
 use common::binary::{BinConfig, Running};
-use common::{client, ProxyBuilder, Upstream};
+use common::{client, ProxyBuilder, TestProxy, Upstream};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tokio::{net::TcpStream, task::JoinHandle};
@@ -102,15 +102,35 @@ async fn refuses_connections(addr: SocketAddr) {
     }
 }
 
+/// A proxy with this file's shutdown timings (and the quit endpoint if asked), ready.
+async fn spawn_draining(upstream: &Upstream, quit: bool) -> TestProxy {
+    let mut builder = ProxyBuilder::new(&upstream.url, &upstream.token())
+        .set("SHUTDOWN__DELAY", &delay())
+        .set("SHUTDOWN__GRACE", "5s");
+    if quit {
+        builder = builder.set("SHUTDOWN__ENABLE_QUIT_ENDPOINT", "true");
+    }
+    let proxy = builder.spawn().await;
+    proxy.wait_ready().await;
+    proxy
+}
+
+/// After `shutdown.delay` (counted from `t0`): new connections are refused and not ready while the slow requests
+/// still run; then all of them complete with 200 and the app ends cleanly within delay + grace.
+async fn drains_after_the_delay(proxy: &mut TestProxy, t0: Instant, tasks: Vec<JoinHandle<Result<u16, String>>>) {
+    tokio::time::sleep_until((t0 + DELAY + Duration::from_millis(150)).into()).await;
+    refuses_connections(proxy.addr).await;
+    assert_eq!(common::readyz(proxy).await, 503);
+    all_ok(tasks).await;
+    let ended = tokio::time::timeout(DELAY + GRACE, proxy.join()).await;
+    assert!(matches!(ended, Ok(Ok(()))), "{ended:?}");
+    assert!(t0.elapsed() < DELAY + GRACE, "{:?}", t0.elapsed());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn shutdown_drains_fifty_slow_requests() {
     let upstream = Upstream::spawn().await;
-    let mut proxy = ProxyBuilder::new(&upstream.url, &upstream.token())
-        .set("SHUTDOWN__DELAY", &delay())
-        .set("SHUTDOWN__GRACE", "5s")
-        .spawn()
-        .await;
-    proxy.wait_ready().await;
+    let mut proxy = spawn_draining(&upstream, false).await;
     let tasks = fire(&proxy.url("/slow?ms=1000"), SLOW);
     until_in_flight(&upstream, SLOW).await;
 
@@ -123,15 +143,7 @@ async fn shutdown_drains_fifty_slow_requests() {
     assert_eq!(r.status(), 200);
     assert!(t0.elapsed() < DELAY, "the check ran past the delay: {:?}", t0.elapsed());
 
-    // After it, new connections are refused while the slow requests are still running.
-    tokio::time::sleep_until((t0 + DELAY + Duration::from_millis(150)).into()).await;
-    refuses_connections(proxy.addr).await;
-    assert_eq!(common::readyz(&proxy).await, 503);
-
-    all_ok(tasks).await;
-    let ended = tokio::time::timeout(DELAY + GRACE, proxy.join()).await;
-    assert!(matches!(ended, Ok(Ok(()))), "{ended:?}");
-    assert!(t0.elapsed() < DELAY + GRACE, "{:?}", t0.elapsed());
+    drains_after_the_delay(&mut proxy, t0, tasks).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -151,13 +163,7 @@ async fn quit_endpoint_is_404_unless_enabled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn quit_endpoint_shuts_down_in_process() {
     let upstream = Upstream::spawn().await;
-    let mut proxy = ProxyBuilder::new(&upstream.url, &upstream.token())
-        .set("SHUTDOWN__DELAY", &delay())
-        .set("SHUTDOWN__GRACE", "5s")
-        .set("SHUTDOWN__ENABLE_QUIT_ENDPOINT", "true")
-        .spawn()
-        .await;
-    proxy.wait_ready().await;
+    let mut proxy = spawn_draining(&upstream, true).await;
     let tasks = fire(&proxy.url("/slow?ms=1000"), SLOW);
     until_in_flight(&upstream, SLOW).await;
 
@@ -165,12 +171,7 @@ async fn quit_endpoint_shuts_down_in_process() {
     let r = client().post(proxy.admin_url("/quitquitquit")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     becomes_unready_at_once(&proxy.admin_url("/readyz")).await;
-    tokio::time::sleep_until((t0 + DELAY + Duration::from_millis(150)).into()).await;
-    refuses_connections(proxy.addr).await;
-
-    all_ok(tasks).await;
-    let ended = tokio::time::timeout(DELAY + GRACE, proxy.join()).await;
-    assert!(matches!(ended, Ok(Ok(()))), "{ended:?}");
+    drains_after_the_delay(&mut proxy, t0, tasks).await;
 }
 
 /// A request on a keep-alive connection opened before the shutdown: served normally during the delay; after it,
@@ -178,12 +179,7 @@ async fn quit_endpoint_shuts_down_in_process() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn keep_alive_request_during_stopping() {
     let upstream = Upstream::spawn().await;
-    let mut proxy = ProxyBuilder::new(&upstream.url, &upstream.token())
-        .set("SHUTDOWN__DELAY", &delay())
-        .set("SHUTDOWN__GRACE", "5s")
-        .spawn()
-        .await;
-    proxy.wait_ready().await;
+    let mut proxy = spawn_draining(&upstream, false).await;
 
     let stream = TcpStream::connect(proxy.addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
