@@ -25,6 +25,7 @@ ROOT="$(cd "$BENCH/.." && pwd)"
 PY=/usr/bin/python3
 [ -x "$PY" ] || PY="$(command -v python3)"
 
+ARGS="$*"
 quick=0
 build=1
 only="main,info,refresh,memory"
@@ -85,9 +86,10 @@ mkdir -p "$OUT"
   echo "mem_total=$(grep MemTotal /proc/meminfo | awk '{print $2" kB"}')"
   echo "binary=$BIN"
   echo "binary_version=$("$BIN" --version 2>/dev/null || echo '?')"
+  echo "binary_built=$(date -u -r "$BIN" +%Y-%m-%dT%H:%M:%SZ)"
   echo "git_head=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo '+dirty')"
   echo "harness=$HARNESS"
-  echo "command=bench/run.sh $*"
+  echo "command=${BENCH_EXTRA:+BENCH_EXTRA=\"$BENCH_EXTRA\" }bench/run.sh${ARGS:+ $ARGS}"
 } > "$OUT/machine.txt"
 cat "$OUT/machine.txt"
 

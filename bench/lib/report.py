@@ -107,10 +107,11 @@ def main(argv):
         pass
 
     out = ["# issettled-proxy benchmark, %s" % machine.get("date_utc", "?"), ""]
-    out.append("Machine: %s vCPU (`nproc`), %s, kernel %s, %s RAM. Binary %s (git %s). Harness: %s."
+    out.append("Machine: %s vCPU (`nproc`), %s, kernel %s, %s RAM. Binary %s, built %s (repo at git %s when "
+               "the run started). Harness: %s."
                % (machine.get("nproc", "?"), machine.get("cpu_model", "?"), machine.get("kernel", "?"),
-                  machine.get("mem_total", "?"), machine.get("binary_version", "?"), machine.get("git_head", "?"),
-                  machine.get("harness", "?")))
+                  machine.get("mem_total", "?"), machine.get("binary_version", "?"),
+                  machine.get("binary_built", "?"), machine.get("git_head", "?"), machine.get("harness", "?")))
     out.append("Command: `%s`." % machine.get("command", "bench/run.sh").strip())
     if main_doc:
         c = main_doc["config"]
