@@ -21,7 +21,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("issettled-proxy: cannot start the runtime: {e}");
@@ -31,7 +31,7 @@ fn main() -> ExitCode {
     match command {
         Command::Run { config } => match config::load(Source::File(&config), &config::process_env()) {
             Ok(cfg) => {
-                telemetry::init(cfg.log.format, &cfg.log.level);
+                let _log = telemetry::init(cfg.log.format, &cfg.log.level);
                 exit(runtime.block_on(app::run_bound(cfg)))
             }
             Err(e) => config_error(&e),
@@ -58,6 +58,21 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// One worker thread per CPU this process may run on; on a single CPU (a sidecar with a one-core limit, or a
+/// pinned benchmark), a current-thread runtime: no work stealing and no cross-thread wake-ups. Measured in
+/// bench/README.md.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let mut builder = if cpus == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(cpus);
+        b
+    };
+    builder.enable_all().build()
 }
 
 fn config_error(e: &ConfigError) -> ExitCode {

@@ -22,7 +22,7 @@ use tokio::{
 use tower::ServiceExt as _;
 
 use crate::shutdown::{Phase, ShutdownSignal};
-use activity::{Activity, Tracked, Verdict};
+use activity::{Activity, Tracked, Verdict, Watchdog};
 
 /// A listener the accept loop can take connections from.
 pub trait Accept: Send + 'static {
@@ -147,7 +147,9 @@ async fn connection<I>(
     let stopping = stop.reached(Phase::Stopping);
     tokio::pin!(stopping);
     let period = watchdog_period(&limits);
-    let mut watchdog = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watchdog = Watchdog::new(period, limits.header_read_timeout, limits.idle_timeout);
     let mut closing = false;
     loop {
         tokio::select! {
@@ -161,7 +163,7 @@ async fn connection<I>(
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
-            _ = watchdog.tick() => match activity.verdict(limits.header_read_timeout, limits.idle_timeout) {
+            _ = ticks.tick() => match watchdog.tick(&activity) {
                 Verdict::Keep => {}
                 Verdict::HeaderTimeout => {
                     tracing::debug!("request headers not complete within listen.header_read_timeout: closing");

@@ -35,7 +35,22 @@ pub fn mint() -> HeaderValue {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let prefix = *PREFIX.get_or_init(rand::random::<u64>);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    HeaderValue::try_from(format!("{prefix:016x}-{n:08x}")).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    // `{prefix:016x}-{n:08x}` (or more digits once the counter passes 2^32), written without `format!`.
+    let mut text = [0u8; 33];
+    hex(&mut text[..16], prefix);
+    text[16] = b'-';
+    let digits = (16 - (n | 0xffff_ffff).leading_zeros() as usize / 4).max(8);
+    hex(&mut text[17..17 + digits], n);
+    HeaderValue::from_bytes(&text[..17 + digits]).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// Write `value` as lower-case hex filling `out` (the low `out.len()` nibbles).
+fn hex(out: &mut [u8], mut value: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for byte in out.iter_mut().rev() {
+        *byte = DIGITS[(value & 0xf) as usize];
+        value >>= 4;
+    }
 }
 
 #[cfg(test)]
@@ -52,5 +67,11 @@ mod tests {
         h.insert(HEADER, HeaderValue::from_str(&"a".repeat(129)).unwrap());
         assert_eq!(pick(&h).len(), 25);
         assert_ne!(mint(), mint());
+        let mut buf = [0u8; 8];
+        hex(&mut buf, 0xdead_beef);
+        assert_eq!(&buf, b"deadbeef");
+        let minted = mint();
+        let (prefix, counter) = minted.to_str().unwrap().split_once('-').unwrap();
+        assert_eq!((prefix.len(), counter.len()), (16, 8));
     }
 }

@@ -3,15 +3,20 @@
 //! never looked at. Pure.
 
 use bytes::Bytes;
-use http::{uri::PathAndQuery, Uri};
+use http::{
+    uri::{Authority, PathAndQuery, Scheme},
+    Uri,
+};
 
 use crate::config::BaseUrl;
 
 /// Builds upstream URIs for one `base_url`.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// `scheme://authority/prefix`, without a trailing slash.
-    base: String,
+    scheme: Scheme,
+    authority: Authority,
+    /// Path prefix without a trailing slash (`""` or `"/api/v1"`).
+    prefix: String,
 }
 
 /// The request target could not be turned into an upstream URI.
@@ -22,19 +27,34 @@ pub struct InvalidTarget;
 impl Target {
     /// For `base`.
     pub fn new(base: &BaseUrl) -> Self {
-        Self { base: base.as_string() }
+        Self {
+            scheme: base.scheme.clone(),
+            authority: base.authority.clone(),
+            prefix: base.prefix.clone(),
+        }
     }
 
-    /// The upstream URI for a request's path and query (which the caller has checked starts with `/`).
+    /// The upstream URI for a request's path and query (which the caller has checked starts with `/`). Without a
+    /// prefix the request's own path-and-query is reused as it is (no copy, no re-parse).
     pub fn uri(&self, path_and_query: Option<&PathAndQuery>) -> Result<Uri, InvalidTarget> {
-        let pq = path_and_query.map_or("/", PathAndQuery::as_str);
-        if !pq.starts_with('/') {
+        let root = PathAndQuery::from_static("/");
+        let pq = path_and_query.unwrap_or(&root);
+        if !pq.as_str().starts_with('/') {
             return Err(InvalidTarget);
         }
-        let mut text = String::with_capacity(self.base.len() + pq.len());
-        text.push_str(&self.base);
-        text.push_str(pq);
-        Uri::from_maybe_shared(Bytes::from(text)).map_err(|_| InvalidTarget)
+        let pq = if self.prefix.is_empty() {
+            pq.clone()
+        } else {
+            let mut text = String::with_capacity(self.prefix.len() + pq.as_str().len());
+            text.push_str(&self.prefix);
+            text.push_str(pq.as_str());
+            PathAndQuery::from_maybe_shared(Bytes::from(text)).map_err(|_| InvalidTarget)?
+        };
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(pq);
+        Uri::from_parts(parts).map_err(|_| InvalidTarget)
     }
 }
 

@@ -1,18 +1,21 @@
-//! Per-connection activity: the I/O wrapper notes bytes moving, the service notes requests in flight, and the
-//! watchdog's [`Activity::verdict`] tells a slow request head from an idle keep-alive connection.
+//! Per-connection activity: the I/O wrapper notes that bytes moved, the service notes requests in flight, and the
+//! watchdog ([`Watchdog::tick`]) tells a slow request head from an idle keep-alive connection.
+//!
+//! The hot path only stores relaxed atomic flags (no clock reads); the watchdog counts its own ticks, so both
+//! timeouts are accurate to one watchdog period.
 
 use std::{
     io,
     pin::Pin,
-    sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed},
+    sync::{
+        atomic::{AtomicBool, AtomicU32, Ordering::Relaxed},
+        Arc,
+    },
     task::{Context, Poll},
     time::Duration,
 };
 
-use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
-    time::Instant,
-};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// What the watchdog should do with a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,71 +25,95 @@ pub(super) enum Verdict {
     Idle,
 }
 
-/// Shared between a connection's I/O, its service and its watchdog. Times are ms since `epoch`, plus one
-/// (0 means "never").
+/// Shared between a connection's I/O, its service and its watchdog.
 #[derive(Debug)]
 pub(super) struct Activity {
-    epoch: Instant,
-    last_io: AtomicU64,
-    head_started: AtomicU64,
+    /// Bytes moved since the watchdog last looked.
+    moved: AtomicBool,
+    /// A request head is being received (or owed: a new connection owes its first one).
+    head_pending: AtomicBool,
     in_flight: AtomicU32,
 }
 
 /// Marks a request in flight until dropped.
 #[derive(Debug)]
-pub(super) struct InRequest(std::sync::Arc<Activity>);
+pub(super) struct InRequest(Arc<Activity>);
 
 impl Drop for InRequest {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Relaxed);
-        self.0.last_io.store(self.0.now(), Relaxed);
+        self.0.moved.store(true, Relaxed);
     }
 }
 
 impl Activity {
     pub(super) fn new() -> Self {
         Self {
-            epoch: Instant::now(),
-            last_io: AtomicU64::new(1),
-            // A new connection owes its first request head within the header timeout.
-            head_started: AtomicU64::new(1),
+            moved: AtomicBool::new(false),
+            head_pending: AtomicBool::new(true),
             in_flight: AtomicU32::new(0),
         }
     }
 
-    fn now(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64 + 1
-    }
-
     fn read(&self) {
-        let now = self.now();
-        self.last_io.store(now, Relaxed);
-        if self.in_flight.load(Relaxed) == 0 && self.head_started.load(Relaxed) == 0 {
-            self.head_started.store(now, Relaxed);
+        self.moved.store(true, Relaxed);
+        if self.in_flight.load(Relaxed) == 0 {
+            self.head_pending.store(true, Relaxed);
         }
     }
 
     fn wrote(&self) {
-        self.last_io.store(self.now(), Relaxed);
+        self.moved.store(true, Relaxed);
     }
 
     /// A request head is complete: it is in flight until the guard drops.
-    pub(super) fn begin(self: &std::sync::Arc<Self>) -> InRequest {
+    pub(super) fn begin(self: &Arc<Self>) -> InRequest {
         self.in_flight.fetch_add(1, Relaxed);
-        self.head_started.store(0, Relaxed);
+        self.head_pending.store(false, Relaxed);
         InRequest(self.clone())
     }
+}
 
-    pub(super) fn verdict(&self, header_timeout: Duration, idle_timeout: Duration) -> Verdict {
-        if self.in_flight.load(Relaxed) > 0 {
+/// The watchdog's own count of quiet ticks.
+#[derive(Debug)]
+pub(super) struct Watchdog {
+    head_ticks: u32,
+    idle_ticks: u32,
+    head_limit: u32,
+    idle_limit: u32,
+}
+
+impl Watchdog {
+    /// For timeouts measured in ticks of `period`.
+    pub(super) fn new(period: Duration, header_timeout: Duration, idle_timeout: Duration) -> Self {
+        let ticks =
+            |d: Duration| (d.as_nanos().div_ceil(period.as_nanos().max(1))).clamp(1, u128::from(u32::MAX)) as u32;
+        Self {
+            head_ticks: 0,
+            idle_ticks: 0,
+            head_limit: ticks(header_timeout),
+            idle_limit: ticks(idle_timeout),
+        }
+    }
+
+    /// Called once per period.
+    pub(super) fn tick(&mut self, a: &Activity) -> Verdict {
+        let moved = a.moved.swap(false, Relaxed);
+        if a.in_flight.load(Relaxed) > 0 {
+            self.head_ticks = 0;
+            self.idle_ticks = 0;
             return Verdict::Keep;
         }
-        let now = self.now();
-        let head = self.head_started.load(Relaxed);
-        if head != 0 && now.saturating_sub(head) >= header_timeout.as_millis() as u64 {
-            return Verdict::HeaderTimeout;
+        if a.head_pending.load(Relaxed) {
+            self.head_ticks += 1;
+            if self.head_ticks >= self.head_limit {
+                return Verdict::HeaderTimeout;
+            }
+        } else {
+            self.head_ticks = 0;
         }
-        if now.saturating_sub(self.last_io.load(Relaxed)) >= idle_timeout.as_millis() as u64 {
+        self.idle_ticks = if moved { 0 } else { self.idle_ticks + 1 };
+        if self.idle_ticks >= self.idle_limit {
             return Verdict::Idle;
         }
         Verdict::Keep
@@ -97,11 +124,11 @@ impl Activity {
 #[derive(Debug)]
 pub(super) struct Tracked<I> {
     inner: I,
-    activity: std::sync::Arc<Activity>,
+    activity: Arc<Activity>,
 }
 
 impl<I> Tracked<I> {
-    pub(super) fn new(inner: I, activity: std::sync::Arc<Activity>) -> Self {
+    pub(super) fn new(inner: I, activity: Arc<Activity>) -> Self {
         Self { inner, activity }
     }
 }
@@ -155,30 +182,34 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
-    async fn tells_a_slow_head_from_an_idle_connection() {
-        let a = std::sync::Arc::new(Activity::new());
-        let (head, idle) = (Duration::from_secs(10), Duration::from_secs(60));
-        tokio::time::advance(Duration::from_secs(11)).await;
-        assert_eq!(
-            a.verdict(head, idle),
-            Verdict::HeaderTimeout,
-            "a new connection that sends nothing"
-        );
-        drop(a.begin());
-        a.read();
-        tokio::time::advance(Duration::from_secs(5)).await;
-        assert_eq!(a.verdict(head, idle), Verdict::Keep);
-        tokio::time::advance(Duration::from_secs(5)).await;
-        assert_eq!(a.verdict(head, idle), Verdict::HeaderTimeout);
+    #[test]
+    fn tells_a_slow_head_from_an_idle_connection() {
+        let a = Arc::new(Activity::new());
+        // Period 1 s: header timeout 3 ticks, idle timeout 6 ticks.
+        let mut w = Watchdog::new(Duration::from_secs(1), Duration::from_secs(3), Duration::from_secs(6));
+        let verdicts = |w: &mut Watchdog, n: usize| (0..n).map(|_| w.tick(&a)).collect::<Vec<_>>();
+        // A new connection that sends nothing owes its first head.
+        assert_eq!(verdicts(&mut w, 3).last(), Some(&Verdict::HeaderTimeout));
+
+        let mut w = Watchdog::new(Duration::from_secs(1), Duration::from_secs(3), Duration::from_secs(6));
         {
             let _r = a.begin();
-            tokio::time::advance(Duration::from_secs(100)).await;
-            assert_eq!(a.verdict(head, idle), Verdict::Keep, "request in flight");
+            assert!(
+                verdicts(&mut w, 100).iter().all(|v| *v == Verdict::Keep),
+                "request in flight"
+            );
         }
-        tokio::time::advance(Duration::from_secs(59)).await;
-        assert_eq!(a.verdict(head, idle), Verdict::Keep);
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(a.verdict(head, idle), Verdict::Idle);
+        // Idle keep-alive: no head pending, nothing moving: idle after 6 quiet ticks (the first tick still sees the
+        // end of the request), never a header timeout.
+        let v = verdicts(&mut w, 7);
+        assert_eq!(&v[..6], &[Verdict::Keep; 6]);
+        assert_eq!(v[6], Verdict::Idle);
+        // Bytes of a new head arrive and stop: header timeout, even though bytes moved.
+        let mut w = Watchdog::new(Duration::from_secs(1), Duration::from_secs(3), Duration::from_secs(6));
+        a.read();
+        assert_eq!(w.tick(&a), Verdict::Keep);
+        a.read();
+        assert_eq!(w.tick(&a), Verdict::Keep);
+        assert_eq!(w.tick(&a), Verdict::HeaderTimeout);
     }
 }
