@@ -10,12 +10,10 @@ use tokio::{
 };
 
 use super::{
-    cell::{Adoption, Current, Source, Stamp, TokenCell},
+    cell::{Current, Stamp, TokenCell},
     refresh::{RefreshClient, RefreshError, Refreshed},
     schedule,
-    secret::{fingerprint, Token, TokenError},
-    source::{self, FileWatch},
-    state_file::{self, Persisted},
+    source::FileWatch,
 };
 use crate::{clock::rfc3339, metrics::Metrics};
 
@@ -149,41 +147,6 @@ impl<C: RefreshClient> Refresher<C> {
     pub fn with_jitter(mut self, jitter: impl FnMut() -> f64 + Send + Sync + 'static) -> Self {
         self.jitter = Box::new(jitter);
         self
-    }
-
-    /// Adopt the token a start-up source gave (see [`source::choose`]).
-    pub fn adopt_initial(&mut self, c: source::Candidate) {
-        let now = Stamp::now();
-        let confirmed = c.confirmed_at.map_or(now, |wall| stamp_at(&now, wall));
-        let session_start = c
-            .session_started_at
-            .or(c.claims.auth_time)
-            .or(c.claims.iat)
-            .unwrap_or(now.wall);
-        self.warn_if_skewed(&c.token, &c.claims);
-        let generation = self.cell.next_generation();
-        let current = Current::new(Adoption {
-            token: c.token,
-            generation,
-            source: c.source,
-            claims: c.claims,
-            expires_at: None,
-            confirmed,
-            revoke_after: self.settings.revoke_after,
-            session_expires_at: session_start + self.settings.session_ttl,
-        });
-        tracing::info!(
-            event = "token_adopted",
-            source = c.source.as_str(),
-            fingerprint = %current.token().fingerprint(),
-            revoke_deadline = %rfc3339(current.revoke_deadline()),
-            "adopted the initial token"
-        );
-        self.cell.store(Some(Arc::new(current)));
-        // Its last refresh time is unknown (a Secret, an environment variable): refresh at once.
-        self.retry_at = Some(Instant::now());
-        self.startup = true;
-        self.publish_schedule();
     }
 
     /// Run until `shutdown` completes.
@@ -333,50 +296,6 @@ impl<C: RefreshClient> Refresher<C> {
         }
     }
 
-    /// A new token from the upstream: check it, persist it, then put it in the cell.
-    async fn adopt_refreshed(
-        &mut self,
-        old: &Current,
-        token: Token,
-        expires_at: Option<SystemTime>,
-    ) -> Result<Arc<Current>, RefreshError> {
-        let claims = source::check(&token, SystemTime::now()).map_err(RefreshError::BadToken)?;
-        self.warn_if_skewed(&token, &claims);
-        let session_expires_at = claims
-            .auth_time
-            .map_or(old.session_expires_at, |t| t + self.settings.session_ttl);
-        let current = Current::new(Adoption {
-            token,
-            generation: self.cell.next_generation(),
-            source: Source::Refresh,
-            claims,
-            expires_at,
-            confirmed: Stamp::now(),
-            revoke_after: self.settings.revoke_after,
-            session_expires_at,
-        });
-        self.persist(&current).await;
-        let current = Arc::new(current);
-        self.cell.store(Some(current.clone()));
-        Ok(current)
-    }
-
-    /// The same token, confirmed now.
-    fn confirm(&mut self, old: &Current) -> Arc<Current> {
-        let current = Arc::new(Current::new(Adoption {
-            token: old.token().clone(),
-            generation: old.generation,
-            source: old.source,
-            claims: old.claims,
-            expires_at: old.expires_at,
-            confirmed: Stamp::now(),
-            revoke_after: self.settings.revoke_after,
-            session_expires_at: old.session_expires_at,
-        }));
-        self.cell.store(Some(current.clone()));
-        current
-    }
-
     fn fail(&mut self, old: &Current, e: &RefreshError) {
         if let RefreshError::Revoked(_) = e {
             self.cell.store(None);
@@ -408,122 +327,6 @@ impl<C: RefreshClient> Refresher<C> {
         });
     }
 
-    /// Persist to the state file, durably, before the token goes into the cell.
-    async fn persist(&self, current: &Current) {
-        let Some(path) = self.settings.state_file.clone() else {
-            return;
-        };
-        let state = Persisted {
-            token: current.token().clone(),
-            confirmed_at: current.confirmed.wall,
-            session_started_at: current.session_expires_at.checked_sub(self.settings.session_ttl),
-        };
-        let written = tokio::task::spawn_blocking(move || state_file::write(&path, &state)).await;
-        if let Err(e) = written.map_err(std::io::Error::other).and_then(|r| r) {
-            tracing::error!(event = "state_file_error", error = %e, "cannot persist the token to token.state_file; a restart would fall back to the token file");
-        }
-    }
-
-    /// Adopt a changed token file, after checking it; a refused file leaves the current token in place.
-    async fn poll_file(&mut self) {
-        let Some(watch) = self.file.as_mut() else { return };
-        let Some(read) = watch.poll().await else { return };
-        let path = watch.path().display().to_string();
-        let old = self.cell.load();
-        let old_fp = old.as_ref().map(|c| c.token().fingerprint());
-        let checked = read.and_then(|t| source::check(&t, SystemTime::now()).map(|claims| (t, claims)));
-        let (token, claims) = match checked {
-            Ok(ok) => ok,
-            Err(e) => {
-                let refused_fp = std::fs::read_to_string(watch.path())
-                    .map(|t| fingerprint(t.trim()))
-                    .ok();
-                self.log_file_refused(&path, &e, refused_fp, old_fp);
-                return;
-            }
-        };
-        if old.as_ref().is_some_and(|c| c.token() == &token) {
-            return;
-        }
-        self.warn_if_skewed(&token, &claims);
-        let now = Stamp::now();
-        let session_start = claims.auth_time.or(claims.iat).unwrap_or(now.wall);
-        let current = Current::new(Adoption {
-            token,
-            generation: self.cell.next_generation(),
-            source: Source::File,
-            claims,
-            expires_at: None,
-            confirmed: now,
-            revoke_after: self.settings.revoke_after,
-            session_expires_at: session_start + self.settings.session_ttl,
-        });
-        self.persist(&current).await;
-        let current = Arc::new(current);
-        self.cell.store(Some(current.clone()));
-        self.failures = 0;
-        self.retry_at = None;
-        self.warnings_logged = 0;
-        self.cell.update_status(|s| {
-            s.revoked = false;
-            s.consecutive_failures = 0;
-            s.last_error = None;
-        });
-        self.publish_schedule();
-        self.metrics.token_refresh("file");
-        tracing::info!(
-            event = "token_refresh",
-            trigger = Trigger::File.as_str(),
-            outcome = "ok",
-            old_fingerprint = old_fp,
-            new_fingerprint = %current.token().fingerprint(),
-            revoke_deadline = %rfc3339(current.revoke_deadline()),
-            "adopted a new token from {path}"
-        );
-    }
-
-    fn log_file_refused(&self, path: &str, e: &TokenError, refused: Option<String>, current: Option<String>) {
-        tracing::warn!(
-            event = "token_file_refused",
-            error = %e,
-            refused_fingerprint = refused,
-            current_fingerprint = current,
-            "the token file {path} holds a token that cannot be used; keeping the current token"
-        );
-    }
-
-    fn warn_if_skewed(&self, token: &Token, claims: &super::jwt::Claims) {
-        if let Some(iat) = claims.iat {
-            if let Ok(ahead) = iat.duration_since(SystemTime::now()) {
-                if ahead > Duration::from_secs(60) {
-                    tracing::warn!(
-                        event = "clock_skew",
-                        fingerprint = %token.fingerprint(),
-                        ahead_secs = ahead.as_secs(),
-                        "the token's iat lies in the future: this machine's clock may be behind"
-                    );
-                }
-            }
-        }
-    }
-
-    fn warn_session(&mut self) {
-        let Some(current) = self.cell.load() else { return };
-        let remaining = current
-            .session_expires_at
-            .duration_since(SystemTime::now())
-            .unwrap_or_default();
-        if let Some(index) = schedule::session_warning_due(remaining, self.warnings_logged) {
-            self.warnings_logged = index + 1;
-            tracing::warn!(
-                event = "session_ending",
-                remaining_secs = remaining.as_secs(),
-                session_expires_at = %rfc3339(current.session_expires_at),
-                "the token session ends soon: an administrator must issue a new token"
-            );
-        }
-    }
-
     /// Publish the next refresh time on the wall clock for `/status`.
     fn publish_schedule(&self) {
         let now = Stamp::now();
@@ -532,14 +335,6 @@ impl<C: RefreshClient> Refresher<C> {
     }
 }
 
-/// The monotonic instant matching a wall-clock time in the past (now minus its age).
-fn stamp_at(now: &Stamp, wall: SystemTime) -> Stamp {
-    let age = now.wall.duration_since(wall).unwrap_or_default();
-    Stamp {
-        mono: now.mono.checked_sub(age).unwrap_or(now.mono),
-        wall,
-    }
-}
-
+mod adopt;
 #[cfg(test)]
 mod tests;

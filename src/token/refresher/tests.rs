@@ -9,7 +9,7 @@ use std::{
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 
 use super::*;
-use crate::token::{jwt, source::Candidate, TokenState};
+use crate::token::{cell::Source, jwt, source::Candidate, Token, TokenState};
 
 /// Answers refresh calls from a script (then mints tokens), after `latency`, recording when each call came.
 #[derive(Default)]
