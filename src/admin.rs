@@ -45,7 +45,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
     if state.quit.is_some() {
         router = router.route("/quitquitquit", post(quit));
     }
-    router.fallback(not_found).with_state(state)
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
 }
 
 /// Whether the proxy is ready, and if not, why.
@@ -132,6 +135,10 @@ async fn quit(State(state): State<Arc<AdminState>>) -> Response {
         quit.advance(Phase::Draining);
     }
     Json(serde_json::json!({"shutting_down": true})).into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    ProxyError::MethodNotAllowed.to_response(&ErrorContext::default())
 }
 
 async fn not_found() -> Response {

@@ -458,7 +458,7 @@ async fn post_refresh_answers_the_status_token_object() {
 }
 
 #[tokio::test]
-async fn an_unknown_admin_path_is_a_404_in_the_error_schema() {
+async fn unknown_admin_paths_and_methods_answer_in_the_error_schema() {
     let upstream = Upstream::spawn().await;
     let proxy = ProxyBuilder::new(&upstream.url, &upstream.token()).spawn().await;
     for path in ["/nope", "/status/extra", "/metricsx"] {
@@ -475,4 +475,10 @@ async fn an_unknown_admin_path_is_a_404_in_the_error_schema() {
         assert_schema(&body);
         assert_eq!(body["code"], "NOT_FOUND", "{path}: {body}");
     }
+    // A known path with the wrong method is 405 in the schema too.
+    let r = client().get(proxy.admin_url("/refresh")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    let body: Value = r.json().await.unwrap();
+    assert_schema(&body);
+    assert_eq!(body["code"], "METHOD_NOT_ALLOWED");
 }
