@@ -115,6 +115,31 @@ def stop(proc):
         proc.wait(timeout=5)
 
 
+
+def start_origin_and_proxy(a, tmp, token_file, log_path, origin_cpu=None, proxy_cpu=None):
+    """Start the harness's nginx origin (config under tmp/upstream) and issettled-proxy in front of it, each in its
+    own session, optionally pinned to a CPU; wait for the origin. Returns (origin, proxy) Popen objects."""
+    def pinned(cpu, argv):
+        return (["taskset", "-c", str(cpu)] + argv) if cpu is not None else argv
+    origin = subprocess.Popen(pinned(origin_cpu, ["nginx", "-p", os.path.join(tmp, "upstream") + "/",
+                                                  "-e", os.path.join(tmp, "upstream", "error.log"),
+                                                  "-c", os.path.join(tmp, "upstream", "nginx.conf")]),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_ready(a.origin_port, origin, 10)
+    env = dict(os.environ,
+               ISSETTLED_PROXY__LISTEN__ADDRESS="127.0.0.1:%d" % a.proxy_port,
+               ISSETTLED_PROXY__LISTEN__ADMIN_ADDRESS="127.0.0.1:%d" % a.admin_port,
+               ISSETTLED_PROXY__UPSTREAM__BASE_URL="http://127.0.0.1:%d" % a.origin_port,
+               ISSETTLED_PROXY__TOKEN__FILE=token_file,
+               ISSETTLED_PROXY__LOG__LEVEL=a.log_level)
+    env.pop("RUST_LOG", None)
+    log = open(log_path, "wb")
+    proxy = subprocess.Popen(pinned(proxy_cpu, [a.binary, "run", "--config", a.config]), env=env,
+                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+    return origin, proxy
+
 def main(argv):
     ap = argparse.ArgumentParser()
     ap.add_argument("--harness", required=True)
@@ -166,23 +191,7 @@ def main(argv):
     origin = proxy = None
     socks = []
     try:
-        origin = subprocess.Popen(["nginx", "-p", os.path.join(tmp, "upstream") + "/",
-                                   "-e", os.path.join(tmp, "upstream", "error.log"),
-                                   "-c", os.path.join(tmp, "upstream", "nginx.conf")],
-                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL, start_new_session=True)
-        wait_ready(a.origin_port, origin, 10)
-        env = dict(os.environ,
-                   ISSETTLED_PROXY__LISTEN__ADDRESS="127.0.0.1:%d" % a.proxy_port,
-                   ISSETTLED_PROXY__LISTEN__ADMIN_ADDRESS="127.0.0.1:%d" % a.admin_port,
-                   ISSETTLED_PROXY__UPSTREAM__BASE_URL="http://127.0.0.1:%d" % a.origin_port,
-                   ISSETTLED_PROXY__TOKEN__FILE=token_file,
-                   ISSETTLED_PROXY__LOG__LEVEL=a.log_level)
-        env.pop("RUST_LOG", None)
-        proxy_log = open(os.path.join(tmp, "proxy.log"), "wb")
-        proxy = subprocess.Popen([a.binary, "run", "--config", a.config], env=env,
-                                 stdin=subprocess.DEVNULL, stdout=proxy_log, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
+        origin, proxy = start_origin_and_proxy(a, tmp, token_file, os.path.join(tmp, "proxy.log"))
         wait_ready(a.proxy_port, proxy, 30)
         time.sleep(1.0)
         pid = proxy.pid

@@ -21,7 +21,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import bench as benchlib  # noqa: E402
-from memory import stop, wait_ready  # noqa: E402
+from memory import start_origin_and_proxy, stop, wait_ready  # noqa: E402
 
 
 def main(argv):
@@ -73,23 +73,8 @@ def main(argv):
 
     origin = proxy = None
     try:
-        origin = subprocess.Popen(["taskset", "-c", "0", "nginx", "-p", os.path.join(tmp, "upstream") + "/",
-                                   "-e", os.path.join(tmp, "upstream", "error.log"),
-                                   "-c", os.path.join(tmp, "upstream", "nginx.conf")],
-                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL, start_new_session=True)
-        wait_ready(a.origin_port, origin, 10)
-        env = dict(os.environ,
-                   ISSETTLED_PROXY__LISTEN__ADDRESS="127.0.0.1:%d" % a.proxy_port,
-                   ISSETTLED_PROXY__LISTEN__ADMIN_ADDRESS="127.0.0.1:%d" % a.admin_port,
-                   ISSETTLED_PROXY__UPSTREAM__BASE_URL="http://127.0.0.1:%d" % a.origin_port,
-                   ISSETTLED_PROXY__TOKEN__FILE=token_file,
-                   ISSETTLED_PROXY__LOG__LEVEL=a.log_level)
-        env.pop("RUST_LOG", None)
-        log = open(os.path.join(out, "proxy.log"), "wb")
-        proxy = subprocess.Popen(["taskset", "-c", "1", a.binary, "run", "--config", a.config], env=env,
-                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
+        origin, proxy = start_origin_and_proxy(a, tmp, token_file, os.path.join(out, "proxy.log"),
+                                               origin_cpu=0, proxy_cpu=1)
         wait_ready(a.proxy_port, proxy, 30)
         url = "http://127.0.0.1:%d%s" % (a.proxy_port, path)
         subprocess.run(["taskset", "-c", "0", "wrk", "-t1", "-c64", "-d2s", "-s", script, url],
