@@ -116,6 +116,24 @@ def stop(proc):
 
 
 
+def write_origin_files(pb, tmp, origin_port):
+    """Write the harness origin's files under tmp (nginx.conf in tmp/upstream, the 64 KiB body in tmp/www) and
+    the token file; returns the token file's path."""
+    for sub in ("upstream", "www"):
+        os.makedirs(os.path.join(tmp, sub))
+    bodies = {"small": pb.small_body(), "large": pb.large_body(), "post_req": pb.post_request_body(),
+              "post_resp": pb.post_response_body()}
+    with open(os.path.join(tmp, "www", "statement.json"), "w") as f:
+        f.write(bodies["large"])
+    os.chmod(os.path.join(tmp, "www", "statement.json"), 0o644)
+    token_file = os.path.join(tmp, "token")
+    with open(token_file, "w") as f:
+        f.write(pb.DEFAULT_TOKEN)
+    with open(os.path.join(tmp, "upstream", "nginx.conf"), "w") as f:
+        f.write(pb.upstream_conf(tmp, origin_port, pb.DEFAULT_TOKEN, "exact", bodies))
+    return token_file
+
+
 def start_origin_and_proxy(a, tmp, token_file, log_path, origin_cpu=None, proxy_cpu=None):
     """Start the harness's nginx origin (config under tmp/upstream) and issettled-proxy in front of it, each in its
     own session, optionally pinned to a CPU; wait for the origin. Returns (origin, proxy) Popen objects."""
@@ -173,18 +191,7 @@ def main(argv):
 
     tmp = tempfile.mkdtemp(prefix="issettled-mem.")
     os.chmod(tmp, 0o755)
-    for sub in ("upstream", "www"):
-        os.makedirs(os.path.join(tmp, sub))
-    bodies = {"small": pb.small_body(), "large": pb.large_body(), "post_req": pb.post_request_body(),
-              "post_resp": pb.post_response_body()}
-    with open(os.path.join(tmp, "www", "statement.json"), "w") as f:
-        f.write(bodies["large"])
-    os.chmod(os.path.join(tmp, "www", "statement.json"), 0o644)
-    token_file = os.path.join(tmp, "token")
-    with open(token_file, "w") as f:
-        f.write(pb.DEFAULT_TOKEN)
-    with open(os.path.join(tmp, "upstream", "nginx.conf"), "w") as f:
-        f.write(pb.upstream_conf(tmp, a.origin_port, pb.DEFAULT_TOKEN, "exact", bodies))
+    token_file = write_origin_files(pb, tmp, a.origin_port)
 
     result = {"schema": "issettled-bench-memory/1", "binary": a.binary, "config": a.config,
               "log_level": a.log_level, "nofile_soft": soft, "steps": []}

@@ -21,7 +21,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import bench as benchlib  # noqa: E402
-from memory import start_origin_and_proxy, stop, wait_ready  # noqa: E402
+from memory import start_origin_and_proxy, stop, wait_ready, write_origin_files  # noqa: E402
 
 
 def main(argv):
@@ -51,22 +51,11 @@ def main(argv):
     os.chmod(tmp, 0o755)
     out = a.out or tmp
     os.makedirs(out, exist_ok=True)
-    for sub in ("upstream", "www"):
-        os.makedirs(os.path.join(tmp, sub))
-    bodies = {"small": pb.small_body(), "large": pb.large_body(), "post_req": pb.post_request_body(),
-              "post_resp": pb.post_response_body()}
-    with open(os.path.join(tmp, "www", "statement.json"), "w") as f:
-        f.write(bodies["large"])
-    os.chmod(os.path.join(tmp, "www", "statement.json"), 0o644)
-    token_file = os.path.join(tmp, "token")
-    with open(token_file, "w") as f:
-        f.write(pb.DEFAULT_TOKEN)
-    with open(os.path.join(tmp, "upstream", "nginx.conf"), "w") as f:
-        f.write(pb.upstream_conf(tmp, a.origin_port, pb.DEFAULT_TOKEN, "exact", bodies))
+    token_file = write_origin_files(pb, tmp, a.origin_port)
     method, path, body = {
         "small_get": ("GET", pb.P_SMALL, None),
         "large_get": ("GET", pb.P_LARGE, None),
-        "small_post": ("POST", pb.P_POST, bodies["post_req"]),
+        "small_post": ("POST", pb.P_POST, pb.post_request_body()),
     }[a.workload]
     script = os.path.join(tmp, "wrk.lua")
     pb.wrk_script(script, method, body, {"Content-Type": "application/json"} if body else {})
