@@ -83,8 +83,10 @@ pub fn check(cfg: &Config) -> Result<(), ConfigError> {
 
 /// Bind the configured addresses and run until SIGTERM or SIGINT.
 pub async fn run_bound(cfg: Config) -> Result<(), AppError> {
+    // Handlers first: from here on SIGTERM means a graceful stop, even during start-up.
+    let signal = shutdown::os_signal();
     let listeners = Listeners::bind(&cfg).await?;
-    run(cfg, listeners, shutdown::os_signal()).await
+    run(cfg, listeners, signal).await
 }
 
 /// Run on `listeners` until `signal` completes (or `POST /quitquitquit`), then shut down gracefully.

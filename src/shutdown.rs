@@ -87,18 +87,22 @@ impl ShutdownSignal {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT, logging which.
-pub async fn os_signal() {
+/// Resolves on SIGTERM or SIGINT, logging which. The handlers are installed when this is *called*, not when the
+/// future is first polled: a SIGTERM that arrives while the servers start must not kill the process outright.
+pub fn os_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot install signal handlers");
-        return std::future::pending().await;
-    };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    tracing::info!(event = "shutdown_signal", signal = name, "shutting down gracefully");
+    let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            tracing::error!("cannot install signal handlers");
+            return std::future::pending().await;
+        };
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(event = "shutdown_signal", signal = name, "shutting down gracefully");
+    }
 }
 
 #[cfg(test)]
