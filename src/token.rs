@@ -61,13 +61,6 @@ pub struct Snapshot {
     pub last_error: Option<String>,
 }
 
-impl Snapshot {
-    /// Whether a usable token is held.
-    pub fn usable(&self) -> bool {
-        self.unusable.is_none()
-    }
-}
-
 /// Take a snapshot of the cell now.
 pub fn snapshot(cell: &TokenCell) -> Snapshot {
     let now = Stamp::now();
