@@ -168,32 +168,22 @@ impl Metrics {
         let sum = self.duration_sum_micros.load(Relaxed) as f64 / 1e6;
         let _ = writeln!(w, "issettled_proxy_request_duration_seconds_sum {sum}");
         let _ = writeln!(w, "issettled_proxy_request_duration_seconds_count {count}");
-        header(
+        labelled_counter(
             w,
             "upstream_errors_total",
-            "counter",
             "Upstream faults answered with a proxy error, by code.",
+            "code",
+            &UPSTREAM_CODES,
+            &self.upstream_errors,
         );
-        for (i, code) in UPSTREAM_CODES.iter().enumerate() {
-            let _ = writeln!(
-                w,
-                "issettled_proxy_upstream_errors_total{{code=\"{code}\"}} {}",
-                self.upstream_errors[i].load(Relaxed)
-            );
-        }
-        header(
+        labelled_counter(
             w,
             "token_refresh_total",
-            "counter",
             "Token refresh attempts and file adoptions, by result.",
+            "result",
+            &REFRESH_RESULTS,
+            &self.refreshes,
         );
-        for (i, result) in REFRESH_RESULTS.iter().enumerate() {
-            let _ = writeln!(
-                w,
-                "issettled_proxy_token_refresh_total{{result=\"{result}\"}} {}",
-                self.refreshes[i].load(Relaxed)
-            );
-        }
         gauge(
             w,
             "token_ready",
@@ -227,6 +217,18 @@ fn header(w: &mut String, name: &str, kind: &str, help: &str) {
         w,
         "# HELP issettled_proxy_{name} {help}\n# TYPE issettled_proxy_{name} {kind}"
     );
+}
+
+/// A counter family with one label, one sample per label value (zeros included, so alerts see the series).
+fn labelled_counter(w: &mut String, name: &str, help: &str, label: &str, values: &[&str], counts: &[AtomicU64]) {
+    header(w, name, "counter", help);
+    for (value, count) in values.iter().zip(counts) {
+        let _ = writeln!(
+            w,
+            "issettled_proxy_{name}{{{label}=\"{value}\"}} {}",
+            count.load(Relaxed)
+        );
+    }
 }
 
 fn gauge(w: &mut String, name: &str, help: &str, value: Option<f64>) {

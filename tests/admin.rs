@@ -265,9 +265,7 @@ async fn readyz_goes_200_503_200_through_a_revoked_token_and_a_new_token_file() 
 
 #[tokio::test]
 async fn status_has_every_field_the_contract_lists() {
-    let upstream = Upstream::spawn().await;
-    let proxy = ProxyBuilder::new(&upstream.url, &upstream.token()).spawn().await;
-    proxy.startup_refresh_done().await;
+    let (upstream, proxy) = common::refreshed_proxy().await;
 
     let s = proxy.status().await;
     let top: Vec<&str> = s.as_object().unwrap().keys().map(String::as_str).collect();
@@ -314,9 +312,7 @@ async fn status_has_every_field_the_contract_lists() {
 
 #[tokio::test]
 async fn metrics_parse_as_prometheus_text_and_count_requests_by_status() {
-    let upstream = Upstream::spawn().await;
-    let proxy = ProxyBuilder::new(&upstream.url, &upstream.token()).spawn().await;
-    proxy.startup_refresh_done().await;
+    let (_upstream, proxy) = common::refreshed_proxy().await;
     let c = client();
     for _ in 0..3 {
         assert_eq!(get_json(&proxy.url("/digital-accounts")).await.0, 200);
@@ -396,9 +392,7 @@ async fn metrics_parse_as_prometheus_text_and_count_requests_by_status() {
 
 #[tokio::test]
 async fn the_token_appears_in_neither_status_nor_metrics() {
-    let upstream = Upstream::spawn().await;
-    let proxy = ProxyBuilder::new(&upstream.url, &upstream.token()).spawn().await;
-    proxy.startup_refresh_done().await;
+    let (upstream, proxy) = common::refreshed_proxy().await;
     let c = client();
     assert_eq!(get_json(&proxy.url("/digital-accounts")).await.0, 200);
     let refreshed = c
@@ -432,9 +426,7 @@ async fn the_token_appears_in_neither_status_nor_metrics() {
 
 #[tokio::test]
 async fn post_refresh_answers_the_status_token_object() {
-    let upstream = Upstream::spawn().await;
-    let proxy = ProxyBuilder::new(&upstream.url, &upstream.token()).spawn().await;
-    proxy.startup_refresh_done().await;
+    let (upstream, proxy) = common::refreshed_proxy().await;
     let calls = upstream.sim.refresh_calls().len();
 
     let r = client().post(proxy.admin_url("/refresh")).send().await.unwrap();

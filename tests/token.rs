@@ -312,9 +312,7 @@ async fn concurrent_upstream_401s_cause_one_refresh_and_gets_succeed_while_a_pos
 /// Point 5: every refresh response shape of the contract.
 #[tokio::test]
 async fn every_refresh_response_shape_yields_a_working_token() {
-    let upstream = Upstream::spawn().await;
-    let proxy = ProxyBuilder::new(&upstream.url, &upstream.token()).spawn().await;
-    proxy.startup_refresh_done().await;
+    let (upstream, proxy) = common::refreshed_proxy().await;
     let c = client();
 
     for shape in [
@@ -459,9 +457,7 @@ async fn a_token_expiring_in_60s_is_refreshed_before_exp_minus_refresh_before_ex
 /// Point 9: 50 upstream 401s on a token refreshed a second ago cause no refresh (`min_refresh_gap` 5 s).
 #[tokio::test]
 async fn upstream_401s_within_min_refresh_gap_cause_no_refresh() {
-    let upstream = Upstream::spawn().await;
-    let proxy = ProxyBuilder::new(&upstream.url, &upstream.token()).spawn().await;
-    proxy.startup_refresh_done().await;
+    let (upstream, proxy) = common::refreshed_proxy().await;
     assert_eq!(upstream.sim.refresh_calls().len(), 1);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let token = upstream.newest_token();

@@ -224,6 +224,14 @@ impl Drop for TestProxy {
     }
 }
 
+/// The default simulated upstream and a default proxy in front of it, past its start-up refresh.
+pub async fn refreshed_proxy() -> (Upstream, TestProxy) {
+    let upstream = Upstream::spawn().await;
+    let proxy = ProxyBuilder::new(&upstream.url, &upstream.token()).spawn().await;
+    proxy.startup_refresh_done().await;
+    (upstream, proxy)
+}
+
 /// A client that follows no redirects and ignores proxy variables.
 pub fn client() -> reqwest::Client {
     issettled_proxy::proxy::client::install_crypto_provider();
