@@ -101,13 +101,13 @@ async fn handle(
     let deadline = started + state.rules.request_timeout;
     // A request may be replayed after a 401 only if it has no body and its method is listed.
     let replay = (state.rules.retry_on_401.contains(&parts.method) && body.is_end_stream())
-        .then(|| (parts.method.clone(), parts.headers.clone()));
-    parts.uri = uri.clone();
+        .then(|| (parts.method.clone(), parts.headers.clone(), uri.clone()));
+    parts.uri = uri;
     let mut response = send(state, http::Request::from_parts(parts, body), deadline).await?;
     let mut used = token;
     if response.status() == StatusCode::UNAUTHORIZED {
         if let Some(current) = after_401(state, &used, replay.is_some()).await {
-            if let Some((method, mut headers)) = replay {
+            if let Some((method, mut headers, uri)) = replay {
                 headers.insert(header::AUTHORIZATION, current.header().clone());
                 let mut again = http::Request::new(Body::empty());
                 *again.method_mut() = method;
