@@ -51,12 +51,11 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .with_state(state)
 }
 
-/// Whether the proxy is ready, and if not, why.
-pub fn readiness(state: &AdminState) -> Result<(), &'static str> {
+/// Whether the proxy is ready, and if not, why, given a snapshot of the token.
+pub fn readiness(state: &AdminState, snap: &token::Snapshot) -> Result<(), &'static str> {
     if state.signal.phase() != Phase::Running {
         return Err("shutting down");
     }
-    let snap = token::snapshot(&state.token);
     match snap.unusable {
         None => Ok(()),
         Some(u) => Err(u.reason()),
@@ -68,7 +67,7 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
-    match readiness(&state) {
+    match readiness(&state, &token::snapshot(&state.token)) {
         Ok(()) => Json(serde_json::json!({"ready": true})).into_response(),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -79,8 +78,9 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
 }
 
 async fn status(State(state): State<Arc<AdminState>>) -> Response {
-    let ready = readiness(&state).is_ok();
-    Json(status_json(&token::snapshot(&state.token), ready, &state.upstream)).into_response()
+    let snap = token::snapshot(&state.token);
+    let ready = readiness(&state, &snap).is_ok();
+    Json(status_json(&snap, ready, &state.upstream)).into_response()
 }
 
 async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
@@ -93,7 +93,7 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
         })
     };
     let gauges = TokenGauges {
-        ready: readiness(&state).is_ok(),
+        ready: readiness(&state, &snap).is_ok(),
         revoke_deadline_seconds: seconds_until(snap.revoke_deadline),
         session_remaining_seconds: seconds_until(snap.session_expires_at),
     };
