@@ -10,9 +10,9 @@ use std::{
 };
 
 use common::{
-    assert_schema, client,
+    assert_schema, client, closed_within,
     faulty::{Fault, Faulty},
-    get_json, raw, raw_json, raw_status,
+    get_json, raw, raw_json, raw_status, read_response,
     tls::TestPki,
     ProxyBuilder, TestProxy, Upstream,
 };
@@ -59,53 +59,6 @@ fn assert_bad_request(response: &str, context: &str) {
         assert_schema(&body);
         assert_eq!(body["code"], "BAD_REQUEST", "{context}: {body}");
     }
-}
-
-/// Read one response (head, then a `Content-Length` body) or until the peer closes, within `limit`.
-async fn read_response(stream: &mut TcpStream, limit: Duration) -> String {
-    let mut out = Vec::new();
-    let read = async {
-        let mut buf = [0u8; 8192];
-        loop {
-            let text = String::from_utf8_lossy(&out).into_owned();
-            if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                if head.starts_with("HTTP/1.1 1") {
-                    return; // an interim response
-                }
-                let length = head
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length:")
-                            .map(str::to_owned)
-                    })
-                    .and_then(|v| v.trim().parse::<usize>().ok());
-                if length.is_some_and(|n| body.len() >= n) {
-                    return;
-                }
-            }
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-            }
-        }
-    };
-    let _ = tokio::time::timeout(limit, read).await;
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Whether the peer closes `stream` within `limit` (bytes still arriving are read and dropped).
-async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
-    let mut buf = [0u8; 1024];
-    let closed = async {
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    };
-    tokio::time::timeout(limit, closed).await.is_ok()
 }
 
 // === Framing ===

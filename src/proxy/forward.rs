@@ -103,6 +103,8 @@ async fn handle(
     let replay = (state.rules.retry_on_401.contains(&parts.method) && body.is_end_stream())
         .then(|| (parts.method.clone(), parts.headers.clone(), uri.clone()));
     parts.uri = uri;
+    // The app's HTTP version is its own hop's; the upstream connection's is chosen by ALPN.
+    parts.version = http::Version::HTTP_11;
     let mut response = send(state, http::Request::from_parts(parts, body), deadline).await?;
     let mut used = token;
     if response.status() == StatusCode::UNAUTHORIZED {

@@ -33,6 +33,8 @@ pub(super) struct Activity {
     /// A request head is being received (or owed: a new connection owes its first one).
     head_pending: AtomicBool,
     in_flight: AtomicU32,
+    /// A keep-alive response has been sent in full: the connection may be parked.
+    park: AtomicBool,
 }
 
 /// Marks a request in flight until dropped.
@@ -52,7 +54,23 @@ impl Activity {
             moved: AtomicBool::new(false),
             head_pending: AtomicBool::new(true),
             in_flight: AtomicU32::new(0),
+            park: AtomicBool::new(false),
         }
+    }
+
+    /// A response after which the client keeps the connection open has been handed to the socket in full.
+    pub(super) fn keep_alive_response_done(&self) {
+        self.park.store(true, Relaxed);
+    }
+
+    /// Forget a completed keep-alive response.
+    pub(super) fn take_park(&self) -> bool {
+        self.park.swap(false, Relaxed)
+    }
+
+    /// A keep-alive response has been completed (forgotten now) and no request waits for its response head.
+    pub(super) fn idle_after_keep_alive(&self) -> bool {
+        self.in_flight.load(Relaxed) == 0 && self.take_park()
     }
 
     fn read(&self) {
@@ -130,6 +148,10 @@ pub(super) struct Tracked<I> {
 impl<I> Tracked<I> {
     pub(super) fn new(inner: I, activity: Arc<Activity>) -> Self {
         Self { inner, activity }
+    }
+
+    pub(super) fn get_ref(&self) -> &I {
+        &self.inner
     }
 }
 

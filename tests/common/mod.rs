@@ -312,6 +312,53 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Read one response (head, then a `Content-Length` body) or until the peer closes, within `limit`.
+pub async fn read_response(stream: &mut tokio::net::TcpStream, limit: Duration) -> String {
+    let mut out = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 8192];
+        loop {
+            let text = String::from_utf8_lossy(&out).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                if head.starts_with("HTTP/1.1 1") {
+                    return; // an interim response
+                }
+                let length = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(str::to_owned)
+                    })
+                    .and_then(|v| v.trim().parse::<usize>().ok());
+                if length.is_some_and(|n| body.len() >= n) {
+                    return;
+                }
+            }
+            match tokio::io::AsyncReadExt::read(stream, &mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(limit, read).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether the peer closes `stream` within `limit` (bytes still arriving are read and dropped).
+pub async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    let closed = async {
+        loop {
+            match tokio::io::AsyncReadExt::read(stream, &mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(limit, closed).await.is_ok()
+}
+
 /// The status code of a raw response text (0 if none).
 pub fn raw_status(response: &str) -> u16 {
     response

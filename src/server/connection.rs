@@ -1,0 +1,344 @@
+//! One inbound connection, from accept to close.
+//!
+//! An HTTP/1 connection alternates between two states. *Active*: hyper serves it and holds its read and write
+//! buffers (8 KiB each). *Parked*: after a response the client keeps the connection open for, hyper hands the
+//! socket back and its buffers are freed; only the socket and this task remain until the client sends again (as
+//! nginx frees its buffers between keep-alive requests). Ten thousand idle keep-alive connections so cost a few
+//! KiB each instead of about 25. An HTTP/2 connection (prior knowledge) is served by hyper throughout.
+//!
+//! In both states the watchdog ([`super::activity`]) closes slow request heads and idle connections, and shutdown
+//! closes a parked connection at once and lets an active one finish its requests.
+
+use std::{
+    convert::Infallible,
+    future::{poll_fn, Future},
+    io,
+    pin::Pin,
+    sync::Arc,
+    task::{ready, Context, Poll},
+    time::Duration,
+};
+
+use axum::{body::Body, Router};
+use bytes::{Bytes, BytesMut};
+use http::{header, Request, Response, Version};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::{body::Incoming, server::conn::http1, server::conn::http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::{io::AsyncReadExt as _, time::Interval};
+use tower::{util::Oneshot, ServiceExt as _};
+
+use super::{
+    activity::{Activity, InRequest, Tracked, Verdict, Watchdog},
+    prefixed::Prefixed,
+    Limits, Stream, PARSER_MAX_HEADERS,
+};
+use crate::shutdown::{Phase, ShutdownSignal};
+
+/// What an HTTP/2 client sends first.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Serve one accepted connection until it closes.
+pub(super) async fn serve<I: Stream>(io: I, router: Router, limits: Limits, stop: ShutdownSignal) {
+    let activity = Arc::new(Activity::new());
+    let mut guard = Guard::new(&limits, activity.clone(), &stop);
+    let mut io = Tracked::new(io, activity.clone());
+    let sniffed = tokio::select! {
+        biased;
+        alarm = guard.next(true) => return alarm.log(),
+        first = first_bytes(&mut io) => first,
+    };
+    let service = Service { router, activity };
+    match sniffed {
+        Ok(Some((first, true))) => http2(io, first, service, &mut guard).await,
+        Ok(Some((first, false))) => http1(io, first, service, &mut guard).await,
+        Ok(None) => {}
+        Err(e) => tracing::debug!(error = %e, "connection failed before its first request"),
+    }
+}
+
+/// Wait for the first bytes and read enough of them to tell HTTP/2's preface from an HTTP/1 request. Returns the
+/// bytes read and whether it is HTTP/2; `None` if the client closed first.
+async fn first_bytes<I: Stream>(io: &mut Tracked<I>) -> io::Result<Option<(Bytes, bool)>> {
+    let mut buf = BytesMut::with_capacity(H2_PREFACE.len());
+    loop {
+        if !H2_PREFACE.starts_with(&buf) {
+            return Ok(Some((buf.freeze(), false)));
+        }
+        if buf.len() == H2_PREFACE.len() {
+            return Ok(Some((buf.freeze(), true)));
+        }
+        if io.read_buf(&mut buf).await? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+async fn http1<I: Stream>(mut io: Tracked<I>, mut buffered: Bytes, service: Service, guard: &mut Guard) {
+    let mut builder = http1::Builder::new();
+    builder.max_headers(PARSER_MAX_HEADERS);
+    loop {
+        if buffered.is_empty() {
+            // Parked.
+            tokio::select! {
+                biased;
+                alarm = guard.next(true) => return alarm.log(),
+                ready = poll_fn(|cx| io.get_ref().poll_read_ready(cx)) => {
+                    if ready.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        // Active: boxed, so a parked connection's task does not keep room for hyper's state.
+        service.activity.take_park();
+        let mut conn = Box::new(builder.serve_connection(TokioIo::new(Prefixed::new(buffered, io)), service.clone()));
+        let mut parking = false;
+        let mut closing = false;
+        let served = loop {
+            let activity = &service.activity;
+            let run = poll_fn(|cx| loop {
+                let polled = conn.poll_without_shutdown(cx);
+                // Park after a keep-alive response once no request waits for its answer (a pipelined one would
+                // otherwise be answered `Connection: close`): hyper finishes writing, then returns the socket.
+                if polled.is_pending() && !closing && !parking && activity.idle_after_keep_alive() {
+                    Pin::new(&mut *conn).graceful_shutdown();
+                    parking = true;
+                    continue;
+                }
+                return polled;
+            });
+            tokio::select! {
+                biased;
+                served = run => break served,
+                alarm = guard.next(!closing) => match alarm {
+                    Alarm::Stop | Alarm::Idle if !closing => {
+                        Pin::new(&mut *conn).graceful_shutdown();
+                        closing = true;
+                    }
+                    alarm => return alarm.log(),
+                },
+            }
+        };
+        if let Err(e) = served {
+            tracing::debug!(error = %e, "connection ended with an error");
+            return;
+        }
+        if closing || !parking {
+            // Shut down, or hyper closed it (the client asked to, or hung up).
+            return;
+        }
+        let parts = conn.into_parts();
+        let (prefix, tracked) = parts.io.into_inner().into_parts();
+        io = tracked;
+        buffered = match (prefix.is_empty(), parts.read_buf.is_empty()) {
+            (true, true) => Bytes::new(),
+            (true, false) => parts.read_buf,
+            (false, true) => prefix,
+            (false, false) => [prefix, parts.read_buf].concat().into(),
+        };
+    }
+}
+
+async fn http2<I: Stream>(io: Tracked<I>, preface: Bytes, service: Service, guard: &mut Guard) {
+    let conn =
+        http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(Prefixed::new(preface, io)), service);
+    tokio::pin!(conn);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            biased;
+            served = conn.as_mut() => {
+                if let Err(e) = served {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            alarm = guard.next(!closing) => match alarm {
+                Alarm::Stop | Alarm::Idle if !closing => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                alarm => return alarm.log(),
+            },
+        }
+    }
+}
+
+/// Why a connection should close (or, if active, stop taking requests).
+#[derive(Debug, Clone, Copy)]
+enum Alarm {
+    Stop,
+    HeaderTimeout,
+    Idle,
+}
+
+impl Alarm {
+    fn log(self) {
+        if let Alarm::HeaderTimeout = self {
+            tracing::debug!("request headers not complete within listen.header_read_timeout: closing");
+        }
+    }
+}
+
+/// The watchdog's ticks and the shutdown signal, shared by a connection's states.
+struct Guard {
+    activity: Arc<Activity>,
+    ticks: Interval,
+    watchdog: Watchdog,
+    stopping: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl Guard {
+    fn new(limits: &Limits, activity: Arc<Activity>, stop: &ShutdownSignal) -> Self {
+        let period = watchdog_period(limits);
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let stop = stop.clone();
+        Self {
+            activity,
+            ticks,
+            watchdog: Watchdog::new(period, limits.header_read_timeout, limits.idle_timeout),
+            stopping: Box::pin(async move { stop.reached(Phase::Stopping).await }),
+        }
+    }
+
+    /// The next alarm; shutdown counts only while `watch_stop` (it is acted on once).
+    async fn next(&mut self, watch_stop: bool) -> Alarm {
+        loop {
+            tokio::select! {
+                biased;
+                () = self.stopping.as_mut(), if watch_stop => return Alarm::Stop,
+                _ = self.ticks.tick() => match self.watchdog.tick(&self.activity) {
+                    Verdict::Keep => {}
+                    Verdict::HeaderTimeout => return Alarm::HeaderTimeout,
+                    Verdict::Idle => return Alarm::Idle,
+                },
+            }
+        }
+    }
+}
+
+/// How often a connection's watchdog looks at it.
+fn watchdog_period(limits: &Limits) -> Duration {
+    (limits.header_read_timeout.min(limits.idle_timeout) / 4).clamp(Duration::from_millis(10), Duration::from_secs(5))
+}
+
+/// Whether the client keeps the connection open after this request (RFC 9112 §9.3).
+pub(super) fn wants_keep_alive<B>(req: &Request<B>) -> bool {
+    let tokens = || {
+        req.headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(|t| t.trim_ascii())
+    };
+    match req.version() {
+        Version::HTTP_11 => !tokens().any(|t| t.eq_ignore_ascii_case(b"close")),
+        Version::HTTP_10 => tokens().any(|t| t.eq_ignore_ascii_case(b"keep-alive")),
+        _ => false,
+    }
+}
+
+/// The router as a hyper service that tells the connection about requests in flight and finished responses.
+#[derive(Clone)]
+struct Service {
+    router: Router,
+    activity: Arc<Activity>,
+}
+
+impl hyper::service::Service<Request<Incoming>> for Service {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = Respond;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let keep_alive = wants_keep_alive(&req).then(|| self.activity.clone());
+        Respond {
+            http10: req.version() == Version::HTTP_10,
+            call: self.router.clone().oneshot(req.map(Body::new)),
+            request: Some(self.activity.begin()),
+            keep_alive,
+        }
+    }
+}
+
+/// The router's answer; the request counts as in flight until it is ready.
+struct Respond {
+    call: Oneshot<Router, Request<Body>>,
+    request: Option<InRequest>,
+    keep_alive: Option<Arc<Activity>>,
+    http10: bool,
+}
+
+impl Future for Respond {
+    type Output = Result<Response<ResponseBody>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut response = ready!(Pin::new(&mut self.call).poll(cx))?;
+        self.request = None;
+        let keep_alive = self.keep_alive.take();
+        if self.http10 && keep_alive.is_some() {
+            // hyper closes an HTTP/1.0 connection unless the response says otherwise.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, http::HeaderValue::from_static("keep-alive"));
+        }
+        Poll::Ready(Ok(response.map(|inner| ResponseBody { inner, keep_alive })))
+    }
+}
+
+/// A response body that, when hyper is done with it, lets the connection park if the client keeps it open.
+struct ResponseBody {
+    inner: Body,
+    keep_alive: Option<Arc<Activity>>,
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        if let Some(activity) = &self.keep_alive {
+            activity.keep_alive_response_done();
+        }
+    }
+}
+
+impl HttpBody for ResponseBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(version: Version, connection: &[&'static str]) -> Request<()> {
+        let mut req = Request::builder().version(version);
+        for c in connection {
+            req = req.header(header::CONNECTION, *c);
+        }
+        req.body(()).unwrap()
+    }
+
+    #[test]
+    fn keep_alive_follows_the_version_and_the_connection_header() {
+        assert!(wants_keep_alive(&request(Version::HTTP_11, &[])));
+        assert!(wants_keep_alive(&request(Version::HTTP_11, &["keep-alive"])));
+        assert!(!wants_keep_alive(&request(Version::HTTP_11, &["Close"])));
+        assert!(!wants_keep_alive(&request(Version::HTTP_11, &["x-foo", "te, close"])));
+        assert!(!wants_keep_alive(&request(Version::HTTP_10, &[])));
+        assert!(wants_keep_alive(&request(Version::HTTP_10, &["Keep-Alive"])));
+        assert!(!wants_keep_alive(&request(Version::HTTP_2, &[])));
+    }
+}

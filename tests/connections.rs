@@ -1,0 +1,154 @@
+//! The life of an inbound connection: a keep-alive connection is parked between requests (hyper's buffers freed)
+//! and wakes for the next one; pipelined and split requests survive a park; `Connection: close` and HTTP/1.0 are
+//! honoured; idle time-out and shutdown close parked connections; HTTP/2 with prior knowledge is served.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{client, closed_within, raw_status, read_response, ProxyBuilder, TestProxy, Upstream};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+const LIMIT: Duration = Duration::from_secs(5);
+
+async fn proxy(upstream: &Upstream, overrides: &[(&str, &str)]) -> TestProxy {
+    let mut builder = ProxyBuilder::new(&upstream.url, &upstream.token());
+    for (key, value) in overrides {
+        builder = builder.set(key, value);
+    }
+    builder.spawn().await
+}
+
+fn get(n: usize, extra: &str) -> String {
+    format!("GET /echo?n={n} HTTP/1.1\r\nHost: localhost\r\n{extra}\r\n")
+}
+
+/// The `n` of each echoed request, in the order the upstream saw them.
+fn seen(upstream: &Upstream) -> Vec<String> {
+    upstream.sim.requests().into_iter().map(|r| r.path_and_query).collect()
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_serves_request_after_request_across_parks() {
+    let upstream = Upstream::spawn().await;
+    let proxy = proxy(&upstream, &[]).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    for n in 0..20 {
+        stream.write_all(get(n, "").as_bytes()).await.unwrap();
+        let response = read_response(&mut stream, LIMIT).await;
+        assert_eq!(raw_status(&response), 200, "request {n}: {response}");
+        assert!(response.contains(&format!("n={n}")), "request {n}: {response}");
+        if n % 5 == 0 {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    }
+    // A head that arrives in two parts after a park.
+    stream.write_all(b"GET /echo?n=split HTTP/1.1\r\nHo").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stream.write_all(b"st: localhost\r\n\r\n").await.unwrap();
+    let response = read_response(&mut stream, LIMIT).await;
+    assert_eq!(raw_status(&response), 200, "{response}");
+    assert_eq!(seen(&upstream).len(), 21);
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let upstream = Upstream::spawn().await;
+    let proxy = proxy(&upstream, &[]).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let batch = [get(1, ""), get(2, ""), get(3, ""), get(4, "Connection: close\r\n")].concat();
+    stream.write_all(batch.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(LIMIT, stream.read_to_end(&mut out))
+        .await
+        .expect("closed after the last request")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 4, "{text}");
+    let at = |n: usize| {
+        text.find(&format!("n={n}"))
+            .unwrap_or_else(|| panic!("no answer {n}: {text}"))
+    };
+    assert!(at(1) < at(2) && at(2) < at(3) && at(3) < at(4), "{text}");
+    assert_eq!(seen(&upstream), ["/echo?n=1", "/echo?n=2", "/echo?n=3", "/echo?n=4"]);
+}
+
+#[tokio::test]
+async fn connection_close_and_http_1_0_close_after_the_response_and_1_0_keep_alive_stays() {
+    let upstream = Upstream::spawn().await;
+    let proxy = proxy(&upstream, &[]).await;
+    for request in [
+        get(1, "Connection: close\r\n"),
+        "GET /echo?n=2 HTTP/1.0\r\nHost: localhost\r\n\r\n".to_owned(),
+    ] {
+        let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let response = read_response(&mut stream, LIMIT).await;
+        assert_eq!(raw_status(&response), 200, "{request}: {response}");
+        assert!(closed_within(&mut stream, LIMIT).await, "{request}: left open");
+    }
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    for n in 3..5 {
+        let request = format!("GET /echo?n={n} HTTP/1.0\r\nHost: localhost\r\nConnection: keep-alive\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let response = read_response(&mut stream, LIMIT).await;
+        assert_eq!(raw_status(&response), 200, "{n}: {response}");
+    }
+}
+
+#[tokio::test]
+async fn idle_time_out_and_shutdown_close_parked_connections() {
+    let upstream = Upstream::spawn().await;
+    let proxy = proxy(&upstream, &[("LISTEN__IDLE_TIMEOUT", "300ms")]).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream.write_all(get(1, "").as_bytes()).await.unwrap();
+    assert_eq!(raw_status(&read_response(&mut stream, LIMIT).await), 200);
+    let started = Instant::now();
+    assert!(closed_within(&mut stream, LIMIT).await, "idle connection left open");
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "closed before the idle time-out"
+    );
+
+    let mut proxy = proxy_with_grace(&upstream).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream.write_all(get(2, "").as_bytes()).await.unwrap();
+    assert_eq!(raw_status(&read_response(&mut stream, LIMIT).await), 200);
+    let started = Instant::now();
+    proxy.trigger_stop();
+    assert!(
+        closed_within(&mut stream, LIMIT).await,
+        "parked connection left open at shutdown"
+    );
+    proxy.join().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown waited for a parked connection"
+    );
+}
+
+async fn proxy_with_grace(upstream: &Upstream) -> TestProxy {
+    proxy(upstream, &[("SHUTDOWN__GRACE", "20s")]).await
+}
+
+#[tokio::test]
+async fn http2_with_prior_knowledge_is_served() {
+    let upstream = Upstream::spawn().await;
+    let proxy = proxy(&upstream, &[]).await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .no_proxy()
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        let response = h2.get(proxy.url("/echo?n=h2")).send().await.unwrap();
+        assert_eq!(response.version(), reqwest::Version::HTTP_2);
+        assert_eq!(response.status(), 200);
+    }
+    // And HTTP/1.1 beside it.
+    let response = client().get(proxy.url("/echo?n=h1")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+}
