@@ -11,6 +11,10 @@ use issettled_proxy::{
     demo, telemetry, wait,
 };
 
+/// mimalloc: see bench/README.md for the measurements behind it.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = match (cli.command, cli.config) {
