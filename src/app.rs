@@ -92,7 +92,7 @@ pub async fn run_bound(cfg: Config) -> Result<(), AppError> {
 /// Run on `listeners` until `signal` completes (or `POST /quitquitquit`), then shut down gracefully.
 pub async fn run(cfg: Config, listeners: Listeners, signal: impl Future<Output = ()>) -> Result<(), AppError> {
     let tls = client::tls_config(&cfg.upstream)?;
-    let upstream = client::upstream_client(&cfg.upstream, tls.clone());
+    let upstream = Arc::new(client::upstream_pool(&cfg.upstream, tls.clone()));
     let refresh_client = HttpRefreshClient::new(
         client::refresh_client(&cfg.upstream, tls)?,
         format!("{}{}", cfg.upstream.base_url.as_string(), cfg.token.refresh_path),

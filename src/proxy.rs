@@ -5,6 +5,7 @@ pub mod client;
 pub mod forward;
 pub mod headers;
 pub mod policy;
+pub mod pool;
 pub mod request_id;
 pub mod target;
 
@@ -19,7 +20,7 @@ use crate::{
     shutdown::ShutdownSignal,
     token::{RefreshHandle, TokenCell},
 };
-use client::UpstreamClient;
+use pool::Pool;
 use target::Target;
 
 /// The request rules, from the configuration.
@@ -58,7 +59,7 @@ impl Rules {
 pub struct ProxyState {
     pub rules: Rules,
     pub target: Target,
-    pub client: UpstreamClient,
+    pub client: Arc<Pool>,
     pub token: Arc<TokenCell>,
     pub refresh: RefreshHandle,
     pub metrics: Arc<Metrics>,

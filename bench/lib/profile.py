@@ -35,7 +35,8 @@ def main(argv):
     ap.add_argument("--out", default=None, help="keep perf.data and the report here")
     ap.add_argument("--callgraph", action="store_true", help="perf record --call-graph dwarf (large files)")
     ap.add_argument("--syscalls", action="store_true",
-                    help="instead of a profile: count the sidecar's syscalls, context switches and wake-ups per "
+                    help="instead of a profile: count the sidecar's syscalls, context switches, wake-ups and CPU "
+                         "time (task-clock, in us) per "
                          "request (perf stat)")
     ap.add_argument("--origin-port", type=int, default=18280)
     ap.add_argument("--proxy-port", type=int, default=18290)
@@ -74,7 +75,7 @@ def main(argv):
             events = ["raw_syscalls:sys_enter", "syscalls:sys_enter_epoll_wait", "syscalls:sys_enter_recvfrom",
                       "syscalls:sys_enter_read", "syscalls:sys_enter_write", "syscalls:sys_enter_writev",
                       "syscalls:sys_enter_sendto", "syscalls:sys_enter_futex", "context-switches",
-                      "sched:sched_wakeup"]
+                      "sched:sched_wakeup", "task-clock"]
             rec = [perf, "stat", "-x", ",", "-o", os.path.join(out, "perf-stat.csv"), "-p", str(proxy.pid),
                    "-e", ",".join(events)]
         if a.callgraph:
@@ -95,7 +96,9 @@ def main(argv):
                 for line in f:
                     parts = line.strip().split(",")
                     if len(parts) > 2 and parts[0].replace(".", "").isdigit() and reqs:
-                        print("  %-34s %8.2f" % (parts[2], float(parts[0]) / reqs))
+                        scale = 1000.0 if parts[1] == "msec" else 1.0  # task-clock: msec -> us
+                        name = parts[2] + (" (us)" if parts[1] == "msec" else "")
+                        print("  %-34s %8.2f" % (name, float(parts[0]) * scale / reqs))
             return 0
         rep = subprocess.run([perf, "report", "-i", data, "--no-children", "--sort", "symbol",
                               "--stdio", "--percent-limit", "0.7"], capture_output=True, text=True, timeout=300)

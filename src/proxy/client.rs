@@ -1,26 +1,19 @@
 //! The upstream clients: one rustls configuration (system roots plus `ca_file`, optional client certificate,
-//! ALPN h2 and http/1.1, ring provider, no OpenSSL) shared by the pooled hyper client that forwards requests and
-//! the reqwest client that makes refresh calls. Neither follows redirects or reads proxy variables.
+//! ALPN h2 and http/1.1, ring provider, no OpenSSL) shared by the connection pool that forwards requests
+//! ([`super::pool`]) and the reqwest client that makes refresh calls. Neither follows redirects or reads proxy
+//! variables.
 
 use std::{sync::Arc, time::Duration};
 
-use axum::body::Body;
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client},
-    rt::{TokioExecutor, TokioTimer},
-};
+use hyper_rustls::HttpsConnectorBuilder;
+use hyper_util::client::legacy::connect::HttpConnector;
 use rustls::{pki_types::pem::PemObject, ClientConfig, RootCertStore};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use super::pool::Pool;
 use crate::config::{ConfigError, UpstreamConfig};
 
-/// The pooled forwarding client.
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Body>;
-
-/// How long an idle pooled upstream connection is kept.
-const POOL_IDLE: Duration = Duration::from_secs(90);
-/// Idle pooled upstream connections kept (one host).
+/// Idle pooled upstream connections kept.
 const POOL_MAX_IDLE: usize = 1024;
 /// TCP keep-alive probes on upstream connections, so a dead peer is noticed.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
@@ -92,8 +85,8 @@ pub fn tls_config(cfg: &UpstreamConfig) -> Result<ClientConfig, ConfigError> {
     Ok(config)
 }
 
-/// The pooled forwarding client: keep-alive, HTTP/1.1 or HTTP/2 by ALPN.
-pub fn upstream_client(cfg: &UpstreamConfig, tls: ClientConfig) -> UpstreamClient {
+/// The forwarding client: pooled keep-alive connections, HTTP/1.1 or HTTP/2 by ALPN.
+pub fn upstream_pool(cfg: &UpstreamConfig, tls: ClientConfig) -> Pool {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_connect_timeout(Some(cfg.connect_timeout));
@@ -105,12 +98,7 @@ pub fn upstream_client(cfg: &UpstreamConfig, tls: ClientConfig) -> UpstreamClien
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(POOL_IDLE)
-        .pool_max_idle_per_host(POOL_MAX_IDLE)
-        .build(connector)
+    Pool::new(connector, &cfg.base_url.scheme, &cfg.base_url.authority, POOL_MAX_IDLE)
 }
 
 /// The refresh client.

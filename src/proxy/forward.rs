@@ -12,10 +12,13 @@ use bytes::Bytes;
 use http::{header, request::Parts, HeaderMap, HeaderValue, StatusCode};
 use http_body::Body as _;
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::{headers, policy, request_id, ProxyState};
+use super::{
+    headers, policy,
+    pool::{PooledBody, SendError},
+    request_id, ProxyState,
+};
 use crate::{
     config::InboundAuthorization,
     errors::{
@@ -245,8 +248,8 @@ async fn send(
     state: &ProxyState,
     req: http::Request<Body>,
     deadline: Instant,
-) -> Result<http::Response<Incoming>, ProxyError> {
-    match tokio::time::timeout_at(deadline, state.client.request(req)).await {
+) -> Result<http::Response<PooledBody>, ProxyError> {
+    match tokio::time::timeout_at(deadline, state.client.send(req)).await {
         Err(_) => Err(ProxyError::UpstreamTimeout),
         Ok(Ok(response)) => Ok(response),
         Ok(Err(e)) => Err(classify(&e)),
@@ -254,7 +257,7 @@ async fn send(
 }
 
 /// Map a client error to the contract's codes: nothing sent (connect, DNS, TLS) or a broken exchange.
-fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
+fn classify(e: &SendError) -> ProxyError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     let mut detail = String::new();
     while let Some(s) = source {
@@ -267,7 +270,7 @@ fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
         detail = s.to_string();
         source = s.source();
     }
-    if e.is_connect() {
+    if matches!(e, SendError::Connect(_)) {
         ProxyError::UpstreamUnreachable(detail)
     } else {
         ProxyError::UpstreamProtocol(detail)
@@ -304,7 +307,7 @@ fn scrub_headers(headers: &mut HeaderMap, used: &Current) {
 }
 
 /// Read at most [`MAX_ERROR_BODY`] bytes of an error body, until the deadline.
-async fn read_bounded(mut body: Incoming, deadline: Instant) -> Bytes {
+async fn read_bounded(mut body: PooledBody, deadline: Instant) -> Bytes {
     let mut out = Vec::new();
     let read = async {
         while let Some(frame) = body.frame().await {

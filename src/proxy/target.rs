@@ -1,20 +1,16 @@
-//! The upstream URI: `base_url` + the request's path and query, by concatenation (never a URL join, so a path
-//! like `//evil.example/x` cannot change the host). The request's own authority (absolute-form, `Host`) is
-//! never looked at. Pure.
+//! The upstream request target: `base_url`'s path prefix + the request's path and query, by concatenation
+//! (never a URL join). It is origin-form (a path): the host is always `base_url`'s, set by the pool
+//! ([`super::pool`]), so a path like `//evil.example/x` cannot change it. The request's own authority
+//! (absolute-form, `Host`) is never looked at. Pure.
 
 use bytes::Bytes;
-use http::{
-    uri::{Authority, PathAndQuery, Scheme},
-    Uri,
-};
+use http::{uri::PathAndQuery, Uri};
 
 use crate::config::BaseUrl;
 
-/// Builds upstream URIs for one `base_url`.
+/// Builds upstream request targets for one `base_url`.
 #[derive(Debug, Clone)]
 pub struct Target {
-    scheme: Scheme,
-    authority: Authority,
     /// Path prefix without a trailing slash (`""` or `"/api/v1"`).
     prefix: String,
 }
@@ -28,13 +24,11 @@ impl Target {
     /// For `base`.
     pub fn new(base: &BaseUrl) -> Self {
         Self {
-            scheme: base.scheme.clone(),
-            authority: base.authority.clone(),
             prefix: base.prefix.clone(),
         }
     }
 
-    /// The upstream URI for a request's path and query (which the caller has checked starts with `/`). Without a
+    /// The upstream request target (origin-form) for a request's path and query (which the caller has checked starts with `/`). Without a
     /// prefix the request's own path-and-query is reused as it is (no copy, no re-parse).
     pub fn uri(&self, path_and_query: Option<&PathAndQuery>) -> Result<Uri, InvalidTarget> {
         let root = PathAndQuery::from_static("/");
@@ -50,11 +44,7 @@ impl Target {
             text.push_str(pq.as_str());
             PathAndQuery::from_maybe_shared(Bytes::from(text)).map_err(|_| InvalidTarget)?
         };
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(self.authority.clone());
-        parts.path_and_query = Some(pq);
-        Uri::from_parts(parts).map_err(|_| InvalidTarget)
+        Ok(Uri::from(pq))
     }
 }
 
@@ -70,21 +60,22 @@ mod tests {
     fn concatenates_prefix_path_and_query() {
         let t = target("https://api.example/v1/");
         let pq = PathAndQuery::from_static("/payments/7?expand=true");
+        assert_eq!(t.uri(Some(&pq)).unwrap(), "/v1/payments/7?expand=true");
+        assert_eq!(t.uri(None).unwrap(), "/v1/");
         assert_eq!(
-            t.uri(Some(&pq)).unwrap(),
-            "https://api.example/v1/payments/7?expand=true"
+            target("https://api.example").uri(Some(&pq)).unwrap(),
+            "/payments/7?expand=true"
         );
-        assert_eq!(t.uri(None).unwrap(), "https://api.example/v1/");
     }
 
     #[test]
-    fn absolute_form_and_double_slash_never_change_the_host() {
+    fn absolute_form_and_double_slash_carry_no_host() {
         let t = target("https://api.example");
         let uri: Uri = "http://evil.example/x".parse().unwrap();
-        assert_eq!(t.uri(uri.path_and_query()).unwrap().host(), Some("api.example"));
+        let out = t.uri(uri.path_and_query()).unwrap();
+        assert_eq!((out.host(), out.path()), (None, "/x"));
         let pq = PathAndQuery::from_static("//evil.example/x");
         let out = t.uri(Some(&pq)).unwrap();
-        assert_eq!(out.host(), Some("api.example"));
-        assert_eq!(out.path(), "//evil.example/x");
+        assert_eq!((out.host(), out.path()), (None, "//evil.example/x"));
     }
 }

@@ -15,6 +15,7 @@ use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
 pub mod binary;
 pub mod faulty;
+pub mod keepalive;
 pub mod tls;
 
 /// The simulated IsSettled, serving on `127.0.0.1:0`.

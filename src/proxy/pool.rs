@@ -1,0 +1,243 @@
+//! The forwarding client: keep-alive connections to the one upstream, on hyper's connection API.
+//!
+//! HTTP/1.1 connections wait in a lock-free queue between requests; a request takes one (or opens one), and its
+//! response body puts it back when read to the end. When TLS negotiates HTTP/2 (ALPN), one connection is shared
+//! by every request instead. There is one upstream, so there is no per-host map to hash or lock, and no task per
+//! request (hyper-util's pooled client has both).
+//!
+//! A request is retried on another connection only when hyper hands it back unsent (a pooled connection that
+//! closed as it was taken); anything that may have reached the upstream is never replayed here.
+
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use arc_swap::ArcSwapOption;
+use axum::body::Body;
+use bytes::Bytes;
+use crossbeam_queue::ArrayQueue;
+use http::{header, uri::Authority, HeaderValue, Request, Response, Uri};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::{
+    body::Incoming,
+    client::conn::{http1, http2},
+};
+use hyper_rustls::HttpsConnector;
+use hyper_util::{
+    client::legacy::connect::{Connection as _, HttpConnector},
+    rt::{TokioExecutor, TokioTimer},
+};
+use tokio::time::Instant;
+use tower::ServiceExt as _;
+
+/// A pooled HTTP/1.1 connection not used for this long is closed rather than reused.
+const IDLE_LIMIT: Duration = Duration::from_secs(90);
+
+/// Why a request got no response.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No connection could be made (refused, DNS, TLS, connect time-out): nothing was sent.
+    #[error("cannot connect to the upstream: {0}")]
+    Connect(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The exchange failed after the request may have been sent.
+    #[error(transparent)]
+    Exchange(#[from] hyper::Error),
+}
+
+/// Connections to the upstream of `base_url`.
+#[derive(Debug)]
+pub struct Pool {
+    connector: HttpsConnector<HttpConnector>,
+    /// `scheme://authority` of the upstream: what is connected to.
+    origin: Uri,
+    /// The `Host` header HTTP/1.1 requests carry.
+    host: HeaderValue,
+    idle: ArrayQueue<Idle>,
+    h2: ArcSwapOption<http2::SendRequest<Body>>,
+}
+
+#[derive(Debug)]
+struct Idle {
+    sender: http1::SendRequest<Body>,
+    since: Instant,
+}
+
+enum Fresh {
+    Http1(http1::SendRequest<Body>),
+    Http2(http2::SendRequest<Body>),
+}
+
+impl Pool {
+    /// A pool keeping at most `max_idle` idle HTTP/1.1 connections to `scheme://authority`.
+    pub fn new(
+        connector: HttpsConnector<HttpConnector>,
+        scheme: &http::uri::Scheme,
+        authority: &Authority,
+        max_idle: usize,
+    ) -> Self {
+        let origin = Uri::builder()
+            .scheme(scheme.clone())
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .expect("scheme and authority from a validated base_url");
+        let host = HeaderValue::from_str(authority.as_str()).expect("an authority is a valid header value");
+        Self {
+            connector,
+            origin,
+            host,
+            idle: ArrayQueue::new(max_idle.max(1)),
+            h2: ArcSwapOption::empty(),
+        }
+    }
+
+    /// Send `req` (origin-form URI: path and query) and return the response head; its body streams from the
+    /// connection. Nothing here bounds the time: the caller does.
+    pub async fn send(self: &Arc<Self>, mut req: Request<Body>) -> Result<Response<PooledBody>, SendError> {
+        loop {
+            if let Some(h2) = self.h2.load_full() {
+                if !h2.is_closed() {
+                    return self.send_h2(&h2, req).await;
+                }
+                self.h2.store(None);
+            }
+            let (mut sender, reused) = match self.checkout() {
+                Some(sender) => (sender, true),
+                None => match self.connect().await? {
+                    Fresh::Http1(sender) => (sender, false),
+                    Fresh::Http2(sender) => {
+                        let sender = Arc::new(sender);
+                        self.h2.store(Some(sender.clone()));
+                        return self.send_h2(&sender, req).await;
+                    }
+                },
+            };
+            if sender.ready().await.is_err() {
+                // Closed while it waited in the queue: nothing was sent on it.
+                continue;
+            }
+            req.headers_mut().insert(header::HOST, self.host.clone());
+            match sender.try_send_request(req).await {
+                Ok(response) => {
+                    let home = Some((sender, self.clone()));
+                    return Ok(response.map(|inner| PooledBody { inner, home }));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused => req = unsent,
+                    _ => return Err(SendError::Exchange(e.into_error())),
+                },
+            }
+        }
+    }
+
+    async fn send_h2(
+        &self,
+        h2: &http2::SendRequest<Body>,
+        mut req: Request<Body>,
+    ) -> Result<Response<PooledBody>, SendError> {
+        // HTTP/2 carries the authority in the URI, not in `Host`.
+        let mut parts = http::uri::Parts::from(std::mem::take(req.uri_mut()));
+        parts.scheme = self.origin.scheme().cloned();
+        parts.authority = self.origin.authority().cloned();
+        *req.uri_mut() = Uri::from_parts(parts).expect("origin and path make a URI");
+        let response = h2.clone().send_request(req).await?;
+        Ok(response.map(|inner| PooledBody { inner, home: None }))
+    }
+
+    /// An idle HTTP/1.1 connection that is still open and not too old.
+    fn checkout(&self) -> Option<http1::SendRequest<Body>> {
+        let now = Instant::now();
+        while let Some(idle) = self.idle.pop() {
+            if !idle.sender.is_closed() && now.duration_since(idle.since) < IDLE_LIMIT {
+                return Some(idle.sender);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, sender: http1::SendRequest<Body>) {
+        if !sender.is_closed() {
+            // A full queue drops the connection, which closes it.
+            let _ = self.idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    async fn connect(&self) -> Result<Fresh, SendError> {
+        let io = self
+            .connector
+            .clone()
+            .oneshot(self.origin.clone())
+            .await
+            .map_err(SendError::Connect)?;
+        if io.connected().is_negotiated_h2() {
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+                }
+            });
+            return Ok(Fresh::Http2(sender));
+        }
+        let (sender, conn) = http1::Builder::new().handshake(io).await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(Fresh::Http1(sender))
+    }
+}
+
+/// A response body that returns its HTTP/1.1 connection to the pool once read to the end. A body dropped
+/// before its end takes the connection with it (hyper closes it).
+#[derive(Debug)]
+pub struct PooledBody {
+    inner: Incoming,
+    home: Option<(http1::SendRequest<Body>, Arc<Pool>)>,
+}
+
+impl PooledBody {
+    fn finished(&mut self) {
+        if let Some((sender, pool)) = self.home.take() {
+            pool.checkin(sender);
+        }
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        if self.inner.is_end_stream() {
+            self.finished();
+        }
+    }
+}
+
+impl HttpBody for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.finished();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
