@@ -6,8 +6,8 @@
 //! the header timeout; so each connection gets a small watchdog ([`activity`]) that tells the two apart.
 
 mod activity;
+mod conn_io;
 mod connection;
-mod prefixed;
 
 use std::{
     future::Future,

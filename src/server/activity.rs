@@ -1,21 +1,17 @@
-//! Per-connection activity: the I/O wrapper notes that bytes moved, the service notes requests in flight, and the
-//! watchdog ([`Watchdog::tick`]) tells a slow request head from an idle keep-alive connection.
+//! Per-connection activity: the connection's I/O ([`super::conn_io`]) notes that bytes moved, the service notes requests
+//! in flight and finished keep-alive responses, and the watchdog ([`Watchdog::tick`]) tells a slow request head
+//! from an idle keep-alive connection.
 //!
 //! The hot path only stores relaxed atomic flags (no clock reads); the watchdog counts its own ticks, so both
 //! timeouts are accurate to one watchdog period.
 
 use std::{
-    io,
-    pin::Pin,
     sync::{
         atomic::{AtomicBool, AtomicU32, Ordering::Relaxed},
         Arc,
     },
-    task::{Context, Poll},
     time::Duration,
 };
-
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// What the watchdog should do with a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,14 +69,16 @@ impl Activity {
         self.in_flight.load(Relaxed) == 0 && self.take_park()
     }
 
-    fn read(&self) {
+    /// Bytes of the client arrived.
+    pub(super) fn read(&self) {
         self.moved.store(true, Relaxed);
         if self.in_flight.load(Relaxed) == 0 {
             self.head_pending.store(true, Relaxed);
         }
     }
 
-    fn wrote(&self) {
+    /// Bytes went to the client.
+    pub(super) fn wrote(&self) {
         self.moved.store(true, Relaxed);
     }
 
@@ -135,68 +133,6 @@ impl Watchdog {
             return Verdict::Idle;
         }
         Verdict::Keep
-    }
-}
-
-/// An I/O object that reports its reads and writes to an [`Activity`].
-#[derive(Debug)]
-pub(super) struct Tracked<I> {
-    inner: I,
-    activity: Arc<Activity>,
-}
-
-impl<I> Tracked<I> {
-    pub(super) fn new(inner: I, activity: Arc<Activity>) -> Self {
-        Self { inner, activity }
-    }
-
-    pub(super) fn get_ref(&self) -> &I {
-        &self.inner
-    }
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.read();
-        }
-        result
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.wrote();
-        }
-        result
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.wrote();
-        }
-        result
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

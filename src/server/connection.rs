@@ -29,8 +29,8 @@ use tokio::{io::AsyncReadExt as _, time::Interval};
 use tower::{util::Oneshot, ServiceExt as _};
 
 use super::{
-    activity::{Activity, InRequest, Tracked, Verdict, Watchdog},
-    prefixed::Prefixed,
+    activity::{Activity, InRequest, Verdict, Watchdog},
+    conn_io::ConnIo,
     Limits, Stream, PARSER_MAX_HEADERS,
 };
 use crate::shutdown::{Phase, ShutdownSignal};
@@ -42,7 +42,7 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub(super) async fn serve<I: Stream>(io: I, router: Router, limits: Limits, stop: ShutdownSignal) {
     let activity = Arc::new(Activity::new());
     let mut guard = Guard::new(&limits, activity.clone(), &stop);
-    let mut io = Tracked::new(io, activity.clone());
+    let mut io = ConnIo::new(io, activity.clone());
     let sniffed = tokio::select! {
         biased;
         alarm = guard.next(true) => return alarm.log(),
@@ -50,9 +50,15 @@ pub(super) async fn serve<I: Stream>(io: I, router: Router, limits: Limits, stop
     };
     let service = Service { router, activity };
     match sniffed {
-        // Boxed: hyper's HTTP/2 state is large, and rare here; it should not size every connection's task.
-        Ok(Some((first, true))) => Box::pin(http2(io, first, service, &mut guard)).await,
-        Ok(Some((first, false))) => http1(io, first, service, &mut guard).await,
+        Ok(Some((first, http2))) => {
+            io.unread(first);
+            if http2 {
+                // Boxed: hyper's HTTP/2 state is large, and rare here; it should not size every connection's task.
+                Box::pin(serve_http2(io, service, &mut guard)).await;
+            } else {
+                serve_http1(io, service, &mut guard).await;
+            }
+        }
         Ok(None) => {}
         Err(e) => tracing::debug!(error = %e, "connection failed before its first request"),
     }
@@ -60,7 +66,7 @@ pub(super) async fn serve<I: Stream>(io: I, router: Router, limits: Limits, stop
 
 /// Wait for the first bytes and read enough of them to tell HTTP/2's preface from an HTTP/1 request. Returns the
 /// bytes read and whether it is HTTP/2; `None` if the client closed first.
-async fn first_bytes<I: Stream>(io: &mut Tracked<I>) -> io::Result<Option<(Bytes, bool)>> {
+async fn first_bytes<I: Stream>(io: &mut ConnIo<I>) -> io::Result<Option<(Bytes, bool)>> {
     let mut buf = BytesMut::with_capacity(H2_PREFACE.len());
     loop {
         if !H2_PREFACE.starts_with(&buf) {
@@ -75,11 +81,11 @@ async fn first_bytes<I: Stream>(io: &mut Tracked<I>) -> io::Result<Option<(Bytes
     }
 }
 
-async fn http1<I: Stream>(mut io: Tracked<I>, mut buffered: Bytes, service: Service, guard: &mut Guard) {
+async fn serve_http1<I: Stream>(mut io: ConnIo<I>, service: Service, guard: &mut Guard) {
     let mut builder = http1::Builder::new();
     builder.max_headers(PARSER_MAX_HEADERS);
     loop {
-        if buffered.is_empty() {
+        if !io.has_unread() {
             // Parked.
             tokio::select! {
                 biased;
@@ -93,7 +99,7 @@ async fn http1<I: Stream>(mut io: Tracked<I>, mut buffered: Bytes, service: Serv
         }
         // Active: boxed, so a parked connection's task does not keep room for hyper's state.
         service.activity.take_park();
-        let mut conn = Box::new(builder.serve_connection(TokioIo::new(Prefixed::new(buffered, io)), service.clone()));
+        let mut conn = Box::new(builder.serve_connection(TokioIo::new(io), service.clone()));
         let mut parking = false;
         let mut closing = false;
         let served = loop {
@@ -130,20 +136,13 @@ async fn http1<I: Stream>(mut io: Tracked<I>, mut buffered: Bytes, service: Serv
             return;
         }
         let parts = conn.into_parts();
-        let (prefix, tracked) = parts.io.into_inner().into_parts();
-        io = tracked;
-        buffered = match (prefix.is_empty(), parts.read_buf.is_empty()) {
-            (true, true) => Bytes::new(),
-            (true, false) => parts.read_buf,
-            (false, true) => prefix,
-            (false, false) => [prefix, parts.read_buf].concat().into(),
-        };
+        io = parts.io.into_inner();
+        io.unread(parts.read_buf);
     }
 }
 
-async fn http2<I: Stream>(io: Tracked<I>, preface: Bytes, service: Service, guard: &mut Guard) {
-    let conn =
-        http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(Prefixed::new(preface, io)), service);
+async fn serve_http2<I: Stream>(io: ConnIo<I>, service: Service, guard: &mut Guard) {
+    let conn = http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let mut closing = false;
     loop {
