@@ -5,12 +5,18 @@ mod common;
 
 use std::time::Duration;
 
-use common::{client, keepalive::KeepAlive, ProxyBuilder};
+use common::{client, keepalive::KeepAlive, ProxyBuilder, TestProxy};
+
+/// A keep-alive upstream that closes connections idle for `idle_close`, and a proxy in front of it.
+async fn proxied(idle_close: Duration) -> (KeepAlive, TestProxy) {
+    let upstream = KeepAlive::spawn(idle_close).await;
+    let proxy = ProxyBuilder::new(&upstream.url(), "opaque-token").spawn().await;
+    (upstream, proxy)
+}
 
 #[tokio::test]
 async fn sequential_requests_reuse_one_upstream_connection() {
-    let upstream = KeepAlive::spawn(Duration::from_secs(30)).await;
-    let proxy = ProxyBuilder::new(&upstream.url(), "opaque-token").spawn().await;
+    let (upstream, proxy) = proxied(Duration::from_secs(30)).await;
     let c = client();
     for n in 0..20 {
         let response = c.get(proxy.url(&format!("/ping?n={n}"))).send().await.unwrap();
@@ -23,8 +29,7 @@ async fn sequential_requests_reuse_one_upstream_connection() {
 
 #[tokio::test]
 async fn a_connection_the_upstream_closed_while_idle_is_not_reused() {
-    let upstream = KeepAlive::spawn(Duration::from_millis(100)).await;
-    let proxy = ProxyBuilder::new(&upstream.url(), "opaque-token").spawn().await;
+    let (upstream, proxy) = proxied(Duration::from_millis(100)).await;
     let c = client();
     for n in 0..3 {
         let response = c.get(proxy.url(&format!("/ping?n={n}"))).send().await.unwrap();
@@ -48,8 +53,7 @@ async fn a_connection_the_upstream_closed_while_idle_is_not_reused() {
 
 #[tokio::test]
 async fn concurrent_requests_each_get_a_connection_and_then_share_them() {
-    let upstream = KeepAlive::spawn(Duration::from_secs(30)).await;
-    let proxy = ProxyBuilder::new(&upstream.url(), "opaque-token").spawn().await;
+    let (upstream, proxy) = proxied(Duration::from_secs(30)).await;
     let c = client();
     let burst = |tag: &'static str| {
         let requests: Vec<_> = (0..16)
