@@ -152,3 +152,77 @@ async fn http2_with_prior_knowledge_is_served() {
     let response = client().get(proxy.url("/echo?n=h1")).send().await.unwrap();
     assert_eq!(response.status(), 200);
 }
+
+#[tokio::test]
+async fn a_request_body_left_unread_is_never_parsed_as_the_next_request() {
+    let upstream = Upstream::spawn().await;
+    let proxy = proxy(&upstream, &[("POLICY__MAX_BODY_BYTES", "1024")]).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    // Refused by its declared length: the proxy answers before reading a byte of the body.
+    stream
+        .write_all(b"POST /echo?n=big HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4096\r\n\r\n")
+        .await
+        .unwrap();
+    let response = read_response(&mut stream, LIMIT).await;
+    assert_eq!(raw_status(&response), 413, "{response}");
+    // What follows is that body, whatever it looks like.
+    let _ = stream.write_all(get(666, "").as_bytes()).await;
+    let _ = read_response(&mut stream, Duration::from_millis(500)).await;
+    assert!(
+        seen(&upstream).is_empty(),
+        "the body reached the upstream as a request: {:?}",
+        seen(&upstream)
+    );
+}
+
+#[tokio::test]
+async fn connection_close_after_pipelined_keep_alive_requests_still_closes() {
+    let upstream = Upstream::spawn().await;
+    let proxy = proxy(&upstream, &[]).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    // The second answer is long enough to still be streaming when the connection looks at the first one's end.
+    let big = "GET /big?bytes=3000000 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".to_owned();
+    let batch = [get(1, ""), big, get(3, "")].concat();
+    stream.write_all(batch.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(LIMIT, stream.read_to_end(&mut out))
+        .await
+        .expect("closed after the request that asked for it")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
+    assert_eq!(seen(&upstream), ["/echo?n=1", "/big?bytes=3000000"]);
+}
+
+#[tokio::test]
+async fn a_slow_reader_gets_the_whole_body_past_the_idle_time_out() {
+    let upstream = Upstream::spawn().await;
+    let proxy = proxy(&upstream, &[("LISTEN__IDLE_TIMEOUT", "300ms")]).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let size = 8 * 1024 * 1024;
+    let request = format!("GET /big?bytes={size} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut out = vec![0u8; 1024];
+    let n = stream.read(&mut out).await.unwrap();
+    out.truncate(n);
+    // Stop reading for longer than the idle time-out while the response is still being sent.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // The body is chunked: it is complete when the last chunk arrives, cut short if the connection closes first.
+    let complete = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            if out.ends_with(b"\r\n0\r\n\r\n") {
+                return true;
+            }
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(m) => out.extend_from_slice(&buf[..m]),
+            }
+        }
+    })
+    .await
+    .expect("the body stalled");
+    assert_eq!(raw_status(&String::from_utf8_lossy(&out[..n])), 200);
+    assert!(complete, "the response was cut short after {} bytes", out.len());
+    assert!(out.len() > size);
+}

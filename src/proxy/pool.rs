@@ -147,15 +147,28 @@ impl Pool {
         Ok(response.map(|inner| PooledBody { inner, home: None }))
     }
 
-    /// An idle HTTP/1.1 connection that is still open and not too old.
+    /// An idle HTTP/1.1 connection that is open, not too old, and ready now. One still busy (the upstream
+    /// answered before it had read a request body that is still being sent) is left in the queue rather than
+    /// waited for: the next request must not wait on another request's upload.
     fn checkout(&self) -> Option<http1::SendRequest<Body>> {
         let now = Instant::now();
-        while let Some(idle) = self.idle.pop() {
-            if !idle.sender.is_closed() && now.duration_since(idle.since) < IDLE_LIMIT {
-                return Some(idle.sender);
+        let mut busy = Vec::new();
+        let mut found = None;
+        for _ in 0..self.idle.len() {
+            let Some(idle) = self.idle.pop() else { break };
+            if idle.sender.is_closed() || now.duration_since(idle.since) >= IDLE_LIMIT {
+                continue;
             }
+            if idle.sender.is_ready() {
+                found = Some(idle.sender);
+                break;
+            }
+            busy.push(idle);
         }
-        None
+        for idle in busy {
+            let _ = self.idle.push(idle);
+        }
+        found
     }
 
     fn checkin(&self, sender: http1::SendRequest<Body>) {

@@ -28,14 +28,28 @@ pub(super) struct Activity {
     moved: AtomicBool,
     /// A request head is being received (or owed: a new connection owes its first one).
     head_pending: AtomicBool,
+    /// Requests whose response has not been handed to the socket in full.
     in_flight: AtomicU32,
-    /// A keep-alive response has been sent in full: the connection may be parked.
+    /// The last response was sent in full and hyper will keep the connection: it may be parked.
     park: AtomicBool,
+    /// The current request's body has been read to its end (or it had none).
+    request_body_done: AtomicBool,
+    /// HTTP/2: bytes that arrive with no request in flight are frames (pings, window updates), not a head.
+    http2: AtomicBool,
 }
 
-/// Marks a request in flight until dropped.
+/// Marks a request in flight until its response is done (or abandoned).
 #[derive(Debug)]
 pub(super) struct InRequest(Arc<Activity>);
+
+impl InRequest {
+    /// The response has been handed to the socket in full; `keeps_alive` if neither side asked to close.
+    pub(super) fn done(self, keeps_alive: bool) {
+        // Parking is safe only if hyper has nothing left to read of this request either.
+        let park = keeps_alive && self.0.request_body_done.load(Relaxed);
+        self.0.park.store(park, Relaxed);
+    }
+}
 
 impl Drop for InRequest {
     fn drop(&mut self) {
@@ -51,12 +65,24 @@ impl Activity {
             head_pending: AtomicBool::new(true),
             in_flight: AtomicU32::new(0),
             park: AtomicBool::new(false),
+            request_body_done: AtomicBool::new(true),
+            http2: AtomicBool::new(false),
         }
     }
 
-    /// A response after which the client keeps the connection open has been handed to the socket in full.
-    pub(super) fn keep_alive_response_done(&self) {
-        self.park.store(true, Relaxed);
+    /// The connection speaks HTTP/2.
+    pub(super) fn serving_http2(&self) {
+        self.http2.store(true, Relaxed);
+    }
+
+    /// A request arrived; `body_done` if it has no body.
+    pub(super) fn request_body(&self, body_done: bool) {
+        self.request_body_done.store(body_done, Relaxed);
+    }
+
+    /// The current request's body has been read to its end.
+    pub(super) fn request_body_ended(&self) {
+        self.request_body_done.store(true, Relaxed);
     }
 
     /// Forget a completed keep-alive response.
@@ -64,7 +90,7 @@ impl Activity {
         self.park.swap(false, Relaxed)
     }
 
-    /// A keep-alive response has been completed (forgotten now) and no request waits for its response head.
+    /// The last response allows parking (forgotten now), and no request is in flight.
     pub(super) fn idle_after_keep_alive(&self) -> bool {
         self.in_flight.load(Relaxed) == 0 && self.take_park()
     }
@@ -72,7 +98,7 @@ impl Activity {
     /// Bytes of the client arrived.
     pub(super) fn read(&self) {
         self.moved.store(true, Relaxed);
-        if self.in_flight.load(Relaxed) == 0 {
+        if self.in_flight.load(Relaxed) == 0 && !self.http2.load(Relaxed) {
             self.head_pending.store(true, Relaxed);
         }
     }
@@ -169,5 +195,38 @@ mod tests {
         a.read();
         assert_eq!(w.tick(&a), Verdict::Keep);
         assert_eq!(w.tick(&a), Verdict::HeaderTimeout);
+    }
+
+    #[test]
+    fn http2_frames_between_requests_are_not_a_slow_head() {
+        let a = Arc::new(Activity::new());
+        a.serving_http2();
+        drop(a.begin());
+        let mut w = Watchdog::new(Duration::from_secs(1), Duration::from_secs(3), Duration::from_secs(6));
+        // Pings and window updates keep arriving with no request in flight.
+        for _ in 0..10 {
+            a.read();
+            assert_eq!(w.tick(&a), Verdict::Keep);
+        }
+    }
+
+    #[test]
+    fn parking_needs_a_keep_alive_response_and_a_request_body_read_to_its_end() {
+        let a = Arc::new(Activity::new());
+        a.request_body(false);
+        a.begin().done(true);
+        assert!(!a.idle_after_keep_alive(), "request body left unread");
+        a.request_body(false);
+        let request = a.begin();
+        a.request_body_ended();
+        assert!(!a.idle_after_keep_alive(), "still in flight");
+        request.done(true);
+        assert!(a.idle_after_keep_alive());
+        assert!(!a.idle_after_keep_alive(), "taken once");
+        a.request_body(true);
+        a.begin().done(true);
+        a.request_body(true);
+        a.begin().done(false);
+        assert!(!a.idle_after_keep_alive(), "the last response closes the connection");
     }
 }

@@ -53,6 +53,7 @@ pub(super) async fn serve<I: Stream>(io: I, router: Router, limits: Limits, stop
         Ok(Some((first, http2))) => {
             io.unread(first);
             if http2 {
+                service.activity.serving_http2();
                 // Boxed: hyper's HTTP/2 state is large, and rare here; it should not size every connection's task.
                 Box::pin(serve_http2(io, service, &mut guard)).await;
             } else {
@@ -224,23 +225,33 @@ fn watchdog_period(limits: &Limits) -> Duration {
     (limits.header_read_timeout.min(limits.idle_timeout) / 4).clamp(Duration::from_millis(10), Duration::from_secs(5))
 }
 
+/// Whether a `Connection` header asks for `token` (comma-separated, any case).
+fn connection_has(headers: &http::HeaderMap, token: &[u8]) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
 /// Whether the client keeps the connection open after this request (RFC 9112 §9.3).
 pub(super) fn wants_keep_alive<B>(req: &Request<B>) -> bool {
-    let tokens = || {
-        req.headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-            .map(|t| t.trim_ascii())
-    };
     match req.version() {
-        Version::HTTP_11 => !tokens().any(|t| t.eq_ignore_ascii_case(b"close")),
-        Version::HTTP_10 => tokens().any(|t| t.eq_ignore_ascii_case(b"keep-alive")),
+        Version::HTTP_11 => !connection_has(req.headers(), b"close"),
+        Version::HTTP_10 => connection_has(req.headers(), b"keep-alive"),
         _ => false,
     }
 }
 
-/// The router as a hyper service that tells the connection about requests in flight and finished responses.
+/// Whether hyper keeps the connection after sending this response: it does not ask to close, and to an HTTP/1.0
+/// client its length is known (else the body is delimited by closing).
+fn response_keeps_alive<B: HttpBody>(res: &Response<B>, http10: bool) -> bool {
+    !connection_has(res.headers(), b"close")
+        && (!http10 || res.headers().contains_key(header::CONTENT_LENGTH) || res.body().is_end_stream())
+}
+
+/// The router as a hyper service that tells the connection which requests are in flight, whether a request's
+/// body was read to its end, and whether a finished response leaves the connection open.
 #[derive(Clone)]
 struct Service {
     router: Router,
@@ -253,21 +264,31 @@ impl hyper::service::Service<Request<Incoming>> for Service {
     type Future = Respond;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let keep_alive = wants_keep_alive(&req).then(|| self.activity.clone());
+        let keep_alive = wants_keep_alive(&req);
+        let http10 = req.version() == Version::HTTP_10;
+        let request = self.activity.begin();
+        let bodiless = req.body().is_end_stream();
+        self.activity.request_body(bodiless);
+        let req = if bodiless {
+            req.map(Body::new)
+        } else {
+            let activity = self.activity.clone();
+            req.map(|inner| Body::new(RequestBody { inner, activity }))
+        };
         Respond {
-            http10: req.version() == Version::HTTP_10,
-            call: self.router.clone().oneshot(req.map(Body::new)),
-            request: Some(self.activity.begin()),
+            call: self.router.clone().oneshot(req),
+            request: Some(request),
             keep_alive,
+            http10,
         }
     }
 }
 
-/// The router's answer; the request counts as in flight until it is ready.
+/// The router's answer.
 struct Respond {
     call: Oneshot<Router, Request<Body>>,
     request: Option<InRequest>,
-    keep_alive: Option<Arc<Activity>>,
+    keep_alive: bool,
     http10: bool,
 }
 
@@ -276,28 +297,33 @@ impl Future for Respond {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut response = ready!(Pin::new(&mut self.call).poll(cx))?;
-        self.request = None;
-        let keep_alive = self.keep_alive.take();
-        if self.http10 && keep_alive.is_some() {
+        let keeps_alive = self.keep_alive && response_keeps_alive(&response, self.http10);
+        if self.http10 && keeps_alive {
             // hyper closes an HTTP/1.0 connection unless the response says otherwise.
             response
                 .headers_mut()
                 .insert(header::CONNECTION, http::HeaderValue::from_static("keep-alive"));
         }
-        Poll::Ready(Ok(response.map(|inner| ResponseBody { inner, keep_alive })))
+        let request = self.request.take();
+        Poll::Ready(Ok(response.map(|inner| ResponseBody {
+            inner,
+            request,
+            keeps_alive,
+        })))
     }
 }
 
-/// A response body that, when hyper is done with it, lets the connection park if the client keeps it open.
+/// A response body; the request stays in flight until hyper is done with it, and then the connection may park.
 struct ResponseBody {
     inner: Body,
-    keep_alive: Option<Arc<Activity>>,
+    request: Option<InRequest>,
+    keeps_alive: bool,
 }
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        if let Some(activity) = &self.keep_alive {
-            activity.keep_alive_response_done();
+        if let Some(request) = self.request.take() {
+            request.done(self.keeps_alive);
         }
     }
 }
@@ -308,6 +334,36 @@ impl HttpBody for ResponseBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A request body that tells the connection when it has been read to its end: until then hyper has request
+/// bytes to read or discard, and the connection must not be parked.
+struct RequestBody {
+    inner: Incoming,
+    activity: Arc<Activity>,
+}
+
+impl HttpBody for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None))
+            || (matches!(polled, Poll::Ready(Some(Ok(_)))) && self.inner.is_end_stream())
+        {
+            self.activity.request_body_ended();
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
