@@ -111,7 +111,12 @@ async fn handle(
     let mut response = send(state, http::Request::from_parts(parts, body), deadline).await?;
     let mut used = token;
     if response.status() == StatusCode::UNAUTHORIZED {
-        if let Some(current) = after_401(state, &used, replay.is_some()).await {
+        // The refresh counts against the same deadline: past it, the app gets the 401 rather than a late 504.
+        let refreshed = tokio::time::timeout_at(deadline, after_401(state, &used, replay.is_some()))
+            .await
+            .ok()
+            .flatten();
+        if let Some(current) = refreshed {
             if let Some((method, mut headers, uri)) = replay {
                 headers.insert(header::AUTHORIZATION, current.header().clone());
                 let mut again = http::Request::new(Body::empty());

@@ -98,11 +98,13 @@ impl Pool {
     /// connection. Nothing here bounds the time: the caller does.
     pub async fn send(self: &Arc<Self>, mut req: Request<Body>) -> Result<Response<PooledBody>, SendError> {
         loop {
-            if let Some(h2) = self.h2.load_full() {
+            let shared = self.h2.load_full();
+            if let Some(h2) = &shared {
                 if !h2.is_closed() {
-                    return self.send_h2(&h2, req).await;
+                    return self.send_h2(h2, req).await;
                 }
-                self.h2.store(None);
+                // Only if no other request has put a new one there meanwhile.
+                self.h2.compare_and_swap(&shared, None);
             }
             let (mut sender, reused) = match self.checkout() {
                 Some(sender) => (sender, true),
