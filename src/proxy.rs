@@ -2,6 +2,7 @@
 //! sends it to the one configured upstream, and streams the answer back (or normalizes an error).
 
 pub mod client;
+pub mod deadline;
 pub mod forward;
 pub mod headers;
 pub mod policy;

@@ -719,6 +719,25 @@ async fn a_reset_or_truncated_response_body_reaches_the_client_as_an_error_promp
 }
 
 #[tokio::test]
+async fn a_response_body_that_stalls_is_cut_at_the_request_timeout() {
+    let upstream = Faulty::spawn(Fault::StallMidBody).await;
+    let proxy = ProxyBuilder::new(&upstream.url(), "opaque-token")
+        .set("UPSTREAM__REQUEST_TIMEOUT", "1s")
+        .spawn()
+        .await;
+    let started = Instant::now();
+    let r = client().get(proxy.url("/digital-accounts")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "the head was already on its way");
+    let body = r.bytes().await;
+    assert!(body.is_err(), "a stalled body must not look complete: {body:?}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_garbage_status_line_is_502_protocol_error() {
     let upstream = Faulty::spawn(Fault::GarbageStatus).await;
     let proxy = ProxyBuilder::new(&upstream.url(), "opaque-token").spawn().await;

@@ -15,6 +15,7 @@ use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use tokio::time::Instant;
 
 use super::{
+    deadline::Deadlined,
     headers, policy,
     pool::{PooledBody, SendError},
     request_id, ProxyState,
@@ -134,7 +135,10 @@ async fn handle(
     headers::strip_hop_by_hop(&mut head.headers);
     scrub_headers(&mut head.headers, &used);
     if head.status.as_u16() < 400 {
-        return Ok(Response::from_parts(head, Body::new(incoming)));
+        return Ok(Response::from_parts(
+            head,
+            Body::new(Deadlined::new(incoming, deadline)),
+        ));
     }
     let bytes = read_bounded(incoming, deadline).await;
     let clean = scrub::scrub_bytes(

@@ -32,6 +32,8 @@ pub enum Fault {
     TruncatedChunked,
     /// Closes the connection as soon as the request arrived.
     CloseImmediately,
+    /// 200 with a Content-Length of 1000, sends 10 bytes, then nothing more (the connection stays open).
+    StallMidBody,
 }
 
 /// The faulty upstream.
@@ -168,6 +170,14 @@ async fn serve(
                 .await?;
         }
         Fault::CloseImmediately => {}
+        Fault::StallMidBody => {
+            stream
+                .write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n0123456789",
+                )
+                .await?;
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
     }
     Ok(())
 }
