@@ -154,14 +154,7 @@ async fn three_refresh_500s_are_retried_with_backoff_and_the_token_is_refreshed_
     assert_eq!(s["token"]["last_error"], Value::Null);
     let token = upstream.newest_token();
     assert_eq!(s["token"]["fingerprint"], fingerprint(&token));
-    let metrics = client()
-        .get(proxy.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = proxy.metrics().await;
     assert!(
         metrics.contains("issettled_proxy_token_refresh_total{result=\"transient_error\"} 3"),
         "{metrics}"

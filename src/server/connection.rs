@@ -119,13 +119,12 @@ async fn serve_http1<I: Stream>(mut io: ConnIo<I>, service: Service, guard: &mut
             tokio::select! {
                 biased;
                 served = run => break served,
-                alarm = guard.next(!closing) => match alarm {
-                    Alarm::Stop | Alarm::Idle if !closing => {
-                        Pin::new(&mut *conn).graceful_shutdown();
-                        closing = true;
+                alarm = guard.next(!closing) => {
+                    if !alarm.wind_down(&mut closing) {
+                        return;
                     }
-                    alarm => return alarm.log(),
-                },
+                    Pin::new(&mut *conn).graceful_shutdown();
+                }
             }
         };
         if let Err(e) = served {
@@ -155,13 +154,12 @@ async fn serve_http2<I: Stream>(io: ConnIo<I>, service: Service, guard: &mut Gua
                 }
                 return;
             }
-            alarm = guard.next(!closing) => match alarm {
-                Alarm::Stop | Alarm::Idle if !closing => {
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
+            alarm = guard.next(!closing) => {
+                if !alarm.wind_down(&mut closing) {
+                    return;
                 }
-                alarm => return alarm.log(),
-            },
+                conn.as_mut().graceful_shutdown();
+            }
         }
     }
 }
@@ -175,6 +173,17 @@ enum Alarm {
 }
 
 impl Alarm {
+    /// On an active connection: the first stop or idle alarm lets hyper finish the requests in flight (true: shut
+    /// it down gracefully); a second one, or a header time-out, closes the connection now (false).
+    fn wind_down(self, closing: &mut bool) -> bool {
+        if matches!(self, Alarm::Stop | Alarm::Idle) && !*closing {
+            *closing = true;
+            return true;
+        }
+        self.log();
+        false
+    }
+
     fn log(self) {
         if let Alarm::HeaderTimeout = self {
             tracing::debug!("request headers not complete within listen.header_read_timeout: closing");
@@ -235,7 +244,7 @@ fn connection_has(headers: &http::HeaderMap, token: &[u8]) -> bool {
 }
 
 /// Whether the client keeps the connection open after this request (RFC 9112 §9.3).
-pub(super) fn wants_keep_alive<B>(req: &Request<B>) -> bool {
+fn wants_keep_alive<B>(req: &Request<B>) -> bool {
     match req.version() {
         Version::HTTP_11 => !connection_has(req.headers(), b"close"),
         Version::HTTP_10 => connection_has(req.headers(), b"keep-alive"),

@@ -178,6 +178,18 @@ impl TestProxy {
         get_json(&self.admin_url("/status")).await.1
     }
 
+    /// `GET /metrics` on the admin port: the Prometheus text.
+    pub async fn metrics(&self) -> String {
+        client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Wait until the refresh the proxy makes at start-up has succeeded (the token then comes from a refresh).
     pub async fn startup_refresh_done(&self) {
         let done = wait_for(|| async {
