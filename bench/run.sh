@@ -5,7 +5,7 @@
 #   bench/run.sh                 # build, install, the three harness runs, memory, report (about 9 minutes)
 #   bench/run.sh --quick         # 3 s per measurement, memory to 1,000 connections only (smoke test, ~3 min)
 #   bench/run.sh --skip-build    # use the existing target/release/issettled-proxy
-#   bench/run.sh --only main,refresh,info,memory   # a subset of the steps
+#   bench/run.sh --only main,refresh,info,memory,floor   # a subset of the steps
 #   bench/run.sh --report DIR    # print the report of an earlier run again
 #
 # Steps (all in one run, results under bench/results/<UTC stamp>/, report in report.md there):
@@ -14,6 +14,9 @@
 #   info     direct, nginx, issettled with log.level = info (the product default: one JSON line per request)
 #   refresh  direct, nginx, issettled with token.refresh_interval = 1s (the origin answers the refresh with 204)
 #   memory   issettled RSS idle, after a burst, with 1,000 and 10,000 idle keep-alive connections
+#   floor    direct, nginx and bench/floor/pump.c (a C byte pump that only inserts the header: not a proxy, the
+#            cheapest thing that can stand in the proxy's place) on the three c=64 workloads: the kernel's share
+#            per request, and the highest rate this harness lets any proxy reach
 #
 # Environment: ISSETTLED_BIN (use this binary, no build), BENCH_HARNESS (harness dir; default ../shared/bench
 # beside the repo if present, else bench/harness, the vendored copy), BENCH_EXTRA (more harness arguments,
@@ -28,14 +31,14 @@ PY=/usr/bin/python3
 ARGS="$*"
 quick=0
 build=1
-only="main,info,refresh,memory"
+only="main,info,refresh,memory,floor"
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
     --skip-build) build=0 ;;
     --only) only="$2"; shift ;;
     --report) exec "$PY" "$BENCH/lib/report.py" "$2" ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -139,6 +142,16 @@ fi
 if want refresh; then
   harness refresh --targets direct,nginx,issettled --workloads small_get,large_get,small_post \
     --sidecar "$(sidecar_cmd warn ISSETTLED_PROXY__TOKEN__REFRESH_INTERVAL=1s)"
+fi
+if want floor; then
+  PUMP="${CARGO_TARGET_DIR:-$ROOT/target}/bench-floor-pump"
+  if command -v cc >/dev/null 2>&1 && cc -O2 -Wall -o "$PUMP" "$BENCH/floor/pump.c"; then
+    harness floor --targets direct,nginx,floor --workloads small_get,large_get,small_post --latency-duration 0 \
+      --sidecar-name floor --sidecar "exec $PUMP {port} {upstream_url} {token_file}"
+  else
+    echo "== floor: no C compiler (cc), or bench/floor/pump.c did not build: step skipped" >&2
+    rc=1
+  fi
 fi
 if want memory; then
   echo

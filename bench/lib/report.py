@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Markdown report of one bench/run.sh run: the tables, the ratios and the issue's targets.
 
-    report.py RESULTS_DIR      (holds machine.txt, main.json, info.json, refresh.json, memory.json)
+    report.py RESULTS_DIR      (holds machine.txt, main.json, info.json, refresh.json, memory.json, floor.json)
 """
 import json
 import os
 import sys
 
 SIDECAR = "issettled"
+FLOOR = "floor"
 WL_TITLES = {
     "small_get": "small GET (302 B JSON), c=64",
     "large_get": "64 KiB GET, c=64",
@@ -91,12 +92,41 @@ def errors_of(doc, target):
     return tot
 
 
+def floor_section(floor_doc, main_doc):
+    """The byte pump in the proxy's place: the harness's ceiling and the kernel's share per request."""
+    out = ["", "## Floor: bench/floor/pump.c in the proxy's place (inserts the header, nothing else)", "",
+           "Not a proxy: one C epoll loop, one upstream connection per client, the header inserted after the "
+           "first line of each read, no parsing. Its CPU per request is about what the kernel costs any proxy "
+           "here (the same 4 syscalls per request); its req/s is the most this harness lets a proxy reach, "
+           "because wrk and the origin share the load CPU. For 64 KiB GET it is no floor: it moves the body in "
+           "socket-sized reads and writes and waits on EPOLLOUT when the client is slow, and nginx does that job "
+           "with less CPU."]
+    out += table(floor_doc)
+    out += ["", "| workload | floor x nginx (this step) | floor proxy CPU % | floor CPU µs/req | issettled CPU µs/req "
+            "(main step) | issettled above the floor, µs/req | nginx above the floor, µs/req (this step) |",
+            "|---|--:|--:|--:|--:|--:|--:|"]
+    for w, rows in floor_doc["summary"].items():
+        fl, ng = rows.get(FLOOR), rows.get("nginx")
+        mine = (main_doc or {}).get("summary", {}).get(w, {}).get(SIDECAR)
+        if not fl:
+            continue
+        fcpu = fl["proxy_cpu_us_per_req"]
+        icpu = mine["proxy_cpu_us_per_req"] if mine else None
+        ncpu = ng["proxy_cpu_us_per_req"] if ng else None
+        out.append("| %s | %s | %s | %s | %s | %s | %s |" % (
+            w, f2(fl["ratio_to_nginx"]), i(fl["proxy_cpu_util_pct"]), f1(fcpu), f1(icpu),
+            "-" if icpu is None or fcpu is None else "%+.1f" % (icpu - fcpu),
+            "-" if ncpu is None or fcpu is None else "%+.1f" % (ncpu - fcpu)))
+    return out
+
+
 def main(argv):
     d = argv[0]
     main_doc = load(os.path.join(d, "main.json"))
     info_doc = load(os.path.join(d, "info.json"))
     refresh_doc = load(os.path.join(d, "refresh.json"))
     mem = load(os.path.join(d, "memory.json"))
+    floor_doc = load(os.path.join(d, "floor.json"))
     machine = {}
     try:
         with open(os.path.join(d, "machine.txt")) as f:
@@ -168,6 +198,9 @@ def main(argv):
         if m:
             out.append("(Main run, 10m interval: %d refresh call(s), statuses %s.)" % (m["calls"], m["statuses"]))
 
+    if floor_doc:
+        out += floor_section(floor_doc, main_doc)
+
     if mem:
         out += ["", "## Memory (issettled-proxy, log.level = %s, unpinned: 2 runtime workers)" % mem.get("log_level"),
                 "", "| state | VmRSS MiB | anon MiB | file MiB | VmHWM MiB | threads | fds |",
@@ -201,7 +234,7 @@ def main(argv):
         targets.append(("zero non-2xx in every run (incl. refresh every second)", ok,
                         "; ".join("%s: %d non-2xx, %d socket errors, %d 401s at the origin, of %s requests"
                                   % (n, e["non2xx"], e["sockerr"], e["unauth"], i(e["requests"])) for n, e in errs)))
-    for name, doc in (("main", main_doc), ("info", info_doc), ("refresh", refresh_doc)):
+    for name, doc in (("main", main_doc), ("info", info_doc), ("refresh", refresh_doc), ("floor", floor_doc)):
         if doc:
             bad = {t: p["issues"] for t, p in doc["preflight"].items() if not p["ok"]}
             if bad:
