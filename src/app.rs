@@ -136,15 +136,15 @@ pub async fn run(cfg: Config, listeners: Listeners, signal: impl Future<Output =
     };
     let refresher_stop = admin_phase.signal();
     let refresher = tokio::spawn(refresher.run(async move { refresher_stop.reached(Phase::Stopping).await }));
-    let proxy_router = proxy::router(proxy_state);
+    let proxy_handler = proxy::handler(proxy_state);
     let mut proxies = vec![tokio::spawn(serve(
         listeners.proxy,
-        proxy_router.clone(),
+        proxy_handler.clone(),
         limits,
         proxy_phase.clone(),
     ))];
     if let Some(unix) = listeners.unix {
-        proxies.push(tokio::spawn(serve(unix, proxy_router, limits, proxy_phase.clone())));
+        proxies.push(tokio::spawn(serve(unix, proxy_handler, limits, proxy_phase.clone())));
     }
     let admin_server = tokio::spawn(serve(
         listeners.admin,
@@ -197,7 +197,7 @@ pub async fn run(cfg: Config, listeners: Listeners, signal: impl Future<Output =
 }
 
 /// Serve until the phase reaches stopping, then wait for the connections to close.
-async fn serve<A: server::Accept>(listener: A, router: axum::Router, limits: Limits, phase: Shutdown) {
-    let drain = server::serve(listener, router, limits, phase.signal()).await;
+async fn serve<A: server::Accept, H: server::Handler>(listener: A, handler: H, limits: Limits, phase: Shutdown) {
+    let drain = server::serve(listener, handler, limits, phase.signal()).await;
     drain.await;
 }

@@ -17,7 +17,6 @@ use std::{
     time::Duration,
 };
 
-use axum::Router;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream, UnixListener, UnixStream},
@@ -83,11 +82,41 @@ pub struct Limits {
 /// Most headers hyper's parser accepts; the proxy's own, lower limit answers 431 in the error schema.
 pub const PARSER_MAX_HEADERS: usize = 500;
 
-/// Serve `router` on `listener` until `stop` reaches [`Phase::Stopping`]; then stop accepting and return a
+/// What a listener serves: a tower service from request to response that cannot fail. The admin port serves its
+/// axum `Router`; the proxy port serves its one handler directly, with no routing (it takes every path).
+pub trait Handler:
+    tower::Service<
+        http::Request<axum::body::Body>,
+        Response = axum::response::Response,
+        Error = std::convert::Infallible,
+        Future: Send + Unpin + 'static,
+    > + Clone
+    + Unpin
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<T> Handler for T where
+    T: tower::Service<
+            http::Request<axum::body::Body>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+            Future: Send + Unpin + 'static,
+        > + Clone
+        + Unpin
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// Serve `handler` on `listener` until `stop` reaches [`Phase::Stopping`]; then stop accepting and return a
 /// future that resolves when every open connection has closed (the caller bounds it by `shutdown.grace`).
-pub async fn serve<A: Accept>(
+pub async fn serve<A: Accept, H: Handler>(
     mut listener: A,
-    router: Router,
+    handler: H,
     limits: Limits,
     stop: ShutdownSignal,
 ) -> impl Future<Output = ()> {
@@ -110,7 +139,7 @@ pub async fn serve<A: Accept>(
         };
         match accepted {
             Ok(io) => {
-                let connection = connection::serve(io, router.clone(), limits, stop.clone());
+                let connection = connection::serve(io, handler.clone(), limits, stop.clone());
                 tokio::spawn(async move {
                     connection.await;
                     drop(permit);

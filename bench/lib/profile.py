@@ -24,6 +24,13 @@ import bench as benchlib  # noqa: E402
 from memory import start_origin_and_proxy, stop, wait_ready, write_origin_files  # noqa: E402
 
 
+def cpu_ticks(pid):
+    """(user, system) CPU time of the whole process so far, in clock ticks."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]), int(fields[12])
+
+
 def main(argv):
     ap = argparse.ArgumentParser()
     ap.add_argument("--harness", required=True)
@@ -36,8 +43,7 @@ def main(argv):
     ap.add_argument("--callgraph", action="store_true", help="perf record --call-graph dwarf (large files)")
     ap.add_argument("--syscalls", action="store_true",
                     help="instead of a profile: count the sidecar's syscalls, context switches, wake-ups and CPU "
-                         "time (task-clock, in us) per "
-                         "request (perf stat)")
+                         "time (task-clock, and user and system time from /proc, in us) per request (perf stat)")
     ap.add_argument("--origin-port", type=int, default=18280)
     ap.add_argument("--proxy-port", type=int, default=18290)
     ap.add_argument("--admin-port", type=int, default=18291)
@@ -80,6 +86,7 @@ def main(argv):
                    "-e", ",".join(events)]
         if a.callgraph:
             rec += ["--call-graph", "dwarf,16384"]
+        before = cpu_ticks(proxy.pid)
         p = subprocess.Popen(rec + ["--", "sleep", str(a.duration)], stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE)
         time.sleep(0.3)
@@ -87,6 +94,7 @@ def main(argv):
                             "--latency", "-s", script, url], capture_output=True, text=True,
                            timeout=a.duration + 60)
         p.wait(timeout=a.duration + 60)
+        after = cpu_ticks(proxy.pid)
         print("\n".join(ln for ln in w.stdout.splitlines() if not ln.startswith("BENCHJSON")))
         if a.syscalls:
             m = re.search(r"(\d+) requests in", w.stdout)
@@ -99,6 +107,10 @@ def main(argv):
                         scale = 1000.0 if parts[1] == "msec" else 1.0  # task-clock: msec -> us
                         name = parts[2] + (" (us)" if parts[1] == "msec" else "")
                         print("  %-34s %8.2f" % (name, float(parts[0]) * scale / reqs))
+            hz = os.sysconf("SC_CLK_TCK")
+            for label, i in (("user time (us, /proc)", 0), ("system time (us, /proc)", 1)):
+                if reqs:
+                    print("  %-34s %8.2f" % (label, (after[i] - before[i]) * 1e6 / hz / reqs))
             return 0
         rep = subprocess.run([perf, "report", "-i", data, "--no-children", "--sort", "symbol",
                               "--stdio", "--percent-limit", "0.7"], capture_output=True, text=True, timeout=300)

@@ -309,7 +309,7 @@ fn scrub_headers(headers: &mut HeaderMap, used: &Current) {
     let secret = used.token().expose().as_bytes();
     if headers
         .values()
-        .any(|v| memchr::memmem::find(v.as_bytes(), secret).is_some())
+        .any(|v| v.len() >= secret.len() && memchr::memmem::find(v.as_bytes(), secret).is_some())
     {
         scrub::scrub_headers(headers, secret, used.token().fingerprint().as_bytes());
     }

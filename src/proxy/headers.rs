@@ -26,19 +26,70 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 
 /// Remove `Connection`, every field it names, and the fixed hop-by-hop list.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
+    strip(headers, &[]);
+}
+
+/// [`strip_hop_by_hop`], and the fields in `also`. One pass over the names finds what is there; only that is
+/// removed (each removal hashes and probes, and most messages carry at most `Connection`).
+fn strip(headers: &mut HeaderMap, also: &[HeaderName]) {
+    let mut found = [false; 7];
+    let mut found_also = [false; 4];
+    debug_assert!(also.len() <= found_also.len());
+    let mut any = false;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            found[i] = true;
+            any = true;
+        } else if let Some(i) = also.iter().position(|h| h == name) {
+            found_also[i] = true;
+            any = true;
         }
     }
-    for name in &HOP_BY_HOP {
+    if !any {
+        return;
+    }
+    if found[0] {
+        remove_connection_options(headers);
+    }
+    for (name, _) in HOP_BY_HOP.iter().zip(found).filter(|(_, f)| *f) {
+        headers.remove(name);
+    }
+    for (name, _) in also.iter().zip(found_also).filter(|(_, f)| *f) {
+        headers.remove(name);
+    }
+}
+
+/// Remove the fields that `Connection` names. `keep-alive` and `close`, the usual options, name nothing else to
+/// remove (`Keep-Alive` is on the fixed list); anything else is looked up.
+fn remove_connection_options(headers: &mut HeaderMap) {
+    let mut only_usual = true;
+    let mut names_close = false;
+    for token in headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+    {
+        let token = token.trim_ascii();
+        if token.eq_ignore_ascii_case(b"close") {
+            names_close = true;
+        } else if !token.eq_ignore_ascii_case(b"keep-alive") {
+            only_usual = false;
+        }
+    }
+    if only_usual {
+        if names_close {
+            headers.remove("close");
+        }
+        return;
+    }
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
         headers.remove(name);
     }
 }
@@ -51,11 +102,8 @@ pub fn has_app_credentials(headers: &HeaderMap) -> bool {
 /// Turn the app's request headers into the upstream's: hop-by-hop and the app's credentials out, `Host` out
 /// (the client sets the upstream's), `Expect` out (answered on this hop), the token and request id in.
 pub fn to_upstream(headers: &mut HeaderMap, bearer: &HeaderValue, request_id: &HeaderValue) {
-    strip_hop_by_hop(headers);
-    headers.remove(header::AUTHORIZATION);
-    headers.remove(header::PROXY_AUTHORIZATION);
-    headers.remove(header::HOST);
-    headers.remove(header::EXPECT);
+    strip(headers, &[header::PROXY_AUTHORIZATION, header::HOST, header::EXPECT]);
+    // `insert` replaces every value the app sent under these names.
     headers.insert(header::AUTHORIZATION, bearer.clone());
     headers.insert(super::request_id::HEADER, request_id.clone());
 }
@@ -95,9 +143,31 @@ mod tests {
     }
 
     #[test]
+    fn the_usual_connection_options_leave_other_fields_alone() {
+        let mut h = map(&[
+            ("connection", "Keep-Alive"),
+            ("keep-alive", "timeout=5"),
+            ("close", "reserved, yet named"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2, "{h:?}");
+        let mut closing = map(&[("connection", "close"), ("close", "x"), ("x-kept", "yes")]);
+        strip_hop_by_hop(&mut closing);
+        assert_eq!(closing.len(), 1, "{closing:?}");
+        assert_eq!(closing["x-kept"], "yes");
+        let mut none = map(&[("x-kept", "yes"), ("content-type", "application/json")]);
+        strip_hop_by_hop(&mut none);
+        assert_eq!(none.len(), 2);
+    }
+
+    #[test]
     fn upstream_headers_carry_only_the_proxy_token() {
         let mut h = map(&[
             ("authorization", "Bearer app"),
+            ("authorization", "Bearer second"),
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
             ("proxy-authorization", "Basic x"),
             ("host", "localhost:8080"),
             ("expect", "100-continue"),

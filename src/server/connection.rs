@@ -19,7 +19,7 @@ use std::{
     time::Duration,
 };
 
-use axum::{body::Body, Router};
+use axum::body::Body;
 use bytes::{Bytes, BytesMut};
 use http::{header, Request, Response, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -31,7 +31,7 @@ use tower::{util::Oneshot, ServiceExt as _};
 use super::{
     activity::{Activity, InRequest, Verdict, Watchdog},
     conn_io::ConnIo,
-    Limits, Stream, PARSER_MAX_HEADERS,
+    Handler, Limits, Stream, PARSER_MAX_HEADERS,
 };
 use crate::shutdown::{Phase, ShutdownSignal};
 
@@ -39,7 +39,7 @@ use crate::shutdown::{Phase, ShutdownSignal};
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Serve one accepted connection until it closes.
-pub(super) async fn serve<I: Stream>(io: I, router: Router, limits: Limits, stop: ShutdownSignal) {
+pub(super) async fn serve<I: Stream, H: Handler>(io: I, handler: H, limits: Limits, stop: ShutdownSignal) {
     let activity = Arc::new(Activity::new());
     let mut guard = Guard::new(&limits, activity.clone(), &stop);
     let mut io = ConnIo::new(io, activity.clone());
@@ -48,7 +48,7 @@ pub(super) async fn serve<I: Stream>(io: I, router: Router, limits: Limits, stop
         alarm = guard.next(true) => return alarm.log(),
         first = first_bytes(&mut io) => first,
     };
-    let service = Service { router, activity };
+    let service = Service { handler, activity };
     match sniffed {
         Ok(Some((first, http2))) => {
             io.unread(first);
@@ -82,7 +82,7 @@ async fn first_bytes<I: Stream>(io: &mut ConnIo<I>) -> io::Result<Option<(Bytes,
     }
 }
 
-async fn serve_http1<I: Stream>(mut io: ConnIo<I>, service: Service, guard: &mut Guard) {
+async fn serve_http1<I: Stream, H: Handler>(mut io: ConnIo<I>, service: Service<H>, guard: &mut Guard) {
     let mut builder = http1::Builder::new();
     builder.max_headers(PARSER_MAX_HEADERS);
     loop {
@@ -141,7 +141,7 @@ async fn serve_http1<I: Stream>(mut io: ConnIo<I>, service: Service, guard: &mut
     }
 }
 
-async fn serve_http2<I: Stream>(io: ConnIo<I>, service: Service, guard: &mut Guard) {
+async fn serve_http2<I: Stream, H: Handler>(io: ConnIo<I>, service: Service<H>, guard: &mut Guard) {
     let conn = http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let mut closing = false;
@@ -259,18 +259,18 @@ fn response_keeps_alive<B: HttpBody>(res: &Response<B>, http10: bool) -> bool {
         && (!http10 || res.headers().contains_key(header::CONTENT_LENGTH) || res.body().is_end_stream())
 }
 
-/// The router as a hyper service that tells the connection which requests are in flight, whether a request's
+/// The handler as a hyper service that tells the connection which requests are in flight, whether a request's
 /// body was read to its end, and whether a finished response leaves the connection open.
 #[derive(Clone)]
-struct Service {
-    router: Router,
+struct Service<H> {
+    handler: H,
     activity: Arc<Activity>,
 }
 
-impl hyper::service::Service<Request<Incoming>> for Service {
+impl<H: Handler> hyper::service::Service<Request<Incoming>> for Service<H> {
     type Response = Response<ResponseBody>;
     type Error = Infallible;
-    type Future = Respond;
+    type Future = Respond<H>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let keep_alive = wants_keep_alive(&req);
@@ -285,7 +285,7 @@ impl hyper::service::Service<Request<Incoming>> for Service {
             req.map(|inner| Body::new(RequestBody { inner, activity }))
         };
         Respond {
-            call: self.router.clone().oneshot(req),
+            call: self.handler.clone().oneshot(req),
             request: Some(request),
             keep_alive,
             http10,
@@ -293,15 +293,15 @@ impl hyper::service::Service<Request<Incoming>> for Service {
     }
 }
 
-/// The router's answer.
-struct Respond {
-    call: Oneshot<Router, Request<Body>>,
+/// The handler's answer.
+struct Respond<H: Handler> {
+    call: Oneshot<H, Request<Body>>,
     request: Option<InRequest>,
     keep_alive: bool,
     http10: bool,
 }
 
-impl Future for Respond {
+impl<H: Handler> Future for Respond<H> {
     type Output = Result<Response<ResponseBody>, Infallible>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -421,7 +421,7 @@ mod tests {
             idle_timeout: Duration::from_secs(60),
         };
         let shutdown = crate::shutdown::Shutdown::new();
-        let task = serve(stream, Router::new(), limits, shutdown.signal());
+        let task = serve(stream, axum::Router::new(), limits, shutdown.signal());
         assert!(
             std::mem::size_of_val(&task) <= 1536,
             "{} bytes",

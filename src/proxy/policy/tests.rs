@@ -81,3 +81,27 @@ fn origins() {
     assert!(!origin_allowed("null", &allowed));
     assert!(!origin_allowed("https://app.bank.example", &[]));
 }
+
+#[test]
+fn the_one_pass_check_agrees_with_every_rule() {
+    // Every string up to 6 bytes over an alphabet that reaches each rule: the one-pass answer for plain paths
+    // and the full answer are the same.
+    let alphabet = [b'/', b'a', b'-', b'.', b'%', b'2', b'e', b';', b'\\'];
+    let mut plain_seen = 0;
+    for len in 1..=6u32 {
+        for mut n in 0..alphabet.len().pow(len) {
+            let mut bytes = Vec::new();
+            for _ in 0..len {
+                bytes.push(alphabet[n % alphabet.len()]);
+                n /= alphabet.len();
+            }
+            let p = std::str::from_utf8(&bytes).unwrap();
+            if plain(p) {
+                plain_seen += 1;
+                assert_eq!(check_segments(p), Ok(()), "{p}");
+            }
+            assert_eq!(check_path(p), check_segments(p), "{p}");
+        }
+    }
+    assert!(plain_seen > 100);
+}
