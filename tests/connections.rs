@@ -1,6 +1,10 @@
 //! The life of an inbound connection: a keep-alive connection is parked between requests (hyper's buffers freed)
 //! and wakes for the next one; pipelined and split requests survive a park; `Connection: close` and HTTP/1.0 are
 //! honoured; idle time-out and shutdown close parked connections; HTTP/2 with prior knowledge is served.
+//!
+//! Connections park only while more than `max_connections / 32` are open (src/server.rs). The tests that
+//! depend on the connection's state run in both: parked (`max_connections = 16`: every idle connection parks)
+//! and kept active (the default 10,000: none of these tests' few connections park).
 
 mod common;
 
@@ -14,8 +18,18 @@ use tokio::{
 
 const LIMIT: Duration = Duration::from_secs(5);
 
+/// `listen.max_connections` for: every idle keep-alive connection parks; none does.
+const PARKED: &str = "16";
+const ACTIVE: &str = "10000";
+
+/// A proxy whose idle keep-alive connections park.
 async fn proxy(upstream: &Upstream, overrides: &[(&str, &str)]) -> TestProxy {
-    let mut builder = ProxyBuilder::new(&upstream.url, &upstream.token());
+    proxy_in(PARKED, upstream, overrides).await
+}
+
+/// A proxy with `listen.max_connections = max`.
+async fn proxy_in(max: &str, upstream: &Upstream, overrides: &[(&str, &str)]) -> TestProxy {
+    let mut builder = ProxyBuilder::new(&upstream.url, &upstream.token()).set("LISTEN__MAX_CONNECTIONS", max);
     for (key, value) in overrides {
         builder = builder.set(key, value);
     }
@@ -33,13 +47,19 @@ fn seen(upstream: &Upstream) -> Vec<String> {
 
 #[tokio::test]
 async fn a_keep_alive_connection_serves_request_after_request_across_parks() {
+    for max in [PARKED, ACTIVE] {
+        keep_alive_requests(max).await;
+    }
+}
+
+async fn keep_alive_requests(max: &str) {
     let upstream = Upstream::spawn().await;
-    let proxy = proxy(&upstream, &[]).await;
+    let proxy = proxy_in(max, &upstream, &[]).await;
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     for n in 0..20 {
         stream.write_all(get(n, "").as_bytes()).await.unwrap();
         let response = read_response(&mut stream, LIMIT).await;
-        assert_eq!(raw_status(&response), 200, "request {n}: {response}");
+        assert_eq!(raw_status(&response), 200, "{max}: request {n}: {response}");
         assert!(response.contains(&format!("n={n}")), "request {n}: {response}");
         if n % 5 == 0 {
             tokio::time::sleep(Duration::from_millis(30)).await;
@@ -101,8 +121,14 @@ async fn connection_close_and_http_1_0_close_after_the_response_and_1_0_keep_ali
 
 #[tokio::test]
 async fn idle_time_out_and_shutdown_close_parked_connections() {
+    for max in [PARKED, ACTIVE] {
+        idle_and_shutdown(max).await;
+    }
+}
+
+async fn idle_and_shutdown(max: &str) {
     let upstream = Upstream::spawn().await;
-    let proxy = proxy(&upstream, &[("LISTEN__IDLE_TIMEOUT", "300ms")]).await;
+    let proxy = proxy_in(max, &upstream, &[("LISTEN__IDLE_TIMEOUT", "300ms")]).await;
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     stream.write_all(get(1, "").as_bytes()).await.unwrap();
     assert_eq!(raw_status(&read_response(&mut stream, LIMIT).await), 200);
@@ -113,7 +139,7 @@ async fn idle_time_out_and_shutdown_close_parked_connections() {
         "closed before the idle time-out"
     );
 
-    let mut proxy = proxy_with_grace(&upstream).await;
+    let mut proxy = proxy_in(max, &upstream, &[("SHUTDOWN__GRACE", "20s")]).await;
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     stream.write_all(get(2, "").as_bytes()).await.unwrap();
     assert_eq!(raw_status(&read_response(&mut stream, LIMIT).await), 200);
@@ -128,10 +154,6 @@ async fn idle_time_out_and_shutdown_close_parked_connections() {
         started.elapsed() < Duration::from_secs(5),
         "shutdown waited for a parked connection"
     );
-}
-
-async fn proxy_with_grace(upstream: &Upstream) -> TestProxy {
-    proxy(upstream, &[("SHUTDOWN__GRACE", "20s")]).await
 }
 
 #[tokio::test]
@@ -155,8 +177,14 @@ async fn http2_with_prior_knowledge_is_served() {
 
 #[tokio::test]
 async fn a_request_body_left_unread_is_never_parsed_as_the_next_request() {
+    for max in [PARKED, ACTIVE] {
+        unread_body(max).await;
+    }
+}
+
+async fn unread_body(max: &str) {
     let upstream = Upstream::spawn().await;
-    let proxy = proxy(&upstream, &[("POLICY__MAX_BODY_BYTES", "1024")]).await;
+    let proxy = proxy_in(max, &upstream, &[("POLICY__MAX_BODY_BYTES", "1024")]).await;
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     // Refused by its declared length: the proxy answers before reading a byte of the body.
     stream

@@ -31,7 +31,7 @@ use tower::{util::Oneshot, ServiceExt as _};
 use super::{
     activity::{Activity, InRequest, Verdict, Watchdog},
     conn_io::ConnIo,
-    Handler, Limits, Stream, PARSER_MAX_HEADERS,
+    Crowd, Handler, Limits, Stream, PARSER_MAX_HEADERS,
 };
 use crate::shutdown::{Phase, ShutdownSignal};
 
@@ -39,7 +39,13 @@ use crate::shutdown::{Phase, ShutdownSignal};
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Serve one accepted connection until it closes.
-pub(super) async fn serve<I: Stream, H: Handler>(io: I, handler: H, limits: Limits, stop: ShutdownSignal) {
+pub(super) async fn serve<I: Stream, H: Handler>(
+    io: I,
+    handler: H,
+    limits: Limits,
+    crowd: Crowd,
+    stop: ShutdownSignal,
+) {
     let activity = Arc::new(Activity::new());
     let mut guard = Guard::new(&limits, activity.clone(), &stop);
     let mut io = ConnIo::new(io, activity.clone());
@@ -57,7 +63,7 @@ pub(super) async fn serve<I: Stream, H: Handler>(io: I, handler: H, limits: Limi
                 // Boxed: hyper's HTTP/2 state is large, and rare here; it should not size every connection's task.
                 Box::pin(serve_http2(io, service, &mut guard)).await;
             } else {
-                serve_http1(io, service, &mut guard).await;
+                serve_http1(io, service, &crowd, &mut guard).await;
             }
         }
         Ok(None) => {}
@@ -82,7 +88,7 @@ async fn first_bytes<I: Stream>(io: &mut ConnIo<I>) -> io::Result<Option<(Bytes,
     }
 }
 
-async fn serve_http1<I: Stream, H: Handler>(mut io: ConnIo<I>, service: Service<H>, guard: &mut Guard) {
+async fn serve_http1<I: Stream, H: Handler>(mut io: ConnIo<I>, service: Service<H>, crowd: &Crowd, guard: &mut Guard) {
     let mut builder = http1::Builder::new();
     builder.max_headers(PARSER_MAX_HEADERS);
     loop {
@@ -108,8 +114,9 @@ async fn serve_http1<I: Stream, H: Handler>(mut io: ConnIo<I>, service: Service<
             let run = poll_fn(|cx| loop {
                 let polled = conn.poll_without_shutdown(cx);
                 // Park after a keep-alive response once no request waits for its answer (a pipelined one would
-                // otherwise be answered `Connection: close`): hyper finishes writing, then returns the socket.
-                if polled.is_pending() && !closing && !parking && activity.idle_after_keep_alive() {
+                // otherwise be answered `Connection: close`), if enough connections are open for it to matter:
+                // hyper finishes writing, then returns the socket.
+                if polled.is_pending() && !closing && !parking && activity.idle_after_keep_alive() && crowd.parks() {
                     Pin::new(&mut *conn).graceful_shutdown();
                     parking = true;
                     continue;
@@ -421,7 +428,7 @@ mod tests {
             idle_timeout: Duration::from_secs(60),
         };
         let shutdown = crate::shutdown::Shutdown::new();
-        let task = serve(stream, axum::Router::new(), limits, shutdown.signal());
+        let task = serve(stream, axum::Router::new(), limits, Crowd::new(1), shutdown.signal());
         assert!(
             std::mem::size_of_val(&task) <= 1536,
             "{} bytes",
