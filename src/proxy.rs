@@ -12,7 +12,6 @@ pub mod target;
 
 use std::{sync::Arc, time::Duration};
 
-use axum::Router;
 use http::Method;
 
 use crate::{
@@ -65,11 +64,6 @@ pub struct ProxyState {
     pub refresh: RefreshHandle,
     pub metrics: Arc<Metrics>,
     pub shutdown: ShutdownSignal,
-}
-
-/// The proxy port's router: every method and path goes to [`forward::forward`].
-pub fn router(state: Arc<ProxyState>) -> Router {
-    Router::new().fallback(forward::forward).with_state(state)
 }
 
 /// The proxy port's service: [`forward::forward`] for every request, without a router in front. An axum

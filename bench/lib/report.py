@@ -98,9 +98,8 @@ def floor_section(floor_doc, main_doc):
            "Not a proxy: one C epoll loop, one upstream connection per client, the header inserted after the "
            "first line of each read, no parsing. Its CPU per request is about what the kernel costs any proxy "
            "here (the same 4 syscalls per request); its req/s is the most this harness lets a proxy reach, "
-           "because wrk and the origin share the load CPU. For 64 KiB GET it is no floor: it moves the body in "
-           "socket-sized reads and writes and waits on EPOLLOUT when the client is slow, and nginx does that job "
-           "with less CPU."]
+           "because wrk and the origin share the load CPU. For 64 KiB GET it is a rough floor: it moves the body in "
+           "socket-sized reads and writes, and nginx has come in below it in some runs."]
     out += table(floor_doc)
     out += ["", "| workload | floor x nginx (this step) | floor proxy CPU % | floor CPU µs/req | issettled CPU µs/req "
             "(main step) | issettled above the floor, µs/req | nginx above the floor, µs/req (this step) |",

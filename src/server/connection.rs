@@ -4,7 +4,9 @@
 //! buffers (8 KiB each). *Parked*: after a response the client keeps the connection open for, hyper hands the
 //! socket back and its buffers are freed; only the socket and this task remain until the client sends again (as
 //! nginx frees its buffers between keep-alive requests). Ten thousand idle keep-alive connections so cost a few
-//! KiB each instead of about 25. An HTTP/2 connection (prior knowledge) is served by hyper throughout.
+//! KiB each instead of about 25. Parking costs each request a rebuild of hyper's connection, so a connection
+//! parks only while the listener has many open ([`super::Crowd`]); with a few, it stays active between requests.
+//! An HTTP/2 connection (prior knowledge) is served by hyper throughout.
 //!
 //! In both states the watchdog ([`super::activity`]) closes slow request heads and idle connections, and shutdown
 //! closes a parked connection at once and lets an active one finish its requests.
