@@ -8,6 +8,7 @@
 mod activity;
 mod conn_io;
 mod connection;
+mod on_wake;
 
 use std::{
     future::Future,

@@ -33,6 +33,7 @@ use tower::{util::Oneshot, ServiceExt as _};
 use super::{
     activity::{Activity, InRequest, Verdict, Watchdog},
     conn_io::ConnIo,
+    on_wake::Wakes,
     Crowd, Handler, Limits, Stream, PARSER_MAX_HEADERS,
 };
 use crate::shutdown::{Phase, ShutdownSignal};
@@ -93,6 +94,7 @@ async fn first_bytes<I: Stream>(io: &mut ConnIo<I>) -> io::Result<Option<(Bytes,
 async fn serve_http1<I: Stream, H: Handler>(mut io: ConnIo<I>, service: Service<H>, crowd: &Crowd, guard: &mut Guard) {
     let mut builder = http1::Builder::new();
     builder.max_headers(PARSER_MAX_HEADERS);
+    let wakes = Wakes::new();
     loop {
         if !io.has_unread() {
             // Parked.
@@ -128,7 +130,7 @@ async fn serve_http1<I: Stream, H: Handler>(mut io: ConnIo<I>, service: Service<
             tokio::select! {
                 biased;
                 served = run => break served,
-                alarm = guard.next(!closing) => {
+                alarm = wakes.on_wake(guard.next(!closing)) => {
                     if !alarm.wind_down(&mut closing) {
                         return;
                     }
@@ -153,6 +155,7 @@ async fn serve_http1<I: Stream, H: Handler>(mut io: ConnIo<I>, service: Service<
 async fn serve_http2<I: Stream, H: Handler>(io: ConnIo<I>, service: Service<H>, guard: &mut Guard) {
     let conn = http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
+    let wakes = Wakes::new();
     let mut closing = false;
     loop {
         tokio::select! {
@@ -163,7 +166,7 @@ async fn serve_http2<I: Stream, H: Handler>(io: ConnIo<I>, service: Service<H>, 
                 }
                 return;
             }
-            alarm = guard.next(!closing) => {
+            alarm = wakes.on_wake(guard.next(!closing)) => {
                 if !alarm.wind_down(&mut closing) {
                     return;
                 }
