@@ -19,47 +19,25 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-import bench as benchlib  # noqa: E402
-from memory import start_origin_and_proxy, stop, wait_ready, write_origin_files  # noqa: E402
+from memory import load_arguments, prepare_load, start_pinned, stop  # noqa: E402
 
 
 def main(argv):
     ap = argparse.ArgumentParser()
-    ap.add_argument("--harness", required=True)
-    ap.add_argument("--binary", required=True)
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--workload", default="small_get", choices=["small_get", "large_get", "small_post"])
+    load_arguments(ap, 18380)
     ap.add_argument("--duration", type=int, default=8)
     ap.add_argument("--top", type=int, default=40)
-    ap.add_argument("--log-level", default="warn")
     ap.add_argument("--out", default=None, help="keep the callgrind output here")
-    ap.add_argument("--origin-port", type=int, default=18380)
-    ap.add_argument("--proxy-port", type=int, default=18390)
-    ap.add_argument("--admin-port", type=int, default=18391)
     a = ap.parse_args(argv)
     for tool in ("valgrind", "callgrind_control", "callgrind_annotate"):
         if not shutil.which(tool):
             sys.exit("instructions.py: %s is not installed (apt-get install valgrind)" % tool)
 
-    pb = benchlib.load_harness(a.harness)
-    benchlib.add_refresh_route(pb, None)
-    tmp = tempfile.mkdtemp(prefix="issettled-instr.")
-    os.chmod(tmp, 0o755)
-    out = a.out or tmp
-    os.makedirs(out, exist_ok=True)
-    token_file = write_origin_files(pb, tmp, a.origin_port)
-    method, path, body = {
-        "small_get": ("GET", pb.P_SMALL, None),
-        "large_get": ("GET", pb.P_LARGE, None),
-        "small_post": ("POST", pb.P_POST, pb.post_request_body()),
-    }[a.workload]
-    script = os.path.join(tmp, "wrk.lua")
-    pb.wrk_script(script, method, body, {"Content-Type": "application/json"} if body else {})
+    tmp, out, token_file, path, script = prepare_load(a, "issettled-instr.")
 
     counts = os.path.join(out, "callgrind.out")
     wrapper = os.path.join(tmp, "under-callgrind")
@@ -71,10 +49,7 @@ def main(argv):
 
     origin = proxy = None
     try:
-        origin, proxy = start_origin_and_proxy(a, tmp, token_file, os.path.join(out, "proxy.log"),
-                                               origin_cpu=0, proxy_cpu=1)
-        wait_ready(a.proxy_port, proxy, 120)
-        url = "http://127.0.0.1:%d%s" % (a.proxy_port, path)
+        origin, proxy, url = start_pinned(a, tmp, token_file, out, path, 120)
         wrk = ["taskset", "-c", "0", "wrk", "-t1", "-c16", "-s", script]
         subprocess.run(wrk + ["-d3s", url], capture_output=True, timeout=120)  # warm-up, not counted
         subprocess.run(["callgrind_control", "-z", str(proxy.pid)], capture_output=True, timeout=60, cwd=tmp)
@@ -109,7 +84,8 @@ def main(argv):
                 shown += 1
                 if shown >= a.top:
                     break
-        print("callgrind output: %s" % dump)
+        if a.out:
+            print("callgrind output: %s" % dump)
     finally:
         stop(proxy)
         stop(origin)

@@ -134,6 +134,52 @@ def write_origin_files(pb, tmp, origin_port):
     return token_file
 
 
+def load_arguments(ap, base_port):
+    """The arguments the profiling tools share: what to run and where; ports base_port, +10, +11."""
+    ap.add_argument("--harness", required=True)
+    ap.add_argument("--binary", required=True)
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--workload", default="small_get", choices=["small_get", "large_get", "small_post"])
+    ap.add_argument("--log-level", default="warn")
+    ap.add_argument("--origin-port", type=int, default=base_port)
+    ap.add_argument("--proxy-port", type=int, default=base_port + 10)
+    ap.add_argument("--admin-port", type=int, default=base_port + 11)
+
+
+def prepare_load(a, prefix):
+    """For the profiling tools: the harness (with the refresh route), a temp dir, the origin's files, and a wrk
+    script for `a.workload`. Returns (tmp, out, token_file, path, script); `out` is `a.out` or the temp dir."""
+    pb = benchlib.load_harness(a.harness)
+    benchlib.add_refresh_route(pb, None)
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(tmp, 0o755)
+    out = a.out or tmp
+    os.makedirs(out, exist_ok=True)
+    token_file = write_origin_files(pb, tmp, a.origin_port)
+    method, path, body = {
+        "small_get": ("GET", pb.P_SMALL, None),
+        "large_get": ("GET", pb.P_LARGE, None),
+        "small_post": ("POST", pb.P_POST, pb.post_request_body()),
+    }[a.workload]
+    script = os.path.join(tmp, "wrk.lua")
+    pb.wrk_script(script, method, body, {"Content-Type": "application/json"} if body else {})
+    return tmp, out, token_file, path, script
+
+
+def start_pinned(a, tmp, token_file, out, path, ready_within):
+    """For the profiling tools: the origin on CPU 0 and the sidecar on CPU 1 (the harness's pin split). Returns
+    (origin, proxy, url of `path` through the sidecar) once the sidecar answers; stops both if it does not."""
+    origin, proxy = start_origin_and_proxy(a, tmp, token_file, os.path.join(out, "proxy.log"),
+                                           origin_cpu=0, proxy_cpu=1)
+    try:
+        wait_ready(a.proxy_port, proxy, ready_within)
+    except BaseException:
+        stop(proxy)
+        stop(origin)
+        raise
+    return origin, proxy, "http://127.0.0.1:%d%s" % (a.proxy_port, path)
+
+
 def start_origin_and_proxy(a, tmp, token_file, log_path, origin_cpu=None, proxy_cpu=None):
     """Start the harness's nginx origin (config under tmp/upstream) and issettled-proxy in front of it, each in its
     own session, optionally pinned to a CPU; wait for the origin. Returns (origin, proxy) Popen objects."""

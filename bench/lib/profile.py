@@ -15,13 +15,11 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-import bench as benchlib  # noqa: E402
-from memory import start_origin_and_proxy, stop, wait_ready, write_origin_files  # noqa: E402
+from memory import load_arguments, prepare_load, start_pinned, stop  # noqa: E402
 
 
 def cpu_ticks(pid):
@@ -33,46 +31,23 @@ def cpu_ticks(pid):
 
 def main(argv):
     ap = argparse.ArgumentParser()
-    ap.add_argument("--harness", required=True)
-    ap.add_argument("--binary", required=True)
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--workload", default="small_get", choices=["small_get", "large_get", "small_post"])
+    load_arguments(ap, 18280)
     ap.add_argument("--duration", type=int, default=10)
-    ap.add_argument("--log-level", default="warn")
     ap.add_argument("--out", default=None, help="keep perf.data and the report here")
     ap.add_argument("--callgraph", action="store_true", help="perf record --call-graph dwarf (large files)")
     ap.add_argument("--syscalls", action="store_true",
                     help="instead of a profile: count the sidecar's syscalls, context switches, wake-ups and CPU "
                          "time (task-clock, and user and system time from /proc, in us) per request (perf stat)")
-    ap.add_argument("--origin-port", type=int, default=18280)
-    ap.add_argument("--proxy-port", type=int, default=18290)
-    ap.add_argument("--admin-port", type=int, default=18291)
     a = ap.parse_args(argv)
     perf = shutil.which("perf")
     if not perf:
         sys.exit("profile.py: perf is not installed (apt-get install linux-perf)")
 
-    pb = benchlib.load_harness(a.harness)
-    benchlib.add_refresh_route(pb, None)
-    tmp = tempfile.mkdtemp(prefix="issettled-prof.")
-    os.chmod(tmp, 0o755)
-    out = a.out or tmp
-    os.makedirs(out, exist_ok=True)
-    token_file = write_origin_files(pb, tmp, a.origin_port)
-    method, path, body = {
-        "small_get": ("GET", pb.P_SMALL, None),
-        "large_get": ("GET", pb.P_LARGE, None),
-        "small_post": ("POST", pb.P_POST, pb.post_request_body()),
-    }[a.workload]
-    script = os.path.join(tmp, "wrk.lua")
-    pb.wrk_script(script, method, body, {"Content-Type": "application/json"} if body else {})
+    tmp, out, token_file, path, script = prepare_load(a, "issettled-prof.")
 
     origin = proxy = None
     try:
-        origin, proxy = start_origin_and_proxy(a, tmp, token_file, os.path.join(out, "proxy.log"),
-                                               origin_cpu=0, proxy_cpu=1)
-        wait_ready(a.proxy_port, proxy, 30)
-        url = "http://127.0.0.1:%d%s" % (a.proxy_port, path)
+        origin, proxy, url = start_pinned(a, tmp, token_file, out, path, 30)
         subprocess.run(["taskset", "-c", "0", "wrk", "-t1", "-c64", "-d2s", "-s", script, url],
                        capture_output=True, timeout=60)
         data = os.path.join(out, "perf.data")
