@@ -9,6 +9,7 @@ pub mod policy;
 pub mod pool;
 pub mod request_id;
 pub mod target;
+pub mod tcp;
 
 use std::{sync::Arc, time::Duration};
 

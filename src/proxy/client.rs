@@ -3,20 +3,17 @@
 //! ([`super::pool`]) and the reqwest client that makes refresh calls. Neither follows redirects or reads proxy
 //! variables.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use hyper_rustls::HttpsConnectorBuilder;
-use hyper_util::client::legacy::connect::HttpConnector;
 use rustls::{pki_types::pem::PemObject, ClientConfig, RootCertStore};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::pool::Pool;
+use super::{pool::Pool, tcp::Connector};
 use crate::config::{ConfigError, UpstreamConfig};
 
 /// Idle pooled upstream connections kept.
 const POOL_MAX_IDLE: usize = 1024;
-/// TCP keep-alive probes on upstream connections, so a dead peer is noticed.
-const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
 fn invalid(key: &str, reason: String) -> ConfigError {
     ConfigError::Invalid {
@@ -87,17 +84,12 @@ pub fn tls_config(cfg: &UpstreamConfig) -> Result<ClientConfig, ConfigError> {
 
 /// The forwarding client: pooled keep-alive connections, HTTP/1.1 or HTTP/2 by ALPN.
 pub fn upstream_pool(cfg: &UpstreamConfig, tls: ClientConfig) -> Pool {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(cfg.connect_timeout));
-    http.set_nodelay(true);
-    http.set_keepalive(Some(TCP_KEEPALIVE));
     let connector = HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(http);
+        .wrap_connector(Connector::new(cfg.connect_timeout));
     Pool::new(connector, &cfg.base_url.scheme, &cfg.base_url.authority, POOL_MAX_IDLE)
 }
 

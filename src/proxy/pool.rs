@@ -27,11 +27,13 @@ use hyper::{
 };
 use hyper_rustls::HttpsConnector;
 use hyper_util::{
-    client::legacy::connect::{Connection as _, HttpConnector},
+    client::legacy::connect::Connection as _,
     rt::{TokioExecutor, TokioTimer},
 };
 use tokio::time::Instant;
 use tower::ServiceExt as _;
+
+use super::tcp::Connector;
 
 /// A pooled HTTP/1.1 connection not used for this long is closed rather than reused.
 const IDLE_LIMIT: Duration = Duration::from_secs(90);
@@ -50,7 +52,7 @@ pub enum SendError {
 /// Connections to the upstream of `base_url`.
 #[derive(Debug)]
 pub struct Pool {
-    connector: HttpsConnector<HttpConnector>,
+    connector: HttpsConnector<Connector>,
     /// `scheme://authority` of the upstream: what is connected to.
     origin: Uri,
     /// The `Host` header HTTP/1.1 requests carry.
@@ -73,7 +75,7 @@ enum Fresh {
 impl Pool {
     /// A pool keeping at most `max_idle` idle HTTP/1.1 connections to `scheme://authority`.
     pub fn new(
-        connector: HttpsConnector<HttpConnector>,
+        connector: HttpsConnector<Connector>,
         scheme: &http::uri::Scheme,
         authority: &Authority,
         max_idle: usize,
