@@ -29,7 +29,7 @@ use tokio::{
     net::TcpStream,
 };
 
-/// A read of at least this many bytes is acknowledged at once.
+/// A burst of at least this many bytes is acknowledged as soon as a read drains the socket.
 pub const BULK_READ: usize = 4096;
 
 /// TCP keep-alive probes on upstream connections, so a dead peer is noticed.
