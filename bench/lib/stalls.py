@@ -106,11 +106,12 @@ def main(argv):
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, start_new_session=True)
             wait_ready(a.proxy_port, proxy, 10)
-        wrk = ["taskset", "-c", "0", "wrk", "-t1", "-c64", "-s", script, url]
-        subprocess.run(wrk[:5] + ["-d2s"] + wrk[5:], capture_output=True, timeout=60)
+        def wrk(seconds):
+            return ["taskset", "-c", "0", "wrk", "-t1", "-c64", "-d%ds" % seconds, "-s", script, url]
+        subprocess.run(wrk(2), capture_output=True, timeout=60)
         print("%s, %s, %d s rounds; late = over %.0f ms" % (a.proxy, a.workload, a.duration, a.late_ms))
         for r in range(a.rounds):
-            load = subprocess.Popen(wrk[:5] + ["-d%ds" % a.duration] + wrk[5:], stdout=subprocess.PIPE, text=True)
+            load = subprocess.Popen(wrk(a.duration), stdout=subprocess.PIPE, text=True)
             sampled = None
             if a.sample:
                 time.sleep(1)

@@ -95,10 +95,10 @@ pub struct UpstreamStream {
     unacked: usize,
 }
 
+#[cfg(test)]
 impl UpstreamStream {
-    /// The socket, for tests and diagnostics.
-    #[must_use]
-    pub fn tcp(&self) -> &TcpStream {
+    /// The socket, for the tests.
+    fn tcp(&self) -> &TcpStream {
         &self.tcp
     }
 }
