@@ -176,7 +176,8 @@ pub async fn run(cfg: Config, listeners: Listeners, signal: impl Future<Output =
     tokio::time::sleep(cfg.shutdown.delay).await;
     // Draining → stopping: close the listeners, let in-flight requests finish within the grace.
     proxy_phase.advance(Phase::Stopping);
-    let drained = tokio::time::timeout(cfg.shutdown.grace, futures_util::future::join_all(proxies)).await;
+    let grace_ends = tokio::time::Instant::now() + cfg.shutdown.grace;
+    let drained = tokio::time::timeout_at(grace_ends, futures_util::future::join_all(proxies)).await;
     let result = match drained {
         Ok(results) => results
             .into_iter()
@@ -190,11 +191,22 @@ pub async fn run(cfg: Config, listeners: Listeners, signal: impl Future<Output =
         }
     };
     admin_phase.advance(Phase::Stopping);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), admin_server).await;
-    let _ = refresher.await;
+    let _ = tokio::time::timeout(LAST_WORDS, admin_server).await;
+    // A refresh call in flight may finish (so a token the upstream has just issued reaches the state file),
+    // but only within the grace: an upstream that hangs must not hold the exit past delay + grace.
+    let refresher_ends = grace_ends.max(tokio::time::Instant::now() + LAST_WORDS);
+    if tokio::time::timeout_at(refresher_ends, refresher).await.is_err() {
+        tracing::warn!(
+            event = "refresh_abandoned",
+            "shutdown.grace passed with a token refresh still in flight; exiting without its answer"
+        );
+    }
     tracing::info!(event = "stopped", "issettled-proxy stopped");
     result
 }
+
+/// How long the admin server and the refresher get to finish once the proxy has drained.
+const LAST_WORDS: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Serve until the phase reaches stopping, then wait for the connections to close.
 async fn serve<A: server::Accept, H: server::Handler>(listener: A, handler: H, limits: Limits, phase: Shutdown) {

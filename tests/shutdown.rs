@@ -282,3 +282,32 @@ async fn binary_sigterm_drains_and_exits_0() {
 async fn binary_quitquitquit_drains_and_exits_0() {
     binary_drains(true).await;
 }
+
+/// A refresh call that hangs (here: one the operator asked for) does not hold the exit past delay + grace.
+#[tokio::test]
+async fn a_hanging_refresh_does_not_hold_the_exit_past_the_grace() {
+    let upstream = Upstream::spawn().await;
+    let mut proxy = ProxyBuilder::new(&upstream.url, &upstream.token())
+        .set("UPSTREAM__REQUEST_TIMEOUT", "30s")
+        .set("SHUTDOWN__GRACE", "1s")
+        .spawn()
+        .await;
+    proxy.startup_refresh_done().await;
+    let calls = upstream.sim.refresh_calls().len();
+    upstream
+        .sim
+        .script_refresh(vec![issettled_proxy::sim::ScriptedResponse::Hang]);
+    let refresh = client().post(proxy.admin_url("/refresh")).send();
+    let refresh = tokio::spawn(refresh);
+    assert!(
+        common::wait_for(|| async { upstream.sim.refresh_calls().len() > calls }).await,
+        "the refresh call did not reach the upstream"
+    );
+
+    let t0 = Instant::now();
+    proxy.trigger_stop();
+    let ended = tokio::time::timeout(Duration::from_secs(5), proxy.join()).await;
+    assert!(matches!(ended, Ok(Ok(()))), "{ended:?}");
+    assert!(t0.elapsed() < Duration::from_secs(3), "exit took {:?}", t0.elapsed());
+    refresh.abort();
+}

@@ -105,8 +105,11 @@ pub struct Refresher<C> {
     failures: u32,
     retry_at: Option<Instant>,
     warnings_logged: usize,
-    /// The first refresh after start is still to come.
-    startup: bool,
+    /// The current token's last refresh time is unknown (a start-up source, a changed token file): what to log
+    /// as the trigger of the refresh that confirms it, due at once.
+    unconfirmed: Option<Trigger>,
+    /// Why the last state-file write failed, if it did (shown as `last_error`).
+    persist_error: Option<String>,
 }
 
 impl<C> std::fmt::Debug for Refresher<C> {
@@ -138,7 +141,8 @@ impl<C: RefreshClient> Refresher<C> {
             failures: 0,
             retry_at: None,
             warnings_logged: 0,
-            startup: false,
+            unconfirmed: None,
+            persist_error: None,
         };
         (me, RefreshHandle { tx })
     }
@@ -156,10 +160,11 @@ impl<C: RefreshClient> Refresher<C> {
             self.cell
                 .update_status(|s| s.last_error = Some("no token loaded".into()));
         }
+        // The file and session checks keep their own pace: refresh requests arriving meanwhile do not put them off.
+        let mut next_poll = Instant::now();
         loop {
-            let wait = self
-                .due_in(&Stamp::now())
-                .map_or(schedule::POLL, |d| d.min(schedule::POLL));
+            let now = Instant::now();
+            let wake = self.due_in(&Stamp::now()).map_or(next_poll, |d| next_poll.min(now + d));
             tokio::select! {
                 biased;
                 () = &mut shutdown => return,
@@ -172,11 +177,14 @@ impl<C: RefreshClient> Refresher<C> {
                     }
                     None => return,
                 },
-                () = tokio::time::sleep(wait) => {
-                    self.poll_file().await;
-                    self.warn_session();
+                () = tokio::time::sleep_until(wake) => {
+                    if Instant::now() >= next_poll {
+                        next_poll = Instant::now() + schedule::POLL;
+                        self.poll_file().await;
+                        self.warn_session();
+                    }
                     if self.due_in(&Stamp::now()) == Some(Duration::ZERO) {
-                        let trigger = if std::mem::take(&mut self.startup) { Trigger::Startup } else { Trigger::Schedule };
+                        let trigger = self.unconfirmed.take().unwrap_or(Trigger::Schedule);
                         self.refresh(Vec::new(), trigger).await;
                     }
                 }
@@ -210,8 +218,11 @@ impl<C: RefreshClient> Refresher<C> {
             return None;
         };
         let newer = w.seen.is_some_and(|g| current.generation > g);
+        // A 401 asks for a refresh only when the token is older than `min_refresh_gap`, and never sooner than
+        // the back-off after a failed refresh: a stream of 401s during an outage is not a stream of refreshes.
         let too_soon = w.trigger == Trigger::Upstream401
-            && current.confirmed.elapsed(&Stamp::now()) < self.settings.min_refresh_gap;
+            && (current.confirmed.elapsed(&Stamp::now()) < self.settings.min_refresh_gap
+                || self.retry_at.is_some_and(|at| at > Instant::now()));
         if newer || too_soon {
             let _ = w.reply.send(Ok(Outcome {
                 current,
@@ -245,7 +256,7 @@ impl<C: RefreshClient> Refresher<C> {
         let latency = started.elapsed();
         let result = match result {
             Ok(Refreshed::New { token, expires_at }) => self.adopt_refreshed(&old, token, expires_at).await,
-            Ok(Refreshed::Kept) => Ok(self.confirm(&old)),
+            Ok(Refreshed::Kept) => Ok(self.confirm(&old).await),
             Err(e) => Err(e),
         };
         let outcome = match &result {
@@ -258,11 +269,12 @@ impl<C: RefreshClient> Refresher<C> {
                     "success"
                 };
                 self.metrics.token_refresh(label);
+                let persist_error = self.persist_error.clone();
                 self.cell.update_status(|s| {
                     s.refreshing = false;
                     s.revoked = false;
                     s.consecutive_failures = 0;
-                    s.last_error = None;
+                    s.last_error = persist_error;
                     s.last_refresh_at = Some(SystemTime::now());
                 });
                 Ok(Outcome {

@@ -52,7 +52,7 @@ impl<C: RefreshClient> Refresher<C> {
         self.cell.store(Some(Arc::new(current)));
         // Its last refresh time is unknown (a Secret, an environment variable): refresh at once.
         self.retry_at = Some(Instant::now());
-        self.startup = true;
+        self.unconfirmed = Some(Trigger::Startup);
         self.publish_schedule();
     }
 
@@ -63,8 +63,10 @@ impl<C: RefreshClient> Refresher<C> {
         token: Token,
         expires_at: Option<SystemTime>,
     ) -> Result<Arc<Current>, RefreshError> {
-        let claims = source::check(&token, SystemTime::now()).map_err(RefreshError::BadToken)?;
+        let now = SystemTime::now();
+        let claims = source::check(&token, now).map_err(RefreshError::BadToken)?;
         self.warn_if_skewed(&token, &claims);
+        let expires_at = stated_expiry(expires_at, now, &token);
         let session_expires_at = claims
             .auth_time
             .map_or(old.session_expires_at, |t| t + self.settings.session_ttl);
@@ -84,24 +86,31 @@ impl<C: RefreshClient> Refresher<C> {
         Ok(current)
     }
 
-    /// The same token, confirmed now.
-    pub(super) fn confirm(&mut self, old: &Current) -> Arc<Current> {
-        let current = Arc::new(Current::new(Adoption {
+    /// The same token, confirmed now (and persisted, so a restart knows it was confirmed). A stated expiry that
+    /// has passed is dropped: the upstream has just accepted the token.
+    pub(super) async fn confirm(&mut self, old: &Current) -> Arc<Current> {
+        let now = Stamp::now();
+        let mut current = Current::new(Adoption {
             token: old.token().clone(),
             generation: old.generation,
             source: old.source,
             claims: old.claims,
-            expires_at: old.expires_at,
-            confirmed: Stamp::now(),
+            expires_at: old.expires_at.filter(|exp| *exp > now.wall),
+            confirmed: now,
             revoke_after: self.settings.revoke_after,
             session_expires_at: old.session_expires_at,
-        }));
+        });
+        current.obtained = old.obtained;
+        self.persist(&current).await;
+        let current = Arc::new(current);
         self.cell.store(Some(current.clone()));
         current
     }
 
-    /// Persist to the state file, durably, before the token goes into the cell.
-    pub(super) async fn persist(&self, current: &Current) {
+    /// Persist to the state file, durably, before the token goes into the cell. A failure is logged and kept
+    /// for `/status` (`last_error`): the token is used anyway, but a restart would fall back to the token file.
+    pub(super) async fn persist(&mut self, current: &Current) {
+        self.persist_error = None;
         let Some(path) = self.settings.state_file.clone() else {
             return;
         };
@@ -113,6 +122,7 @@ impl<C: RefreshClient> Refresher<C> {
         let written = tokio::task::spawn_blocking(move || state_file::write(&path, &state)).await;
         if let Err(e) = written.map_err(std::io::Error::other).and_then(|r| r) {
             tracing::error!(event = "state_file_error", error = %e, "cannot persist the token to token.state_file; a restart would fall back to the token file");
+            self.persist_error = Some(format!("cannot write token.state_file: {e}"));
         }
     }
 
@@ -154,12 +164,16 @@ impl<C: RefreshClient> Refresher<C> {
         let current = Arc::new(current);
         self.cell.store(Some(current.clone()));
         self.failures = 0;
-        self.retry_at = None;
+        // When this token was last refreshed is unknown (it may have waited in a secret store): confirm it now,
+        // as at start, rather than a whole refresh_interval later.
+        self.retry_at = Some(Instant::now());
+        self.unconfirmed = Some(Trigger::File);
         self.warnings_logged = 0;
+        let persist_error = self.persist_error.clone();
         self.cell.update_status(|s| {
             s.revoked = false;
             s.consecutive_failures = 0;
-            s.last_error = None;
+            s.last_error = persist_error;
         });
         self.publish_schedule();
         self.metrics.token_refresh("file");
@@ -221,6 +235,23 @@ impl<C: RefreshClient> Refresher<C> {
             );
         }
     }
+}
+
+/// The expiry a refresh response stated, if it lies in the future. One already past (`"expires_in": 0`, which
+/// some servers send for "no expiry", or a skewed clock) would make a token just issued unusable at once and
+/// due for refresh in a loop; it is ignored, with a warning.
+fn stated_expiry(stated: Option<SystemTime>, now: SystemTime, token: &Token) -> Option<SystemTime> {
+    let exp = stated?;
+    if exp > now {
+        return Some(exp);
+    }
+    tracing::warn!(
+        event = "expiry_ignored",
+        fingerprint = %token.fingerprint(),
+        expires_at = %rfc3339(exp),
+        "the refresh response states an expiry that has already passed; ignoring it"
+    );
+    None
 }
 
 /// The monotonic instant matching a wall-clock time in the past (now minus its age).

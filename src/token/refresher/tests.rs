@@ -16,14 +16,17 @@ use crate::token::{cell::Source, jwt, source::Candidate, Token, TokenState};
 struct Scripted {
     script: Mutex<VecDeque<Result<Refreshed, RefreshError>>>,
     calls: Mutex<Vec<Instant>>,
+    /// The token each call refreshed.
+    tokens: Mutex<Vec<String>>,
     latency: Duration,
     /// `exp` of minted tokens, seconds from now (wall clock).
     exp_in: Option<u64>,
 }
 
 impl RefreshClient for Arc<Scripted> {
-    async fn refresh(&self, _token: &Token) -> Result<Refreshed, RefreshError> {
+    async fn refresh(&self, token: &Token) -> Result<Refreshed, RefreshError> {
         self.calls.lock().unwrap().push(Instant::now());
+        self.tokens.lock().unwrap().push(token.expose().to_owned());
         tokio::time::sleep(self.latency).await;
         let next = self.script.lock().unwrap().pop_front();
         next.unwrap_or_else(|| {
@@ -71,6 +74,17 @@ fn candidate(text: &str) -> Candidate {
         confirmed_at: None,
         session_started_at: None,
     }
+}
+
+fn scripted(script: impl IntoIterator<Item = Result<Refreshed, RefreshError>>) -> Arc<Scripted> {
+    Arc::new(Scripted {
+        script: Mutex::new(script.into_iter().collect()),
+        ..Scripted::default()
+    })
+}
+
+fn calls(client: &Scripted) -> usize {
+    client.calls.lock().unwrap().len()
 }
 
 /// Start a refresher over `client`; returns the cell and handle.
@@ -219,4 +233,110 @@ async fn kept_token_counts_as_refreshed() {
     assert_eq!(after.token().expose(), "initial");
     assert!(after.confirmed.mono > before || client.calls.lock().unwrap().len() == 1);
     assert!(cell.status().last_refresh_at.is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_401_while_a_failed_refresh_backs_off_causes_no_call() {
+    let client = scripted(std::iter::repeat_with(|| Err(RefreshError::Transient("503".into()))).take(10));
+    let mut s = settings();
+    s.min_refresh_gap = Duration::ZERO;
+    let (cell, handle) = start(s, client.clone(), "initial");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(calls(&client), 1, "the start-up refresh failed; the retry is 1 s out");
+    let seen = cell.load().unwrap().generation;
+    for _ in 0..30 {
+        let outcome = handle.refresh_now(Trigger::Upstream401, Some(seen)).await.unwrap();
+        assert!(!outcome.refreshed);
+    }
+    assert_eq!(calls(&client), 1, "30 upstream 401s during the back-off: no extra call");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(calls(&client), 2, "the retry comes on its schedule");
+    // An operator's POST /refresh still goes through.
+    assert!(handle.refresh_now(Trigger::Admin, None).await.is_err());
+    assert_eq!(calls(&client), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stated_expiry_already_past_is_ignored() {
+    let past = || {
+        Ok(Refreshed::New {
+            token: Token::parse("opaque-next").unwrap(),
+            expires_at: Some(SystemTime::now() - Duration::from_secs(1)),
+        })
+    };
+    let client = scripted(std::iter::repeat_with(past).take(5));
+    let (cell, _handle) = start(settings(), client.clone(), "initial");
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(calls(&client), 1, "no refresh loop");
+    let current = cell.load().unwrap();
+    assert_eq!(current.token().expose(), "opaque-next");
+    assert_eq!(current.expires_at, None);
+    assert_eq!(current.check(&Stamp::now()), Ok(()), "the new token is usable");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_kept_token_is_persisted_and_keeps_its_obtained_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let mut s = settings();
+    s.state_file = Some(path.clone());
+    let client = scripted([Ok(Refreshed::Kept)]);
+    let (cell, _handle) = start(s, client.clone(), "initial");
+    let obtained = cell.load().unwrap().obtained;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(calls(&client), 1);
+    let current = cell.load().unwrap();
+    assert_eq!(current.obtained.mono, obtained.mono, "kept, not obtained again");
+    let persisted = crate::token::state_file::read(&path).unwrap().expect("written");
+    assert_eq!(persisted.token.expose(), "initial");
+    let skew = current.confirmed.wall.duration_since(persisted.confirmed_at).unwrap();
+    assert!(skew < Duration::from_millis(1), "stored in ms: {skew:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_state_file_that_cannot_be_written_shows_in_last_error() {
+    let mut s = settings();
+    s.state_file = Some("/proc/issettled-proxy-test/no/such/dir/state".into());
+    let client = Arc::new(Scripted::default());
+    let (cell, _handle) = start(s, client.clone(), "initial");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        cell.load().unwrap().token().expose(),
+        "minted-1",
+        "the refreshed token is used anyway"
+    );
+    let error = cell.status().last_error.clone().expect("the failed write is visible");
+    assert!(error.contains("token.state_file"), "{error}");
+}
+
+/// Real time: the token file is read from disk.
+#[tokio::test]
+async fn the_token_file_is_watched_while_401s_keep_arriving_and_a_new_file_token_is_confirmed_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token");
+    std::fs::write(&path, "initial\n").unwrap();
+    let mut s = settings();
+    s.token_file = Some(path.clone());
+    s.min_refresh_gap = Duration::from_secs(3600);
+    let client = scripted([Ok(Refreshed::Kept), Ok(Refreshed::Kept)]);
+    let (cell, handle) = start(s, client.clone(), "initial");
+    let seen = cell.load().unwrap().generation;
+    let asking = tokio::spawn(async move {
+        loop {
+            let _ = handle.refresh_now(Trigger::Upstream401, Some(seen)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::write(&path, "rotated\n").unwrap();
+    let adopted = tokio::time::timeout(Duration::from_secs(3), async {
+        while client.tokens.lock().unwrap().last().map(String::as_str) != Some("rotated") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    asking.abort();
+    assert!(adopted.is_ok(), "refreshed: {:?}", client.tokens.lock().unwrap());
+    assert_eq!(*client.tokens.lock().unwrap(), ["initial", "rotated"]);
+    assert_eq!(cell.load().unwrap().token().expose(), "rotated");
 }
