@@ -123,12 +123,13 @@ pub fn initial_candidate(cfg: &TokenConfig) -> Option<Candidate> {
     };
     let configured = cfg.file.as_ref().and_then(|path| match source::read_file(path) {
         Ok(Some((token, modified))) => usable(token, "token.file").map(|(token, claims)| Candidate {
-            token,
             source: Source::File,
             claims,
             modified: Some(modified),
             confirmed_at: None,
             session_started_at: None,
+            origin: Some(token.fingerprint()),
+            token,
         }),
         Ok(None) => {
             tracing::warn!(
@@ -154,12 +155,13 @@ pub fn initial_candidate(cfg: &TokenConfig) -> Option<Candidate> {
             return None;
         };
         usable(token, "token.env").map(|(token, claims)| Candidate {
-            token,
             source: Source::Env,
             claims,
             modified: None,
             confirmed_at: None,
             session_started_at: None,
+            origin: Some(token.fingerprint()),
+            token,
         })
     });
     found.extend(configured);
@@ -174,6 +176,7 @@ pub fn initial_candidate(cfg: &TokenConfig) -> Option<Candidate> {
                         modified: Some(p.confirmed_at),
                         confirmed_at: Some(p.confirmed_at),
                         session_started_at: p.session_started_at,
+                        origin: p.origin,
                     });
                 }
             }

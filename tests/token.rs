@@ -411,6 +411,44 @@ async fn a_restart_continues_with_the_persisted_token_not_the_stale_token_file()
         .all(|r| r.token.as_deref() != Some(stale.as_str())));
 }
 
+/// A token supplied after the persisted one's chain began wins at restart, even when the persisted token is
+/// newer by its `iat`: here an administrator issued `replacement` earlier, and the operator hands it over by
+/// environment after the persisted token was revoked.
+#[tokio::test]
+async fn a_restart_with_a_new_configured_token_uses_it_not_the_persisted_one() {
+    let upstream = Upstream::spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let state_file = dir.path().join("token.json");
+    let replacement = upstream.token();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let original = upstream.token();
+    let builder = |token: &str| {
+        ProxyBuilder::new(&upstream.url, token).set("TOKEN__STATE_FILE", &state_file.display().to_string())
+    };
+
+    let proxy = builder(&original).spawn().await;
+    proxy.startup_refresh_done().await;
+    let persisted = upstream.newest_token();
+    proxy.stop().await.unwrap();
+    assert!(std::fs::read_to_string(&state_file).unwrap().contains(&persisted));
+    upstream.sim.revoke(&persisted);
+
+    let calls = upstream.sim.refresh_calls().len();
+    let proxy = builder(&replacement).spawn().await;
+    proxy.wait_ready().await;
+    assert!(
+        wait_for(|| async { upstream.sim.refresh_calls().len() > calls }).await,
+        "no start-up refresh"
+    );
+    assert_eq!(
+        upstream.sim.refresh_calls()[calls].token.as_deref(),
+        Some(replacement.as_str()),
+        "the restarted proxy started from the token it was given"
+    );
+    proxy.startup_refresh_done().await;
+    assert_eq!(proxy.status().await["token"]["state"], "valid");
+}
+
 /// Point 7: a JWT whose `exp` is 60 s away is refreshed by `exp - refresh_before_expiry`, long before the
 /// 10 minute interval. (`refresh_before_expiry` is 55 s here: with the default 2 m, a 60 s token would be due
 /// at once after every refresh.)

@@ -82,6 +82,10 @@ pub struct Current {
     pub revoke_after: Duration,
     /// When the administrator-issued session ends.
     pub session_expires_at: SystemTime,
+    /// Fingerprint of the file or environment token the refreshes started from (this token itself, if it came
+    /// from there); persisted with it, so a restart can tell a token an operator supplied since from the
+    /// original that was already refreshed.
+    pub origin: Option<String>,
 }
 
 /// Why the current token may not be sent.
@@ -116,6 +120,7 @@ pub struct Adoption {
     pub confirmed: Stamp,
     pub revoke_after: Duration,
     pub session_expires_at: SystemTime,
+    pub origin: Option<String>,
 }
 
 // === impl Current ===
@@ -132,6 +137,7 @@ impl Current {
             confirmed,
             revoke_after,
             session_expires_at,
+            origin,
         } = a;
         let now = Stamp::now();
         Self {
@@ -145,6 +151,7 @@ impl Current {
             confirmed,
             revoke_after,
             session_expires_at,
+            origin,
         }
     }
 
@@ -250,6 +257,7 @@ mod tests {
                 ..Claims::default()
             },
             expires_at: None,
+            origin: None,
             confirmed,
             revoke_after: Duration::from_secs(900),
             session_expires_at: SystemTime::now() + Duration::from_secs(3600),

@@ -24,6 +24,9 @@ pub struct Candidate {
     pub confirmed_at: Option<SystemTime>,
     /// The session start, when the state file recorded it.
     pub session_started_at: Option<SystemTime>,
+    /// The fingerprint of the file or environment token this one descends from by refreshes (its own, for
+    /// those two sources; the state file's record, if it has one).
+    pub origin: Option<String>,
 }
 
 /// Check a token handed over from outside (file, environment, refresh): usable now, or why not.
@@ -49,9 +52,25 @@ pub fn read_file(path: &Path) -> Result<Option<(Token, SystemTime)>, String> {
     Ok(Some((token, modified)))
 }
 
-/// Pick the newest usable candidate: by JWT `iat`, else `exp`, else file times; a state-file token beats an
-/// environment token that carries no time.
-pub fn choose(mut candidates: Vec<Candidate>) -> Option<Candidate> {
+/// Pick the token to start with. A state-file token that records its origin wins exactly when the configured
+/// token (file or environment) is that origin: it is the same token, refreshed since. A configured token that
+/// is not its origin was supplied after that chain of refreshes began (a new Secret, a new environment value
+/// after a revocation), and wins. Without a recorded origin: the newest usable candidate, by JWT `iat`, else
+/// `exp`, else file times; a state-file token beats an environment token that carries no time.
+pub fn choose(candidates: Vec<Candidate>) -> Option<Candidate> {
+    let state = candidates.iter().position(|c| c.source == Source::StateFile);
+    let origin = state.and_then(|i| candidates[i].origin.clone());
+    let configured = candidates.iter().position(|c| c.source != Source::StateFile);
+    if let (Some(state), Some(origin), Some(configured)) = (state, origin, configured) {
+        let descends = candidates[configured].token.fingerprint() == origin;
+        let pick = if descends { state } else { configured };
+        return candidates.into_iter().nth(pick);
+    }
+    newest(candidates)
+}
+
+/// The newest usable candidate: by JWT `iat`, else `exp`, else file times.
+fn newest(mut candidates: Vec<Candidate>) -> Option<Candidate> {
     candidates.sort_by_key(|c| {
         (
             c.claims.iat.or(c.claims.exp),
@@ -135,7 +154,35 @@ mod tests {
             modified: Some(at(modified)),
             confirmed_at: None,
             session_started_at: None,
+            origin: None,
         }
+    }
+
+    #[test]
+    fn a_recorded_origin_decides_between_the_state_file_and_the_configured_token() {
+        let configured = |source| Candidate {
+            origin: Some(fingerprint(&format!("{source:?}"))),
+            ..cand(source, Some(10), 1)
+        };
+        let state = |origin: &str| Candidate {
+            origin: Some(fingerprint(origin)),
+            // Older by every clock: the origin decides, not the times.
+            ..cand(Source::StateFile, Some(5), 0)
+        };
+        let pick = |c: Vec<Candidate>| choose(c).unwrap().source;
+        // Refreshed from the token still configured: the refreshed one.
+        assert_eq!(pick(vec![configured(Source::File), state("File")]), Source::StateFile);
+        assert_eq!(pick(vec![configured(Source::Env), state("Env")]), Source::StateFile);
+        // Refreshed from another token: the configured one is newer, whatever the clocks say.
+        assert_eq!(pick(vec![configured(Source::Env), state("an older Env")]), Source::Env);
+        let newer_state = Candidate {
+            claims: Claims::default(),
+            modified: Some(SystemTime::now()),
+            ..state("old")
+        };
+        assert_eq!(pick(vec![configured(Source::File), newer_state]), Source::File);
+        // Only one of them: that one.
+        assert_eq!(pick(vec![state("File")]), Source::StateFile);
     }
 
     #[test]

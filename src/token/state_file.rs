@@ -19,6 +19,8 @@ pub struct Persisted {
     /// When the upstream last confirmed the token (its revoke deadline counts from here).
     pub confirmed_at: SystemTime,
     pub session_started_at: Option<SystemTime>,
+    /// Fingerprint of the file or environment token this one was refreshed from (which token the chain of refreshes started from).
+    pub origin: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -26,6 +28,9 @@ struct Record {
     token: String,
     confirmed_at_ms: u64,
     session_started_at_ms: Option<u64>,
+    /// Absent in files written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    origin: Option<String>,
 }
 
 fn ms(t: SystemTime) -> u64 {
@@ -42,6 +47,7 @@ pub fn write(path: &Path, state: &Persisted) -> std::io::Result<()> {
         token: state.token.expose().to_owned(),
         confirmed_at_ms: ms(state.confirmed_at),
         session_started_at_ms: state.session_started_at.map(ms),
+        origin: state.origin.clone(),
     };
     let json = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
     let dir = path
@@ -75,15 +81,21 @@ pub fn read(path: &Path) -> Result<Option<Persisted>, String> {
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     };
     let modified = std::fs::metadata(path).and_then(|m| m.modified()).unwrap_or(UNIX_EPOCH);
-    let (token, confirmed_at, session_started_at) = match serde_json::from_str::<Record>(&text) {
-        Ok(r) => (r.token, at(r.confirmed_at_ms), r.session_started_at_ms.map(at)),
-        Err(_) => (text, modified, None),
+    let (token, confirmed_at, session_started_at, origin) = match serde_json::from_str::<Record>(&text) {
+        Ok(r) => (
+            r.token,
+            at(r.confirmed_at_ms),
+            r.session_started_at_ms.map(at),
+            r.origin,
+        ),
+        Err(_) => (text, modified, None, None),
     };
     let token = Token::parse(&token).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(Some(Persisted {
         token,
         confirmed_at,
         session_started_at,
+        origin,
     }))
 }
 
@@ -101,6 +113,7 @@ mod tests {
             token: Token::parse("abc.def.ghi").unwrap(),
             confirmed_at: at(1_700_000_000_000),
             session_started_at: Some(at(1_699_990_000_000)),
+            origin: Some("sha256:0123abcd".into()),
         };
         write(&path, &state).unwrap();
         write(&path, &state).unwrap();
@@ -109,6 +122,7 @@ mod tests {
         assert_eq!(back.token, state.token);
         assert_eq!(back.confirmed_at, state.confirmed_at);
         assert_eq!(back.session_started_at, state.session_started_at);
+        assert_eq!(back.origin, state.origin);
         assert!(read(&dir.path().join("none")).unwrap().is_none());
         std::fs::write(&path, "bare-token\n").unwrap();
         assert_eq!(read(&path).unwrap().unwrap().token.expose(), "bare-token");

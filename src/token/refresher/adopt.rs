@@ -41,6 +41,7 @@ impl<C: RefreshClient> Refresher<C> {
             confirmed,
             revoke_after: self.settings.revoke_after,
             session_expires_at: session_start + self.settings.session_ttl,
+            origin: c.origin,
         });
         tracing::info!(
             event = "token_adopted",
@@ -79,6 +80,7 @@ impl<C: RefreshClient> Refresher<C> {
             confirmed: Stamp::now(),
             revoke_after: self.settings.revoke_after,
             session_expires_at,
+            origin: old.origin.clone(),
         });
         self.persist(&current).await;
         let current = Arc::new(current);
@@ -99,6 +101,7 @@ impl<C: RefreshClient> Refresher<C> {
             confirmed: now,
             revoke_after: self.settings.revoke_after,
             session_expires_at: old.session_expires_at,
+            origin: old.origin.clone(),
         });
         current.obtained = old.obtained;
         self.persist(&current).await;
@@ -118,6 +121,7 @@ impl<C: RefreshClient> Refresher<C> {
             token: current.token().clone(),
             confirmed_at: current.confirmed.wall,
             session_started_at: current.session_expires_at.checked_sub(self.settings.session_ttl),
+            origin: current.origin.clone(),
         };
         let written = tokio::task::spawn_blocking(move || state_file::write(&path, &state)).await;
         if let Err(e) = written.map_err(std::io::Error::other).and_then(|r| r) {
@@ -144,7 +148,13 @@ impl<C: RefreshClient> Refresher<C> {
                 return;
             }
         };
-        if old.as_ref().is_some_and(|c| c.token() == &token) {
+        // The same token, or the one the current token was refreshed from (a token file that appears after
+        // start with the original Secret, while the state file's refreshed token is in use): nothing new.
+        let fp = token.fingerprint();
+        if old
+            .as_ref()
+            .is_some_and(|c| c.token() == &token || c.origin.as_deref() == Some(fp.as_str()))
+        {
             return;
         }
         self.warn_if_skewed(&token, &claims);
@@ -159,6 +169,7 @@ impl<C: RefreshClient> Refresher<C> {
             confirmed: now,
             revoke_after: self.settings.revoke_after,
             session_expires_at: session_start + self.settings.session_ttl,
+            origin: Some(fp),
         });
         self.persist(&current).await;
         let current = Arc::new(current);

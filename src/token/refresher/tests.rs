@@ -9,7 +9,7 @@ use std::{
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 
 use super::*;
-use crate::token::{cell::Source, jwt, source::Candidate, Token, TokenState};
+use crate::token::{cell::Source, jwt, secret::fingerprint as token_fingerprint, source::Candidate, Token, TokenState};
 
 /// Answers refresh calls from a script (then mints tokens), after `latency`, recording when each call came.
 #[derive(Default)]
@@ -73,6 +73,7 @@ fn candidate(text: &str) -> Candidate {
         modified: None,
         confirmed_at: None,
         session_started_at: None,
+        origin: Some(token_fingerprint(text)),
     }
 }
 
@@ -339,4 +340,36 @@ async fn the_token_file_is_watched_while_401s_keep_arriving_and_a_new_file_token
     assert!(adopted.is_ok(), "refreshed: {:?}", client.tokens.lock().unwrap());
     assert_eq!(*client.tokens.lock().unwrap(), ["initial", "rotated"]);
     assert_eq!(cell.load().unwrap().token().expose(), "rotated");
+}
+
+/// Real time: the token file is read from disk. The file is absent at start (a secrets agent that writes it
+/// later); the state file's token, refreshed from "original", is in use.
+#[tokio::test]
+async fn a_late_token_file_holding_the_original_does_not_replace_its_refreshed_successor() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token");
+    let mut s = settings();
+    s.token_file = Some(path.clone());
+    let client = scripted([Ok(Refreshed::Kept), Ok(Refreshed::Kept)]);
+    let cell = TokenCell::new();
+    let (mut refresher, _handle) = Refresher::new(s, cell.clone(), client.clone(), Arc::new(Metrics::new()));
+    refresher.adopt_initial(Candidate {
+        source: Source::StateFile,
+        origin: Some(token_fingerprint("original")),
+        ..candidate("refreshed")
+    });
+    tokio::spawn(refresher.run(std::future::pending()));
+
+    std::fs::write(&path, "original\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(cell.load().unwrap().token().expose(), "refreshed");
+
+    std::fs::write(&path, "issued-later\n").unwrap();
+    let adopted = tokio::time::timeout(Duration::from_secs(3), async {
+        while cell.load().unwrap().token().expose() != "issued-later" {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(adopted.is_ok(), "a different token in the file is adopted");
 }
