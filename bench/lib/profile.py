@@ -56,7 +56,7 @@ def main(argv):
             events = ["raw_syscalls:sys_enter", "syscalls:sys_enter_epoll_wait", "syscalls:sys_enter_recvfrom",
                       "syscalls:sys_enter_read", "syscalls:sys_enter_write", "syscalls:sys_enter_writev",
                       "syscalls:sys_enter_sendto", "syscalls:sys_enter_futex", "context-switches",
-                      "sched:sched_wakeup", "task-clock"]
+                      "sched:sched_wakeup", "page-faults", "task-clock"]
             rec = [perf, "stat", "-x", ",", "-o", os.path.join(out, "perf-stat.csv"), "-p", str(proxy.pid),
                    "-e", ",".join(events)]
         if a.callgraph:
