@@ -3,7 +3,8 @@
 //! from an idle keep-alive connection.
 //!
 //! The hot path only stores relaxed atomic flags (no clock reads); the watchdog counts its own ticks, so both
-//! timeouts are accurate to one watchdog period.
+//! timeouts are accurate to one watchdog period, and never early: a connection is cut after at least the
+//! configured time, at most one period more.
 
 use std::{
     sync::{
@@ -133,7 +134,10 @@ impl Watchdog {
         Self {
             head_ticks: 0,
             idle_ticks: 0,
-            head_limit: ticks(header_timeout),
+            // A head can start anywhere in the period before the first tick that counts it: one tick more, so
+            // a head that started just before a tick still gets the whole header_read_timeout. (Idle ticks
+            // count only after a quiet period, which already has that margin.)
+            head_limit: ticks(header_timeout).saturating_add(1),
             idle_limit: ticks(idle_timeout),
         }
     }
@@ -172,8 +176,11 @@ mod tests {
         // Period 1 s: header timeout 3 ticks, idle timeout 6 ticks.
         let mut w = Watchdog::new(Duration::from_secs(1), Duration::from_secs(3), Duration::from_secs(6));
         let verdicts = |w: &mut Watchdog, n: usize| (0..n).map(|_| w.tick(&a)).collect::<Vec<_>>();
-        // A new connection that sends nothing owes its first head.
-        assert_eq!(verdicts(&mut w, 3).last(), Some(&Verdict::HeaderTimeout));
+        // A new connection that sends nothing owes its first head: cut at the fourth tick, since the head may
+        // have begun just before the first one (never before the full 3 s).
+        let v = verdicts(&mut w, 4);
+        assert_eq!(&v[..3], &[Verdict::Keep; 3]);
+        assert_eq!(v[3], Verdict::HeaderTimeout);
 
         let mut w = Watchdog::new(Duration::from_secs(1), Duration::from_secs(3), Duration::from_secs(6));
         {
@@ -188,12 +195,14 @@ mod tests {
         let v = verdicts(&mut w, 7);
         assert_eq!(&v[..6], &[Verdict::Keep; 6]);
         assert_eq!(v[6], Verdict::Idle);
-        // Bytes of a new head arrive and stop: header timeout, even though bytes moved.
+        // Bytes of a new head arrive (just before a tick) and stop: a header timeout even though bytes moved,
+        // but only after the full 3 s.
         let mut w = Watchdog::new(Duration::from_secs(1), Duration::from_secs(3), Duration::from_secs(6));
         a.read();
         assert_eq!(w.tick(&a), Verdict::Keep);
         a.read();
         assert_eq!(w.tick(&a), Verdict::Keep);
+        assert_eq!(w.tick(&a), Verdict::Keep, "2-3 s since the head began");
         assert_eq!(w.tick(&a), Verdict::HeaderTimeout);
     }
 
