@@ -137,6 +137,77 @@ async fn check_config_never_prints_the_token() {
     );
 }
 
+/// A token written where a variable *name* belongs (`token.env`), or in a variable that names a whole section
+/// (`ISSETTLED_PROXY__TOKEN`), is refused with exit 2 naming the key, and its value is printed nowhere.
+#[tokio::test]
+async fn check_config_refuses_a_token_in_place_of_a_name_without_printing_it() {
+    let sim = Sim::new(SimConfig::default());
+    let token = sim.mint_admin_token();
+    let in_file = format!(
+        "[upstream]\nbase_url = \"http://127.0.0.1:9\"\n[token]\nenv = {}\n",
+        quote(&token)
+    );
+    let token = token.as_str();
+    let cases = [
+        (in_file, vec![], "token.env"),
+        (minimal(""), vec![("ISSETTLED_PROXY__TOKEN__ENV", token)], "token.env"),
+        (
+            minimal(""),
+            vec![(
+                "ISSETTLED_PROXY__TOKEN__ENV",
+                "opaque_token_with_only_word_characters_and_far_too_long_for_a_name",
+            )],
+            "token.env",
+        ),
+        (
+            minimal(""),
+            vec![("ISSETTLED_PROXY__TOKEN", token)],
+            "ISSETTLED_PROXY__TOKEN",
+        ),
+        (
+            minimal(""),
+            vec![("ISSETTLED_PROXY__LISTEN", token)],
+            "ISSETTLED_PROXY__LISTEN",
+        ),
+    ];
+    for (text, env, key) in cases {
+        let (code, stdout, stderr) = check_config(&text, &env).await;
+        assert_eq!(code, Some(2), "{env:?}: {stderr}");
+        assert!(stderr.contains(key), "{env:?}: {key} not named in {stderr}");
+        for (_, value) in &env {
+            assert!(
+                !stdout.contains(value) && !stderr.contains(value),
+                "the value was printed: {stderr}"
+            );
+        }
+        assert!(
+            !stdout.contains(token) && !stderr.contains(token),
+            "the token was printed: {stderr}"
+        );
+    }
+}
+
+/// An environment token that is refused is logged with the reason, never with its value.
+#[tokio::test]
+async fn a_refused_env_token_is_logged_with_its_reason() {
+    let upstream = common::Upstream::spawn().await;
+    let cfg = BinConfig::new(&upstream.url)
+        .set("token", "file", "\"\"")
+        .set("token", "env", "\"MY_ISSETTLED_TOKEN\"")
+        .env("MY_ISSETTLED_TOKEN", "secret with spaces");
+    let mut running = cfg.start();
+    running.wait_ready(&cfg.admin_url("/healthz")).await;
+    running.term();
+    assert_eq!(running.wait(Duration::from_secs(10)).await.code(), Some(0));
+    let logs = running.stdout();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("MY_ISSETTLED_TOKEN"))
+        .unwrap_or_else(|| panic!("token.env not logged:\n{logs}"));
+    assert!(line.contains("characters not allowed in a header value"), "{line}");
+    assert!(!logs.contains("secret with spaces"), "{logs}");
+}
+
 #[tokio::test]
 async fn an_address_in_use_exits_1() {
     let upstream = common::Upstream::spawn().await;

@@ -7,8 +7,8 @@ use std::{collections::HashMap, net::SocketAddr, path::PathBuf, str::FromStr, ti
 use http::{Method, Uri};
 
 use super::{
-    BaseUrl, Config, ConfigError, EnvToken, FileConfig, InboundAuthorization, ListenConfig, LogConfig, LogFormat,
-    PolicyConfig, ShutdownConfig, TokenConfig, UpstreamConfig,
+    BaseUrl, Config, ConfigError, EnvToken, EnvTokenError, FileConfig, InboundAuthorization, ListenConfig, LogConfig,
+    LogFormat, PolicyConfig, ShutdownConfig, TokenConfig, UpstreamConfig,
 };
 use crate::token::Token;
 
@@ -148,6 +148,17 @@ fn upstream(f: &super::file::Upstream) -> Result<UpstreamConfig, ConfigError> {
     })
 }
 
+/// The longest `token.env` accepted. Variable names are short; a long word is more likely a token pasted in.
+const MAX_ENV_NAME: usize = 64;
+
+/// Whether `name` is an environment variable name: `[A-Za-z_][A-Za-z0-9_]*`, at most [`MAX_ENV_NAME`] long.
+fn is_env_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    name.len() <= MAX_ENV_NAME
+        && bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
 fn token(f: &super::file::Token, env: &HashMap<String, String>) -> Result<TokenConfig, ConfigError> {
     let file = optional_path(&f.file);
     let env_name = f.env.trim();
@@ -157,9 +168,22 @@ fn token(f: &super::file::Token, env: &HashMap<String, String>) -> Result<TokenC
             "set token.file or token.env (or both: file wins)",
         ));
     }
+    if !env_name.is_empty() && !is_env_name(env_name) {
+        // The value is not repeated: an operator who put the token itself here must not see it printed.
+        return Err(invalid(
+            "token.env",
+            format!(
+                "must be the name of an environment variable ([A-Za-z_][A-Za-z0-9_]*, at most {MAX_ENV_NAME} \
+                 characters), not the token itself (value not shown)"
+            ),
+        ));
+    }
     let env_token = (!env_name.is_empty()).then(|| EnvToken {
         name: env_name.to_owned(),
-        value: env.get(env_name).and_then(|v| Token::parse(v).ok()),
+        value: match env.get(env_name) {
+            Some(v) => Token::parse(v).map_err(EnvTokenError::Refused),
+            None => Err(EnvTokenError::NotSet),
+        },
     });
     let refresh_path = f.refresh_path.trim().to_owned();
     if !refresh_path.starts_with('/') {
