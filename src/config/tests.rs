@@ -210,3 +210,54 @@ fn an_unusable_env_token_keeps_its_reason_and_check_config_shows_it() {
     );
     assert!(!out.contains(expired), "{out}");
 }
+
+#[test]
+fn allowed_hosts_with_a_port_are_refused() {
+    for ok in ["localhost", "127.0.0.1", "::1", "[::1]", "api.example"] {
+        let e = env(&[("ISSETTLED_PROXY__LISTEN__ALLOWED_HOSTS", ok)]);
+        assert!(load(Source::Toml(MINIMAL), &e).is_ok(), "{ok}");
+    }
+    for bad in ["localhost:8080", "127.0.0.1:8080", "[::1]:8080", "[::1"] {
+        let e = env(&[("ISSETTLED_PROXY__LISTEN__ALLOWED_HOSTS", bad)]);
+        let err = load(Source::Toml(MINIMAL), &e).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Invalid { key, .. } if key == "listen.allowed_hosts"),
+            "{bad}: {err}"
+        );
+        if bad.ends_with(":8080") {
+            assert!(err.to_string().contains("port"), "{err}");
+        }
+    }
+}
+
+#[test]
+fn the_admin_address_must_differ_from_the_proxy_address() {
+    let conflicts = [
+        ("127.0.0.1:8080", "127.0.0.1:8080"),
+        ("0.0.0.0:9000", "127.0.0.1:9000"),
+        ("[::1]:9000", "[::]:9000"),
+    ];
+    for (address, admin) in conflicts {
+        let e = env(&[
+            ("ISSETTLED_PROXY__LISTEN__ADDRESS", address),
+            ("ISSETTLED_PROXY__LISTEN__ADMIN_ADDRESS", admin),
+        ]);
+        assert_eq!(
+            err_key(load(Source::Toml(MINIMAL), &e)),
+            "listen.admin_address",
+            "{address} {admin}"
+        );
+    }
+    let fine = [
+        ("127.0.0.1:8080", "127.0.0.1:8081"),
+        ("127.0.0.1:9000", "10.0.0.1:9000"),
+        ("127.0.0.1:0", "127.0.0.1:0"),
+    ];
+    for (address, admin) in fine {
+        let e = env(&[
+            ("ISSETTLED_PROXY__LISTEN__ADDRESS", address),
+            ("ISSETTLED_PROXY__LISTEN__ADMIN_ADDRESS", admin),
+        ]);
+        assert!(load(Source::Toml(MINIMAL), &e).is_ok(), "{address} {admin}");
+    }
+}

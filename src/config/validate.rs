@@ -106,19 +106,52 @@ pub(crate) fn base_url(text: &str) -> Result<BaseUrl, ConfigError> {
     })
 }
 
+/// An `allowed_hosts` entry as requests are matched against it: lower-cased, IPv6 without brackets. A port is
+/// refused, since the port of a request's `Host` is ignored and an entry with one could never match.
+fn allowed_host(entry: &str) -> Result<String, ConfigError> {
+    const KEY: &str = "listen.allowed_hosts";
+    let host = match entry.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((ip, "")) => ip,
+            Some(_) => return Err(invalid(KEY, format!("`{entry}`: drop the port (ports are ignored)"))),
+            None => return Err(invalid(KEY, format!("`{entry}` lacks its closing `]`"))),
+        },
+        // One colon is host:port; more is a bare IPv6 address.
+        None if entry.matches(':').count() == 1 => {
+            return Err(invalid(KEY, format!("`{entry}`: drop the port (ports are ignored)")))
+        }
+        None => entry,
+    };
+    Ok(host.to_ascii_lowercase())
+}
+
+/// Whether binding `a` and then `b` would collide: the same port (not 0, which picks a free one) on the same
+/// address, or with either on the unspecified address, which takes the port on every address.
+fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && a.port() != 0 && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
 fn listen(f: &super::file::Listen) -> Result<ListenConfig, ConfigError> {
     if f.max_connections == 0 {
         return Err(invalid("listen.max_connections", "must be at least 1"));
     }
     let allowed_hosts = non_empty(&f.allowed_hosts)
-        .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase())
-        .collect();
+        .map(allowed_host)
+        .collect::<Result<_, _>>()?;
     let allowed_origins = non_empty(&f.allowed_origins)
         .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
         .collect();
+    let address = socket_addr("listen.address", &f.address)?;
+    let admin_address = socket_addr("listen.admin_address", &f.admin_address)?;
+    if same_socket(address, admin_address) {
+        return Err(invalid(
+            "listen.admin_address",
+            format!("`{admin_address}` takes the port of listen.address `{address}`: give the admin port its own"),
+        ));
+    }
     Ok(ListenConfig {
-        address: socket_addr("listen.address", &f.address)?,
-        admin_address: socket_addr("listen.admin_address", &f.admin_address)?,
+        address,
+        admin_address,
         max_connections: usize::try_from(f.max_connections).unwrap_or(usize::MAX),
         header_read_timeout: positive("listen.header_read_timeout", &f.header_read_timeout)?,
         idle_timeout: positive("listen.idle_timeout", &f.idle_timeout)?,
