@@ -398,6 +398,32 @@ async fn wait_exits_1_at_its_timeout() {
     assert!(took < Duration::from_secs(5), "overran its time-out: {took:?}");
 }
 
+/// `wait --admin` without a scheme (or with another one) is a usage error: exit 2 at once, naming `--admin`,
+/// instead of polling a URL that can never answer until the time-out.
+#[tokio::test]
+async fn wait_with_a_bad_admin_url_exits_2_at_once() {
+    for admin in [
+        "127.0.0.1:8081",
+        "localhost:8081",
+        "https://",
+        "ftp://127.0.0.1:8081",
+        "http://",
+    ] {
+        let started = Instant::now();
+        let mut cmd = command();
+        cmd.args(["wait", "--admin", admin, "--timeout", "30s"]);
+        let out = output(cmd, Duration::from_secs(10)).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{admin}: {stderr}");
+        assert!(stderr.contains("--admin"), "{admin}: {stderr}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{admin}: {:?}",
+            started.elapsed()
+        );
+    }
+}
+
 /// `demo` on its fixed ports, if they are free: the printed curl line works, SIGTERM stops it with 0.
 #[tokio::test]
 async fn demo_serves_and_stops() {
