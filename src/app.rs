@@ -139,29 +139,21 @@ pub async fn run(cfg: Config, listeners: Listeners, signal: impl Future<Output =
     let proxy_handler = proxy::handler(proxy_state);
     // One listen.max_connections for the proxy's TCP port and Unix socket together; the admin port has its own,
     // so probes are answered when the proxy port is full.
-    let proxy_crowd = Crowd::new(limits.max_connections);
+    let proxy_crowd = Crowd::new(limits.max_connections, proxy_phase.signal());
     let mut proxies = vec![tokio::spawn(serve(
         listeners.proxy,
         proxy_handler.clone(),
         limits,
         proxy_crowd.clone(),
-        proxy_phase.clone(),
     ))];
     if let Some(unix) = listeners.unix {
-        proxies.push(tokio::spawn(serve(
-            unix,
-            proxy_handler,
-            limits,
-            proxy_crowd,
-            proxy_phase.clone(),
-        )));
+        proxies.push(tokio::spawn(serve(unix, proxy_handler, limits, proxy_crowd)));
     }
     let admin_server = tokio::spawn(serve(
         listeners.admin,
         admin::router(admin_state),
         limits,
-        Crowd::new(limits.max_connections),
-        admin_phase.clone(),
+        Crowd::new(limits.max_connections, admin_phase.signal()),
     ));
     tracing::info!(
         event = "started",
@@ -207,14 +199,8 @@ pub async fn run(cfg: Config, listeners: Listeners, signal: impl Future<Output =
     result
 }
 
-/// Serve until the phase reaches stopping, then wait for the connections to close.
-async fn serve<A: server::Accept, H: server::Handler>(
-    listener: A,
-    handler: H,
-    limits: Limits,
-    crowd: Crowd,
-    phase: Shutdown,
-) {
-    let drain = server::serve(listener, handler, limits, crowd, phase.signal()).await;
+/// Serve until the crowd's phase reaches stopping, then wait for the connections to close.
+async fn serve<A: server::Accept, H: server::Handler>(listener: A, handler: H, limits: Limits, crowd: Crowd) {
+    let drain = server::serve(listener, handler, limits, crowd).await;
     drain.await;
 }

@@ -8,6 +8,7 @@
 mod activity;
 mod conn_io;
 mod connection;
+mod in_flight;
 mod on_wake;
 
 use std::{
@@ -25,6 +26,7 @@ use tokio::{
 };
 
 use crate::shutdown::{Phase, ShutdownSignal};
+use in_flight::InFlight;
 
 /// An accepted connection: bytes both ways, and a readiness check for while it is parked.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static {
@@ -84,8 +86,9 @@ pub struct Limits {
 /// `max_connections / PARK_SHARE` connections are open: 312 at the default 10,000.
 const PARK_SHARE: usize = 32;
 
-/// The connection limit (`listen.max_connections`) shared by the listeners served with it, and how many
-/// connections they have open. The proxy's TCP port and Unix socket share one; the admin port has its own.
+/// The listeners served together (the proxy's TCP port and Unix socket; the admin port alone): their
+/// connection limit (`listen.max_connections`) and how many connections they have open, the requests in flight
+/// on them, and their shutdown.
 ///
 /// The count also drives the parking rule ([`connection`]). Parking saves about 16 KiB per idle connection,
 /// which matters with thousands of them; it costs every request a teardown and rebuild of hyper's connection
@@ -96,15 +99,17 @@ const PARK_SHARE: usize = 32;
 pub struct Crowd {
     slots: Arc<Semaphore>,
     max: usize,
+    requests: InFlight,
 }
 
 impl Crowd {
-    /// A limit of `max_connections` (at least 1) for the listeners that will share it.
-    pub fn new(max_connections: usize) -> Self {
+    /// A limit of `max_connections` (at least 1) for the listeners that will share it, which stop on `stop`.
+    pub fn new(max_connections: usize, stop: ShutdownSignal) -> Self {
         let max = max_connections.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
         Self {
             slots: Arc::new(Semaphore::new(max)),
             max,
+            requests: InFlight::new(stop),
         }
     }
 
@@ -152,9 +157,10 @@ impl<T> Handler for T where
 {
 }
 
-/// Serve `handler` on `listener` within `crowd`'s connection limit until `stop` reaches [`Phase::Stopping`]; then
-/// stop accepting and return a future that resolves when every connection open in `crowd` has closed (the caller
-/// bounds it by `shutdown.grace`).
+/// Serve `handler` on `listener` within `crowd`'s connection limit until its shutdown signal reaches
+/// [`Phase::Stopping`]; then stop accepting and return a future that resolves when every connection open in
+/// `crowd` has closed (the caller bounds it by `shutdown.grace`): a connection busy then finishes its request, an
+/// idle one stays open while any request of `crowd` is in flight and closes when none is (see [`connection`]).
 ///
 /// A connection is accepted first and then waits for a free slot, unserved: a slot taken before accepting would
 /// sit idle in one listener's accept while another listener sharing the limit has a connection waiting. So
@@ -164,9 +170,9 @@ pub async fn serve<A: Accept, H: Handler>(
     handler: H,
     limits: Limits,
     crowd: Crowd,
-    stop: ShutdownSignal,
 ) -> impl Future<Output = ()> {
     let slots = crowd.slots.clone();
+    let stop = crowd.requests.signal().clone();
     let stopping = stop.reached(Phase::Stopping);
     tokio::pin!(stopping);
     loop {
@@ -189,7 +195,7 @@ pub async fn serve<A: Accept, H: Handler>(
             () = &mut stopping => break,
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
         };
-        let connection = connection::serve(io, handler.clone(), limits, crowd.clone(), stop.clone());
+        let connection = connection::serve(io, handler.clone(), limits, crowd.clone());
         tokio::spawn(async move {
             connection.await;
             drop(permit);
@@ -217,7 +223,7 @@ mod tests {
 
     #[test]
     fn the_crowd_counts_open_connections() {
-        let crowd = Crowd::new(32);
+        let crowd = Crowd::new(32, crate::shutdown::Shutdown::new().signal());
         assert!(!crowd.parks());
         let _one = crowd.slots.clone().try_acquire_owned().unwrap();
         assert!(!crowd.parks());
