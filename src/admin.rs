@@ -1,13 +1,15 @@
 //! The admin port: liveness, readiness, status, metrics, an on-demand refresh and the opt-in quit endpoint.
 //! Readiness depends only on holding a usable token and not shutting down, never on reaching the upstream.
+//! POSTs a browser sends for a web page (they carry `Origin`) are refused: see [`browser_post`].
 
 mod status;
 
 use std::{sync::Arc, time::SystemTime};
 
 use axum::{
-    extract::State,
-    http::{header, HeaderValue, StatusCode},
+    extract::{Request, State},
+    http::{header, HeaderMap, HeaderValue, Method, StatusCode},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
     Json, Router,
@@ -49,6 +51,26 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+        .layer(middleware::from_fn(refuse_browser_posts))
+}
+
+/// Whether a request is one a web page made a browser send: a state-changing method with an `Origin` header.
+/// A page can POST to `127.0.0.1:8081` without CORS (a "simple" request; it cannot read the answer, but the
+/// refresh or shutdown would happen). Browsers always send `Origin` on a cross-origin POST; curl, kubectl and
+/// probes do not. `listen.allowed_hosts` is not applied here: kubelet probes use the pod IP as `Host`.
+pub fn browser_post(method: &Method, headers: &HeaderMap) -> bool {
+    !method.is_safe() && headers.contains_key(header::ORIGIN)
+}
+
+async fn refuse_browser_posts(request: Request, next: Next) -> Response {
+    if browser_post(request.method(), request.headers()) {
+        let ctx = ErrorContext {
+            endpoint_url: Some(request.uri().path()),
+            ..ErrorContext::default()
+        };
+        return ProxyError::AdminCrossOrigin.to_response(&ctx);
+    }
+    next.run(request).await
 }
 
 /// Whether the proxy is ready, and if not, why, given a snapshot of the token.
@@ -143,4 +165,19 @@ async fn method_not_allowed() -> Response {
 
 async fn not_found() -> Response {
     ProxyError::NotFound.to_response(&ErrorContext::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_state_changing_requests_with_an_origin_are_browser_posts() {
+        let mut with_origin = HeaderMap::new();
+        with_origin.insert(header::ORIGIN, HeaderValue::from_static("null"));
+        assert!(browser_post(&Method::POST, &with_origin));
+        assert!(browser_post(&Method::DELETE, &with_origin));
+        assert!(!browser_post(&Method::GET, &with_origin));
+        assert!(!browser_post(&Method::POST, &HeaderMap::new()));
+    }
 }

@@ -10,7 +10,7 @@ use crate::{
     config::{Config, ConfigError},
     metrics::Metrics,
     proxy::{self, client, target::Target, ProxyState, Rules},
-    server::{self, Limits},
+    server::{self, Crowd, Limits},
     shutdown::{self, Phase, Shutdown},
     token::{self, refresh::HttpRefreshClient, Refresher, TokenCell},
 };
@@ -137,20 +137,23 @@ pub async fn run(cfg: Config, listeners: Listeners, signal: impl Future<Output =
     let refresher_stop = admin_phase.signal();
     let refresher = tokio::spawn(refresher.run(async move { refresher_stop.reached(Phase::Stopping).await }));
     let proxy_handler = proxy::handler(proxy_state);
+    // One listen.max_connections for the proxy's TCP port and Unix socket together; the admin port has its own,
+    // so probes are answered when the proxy port is full.
+    let proxy_crowd = Crowd::new(limits.max_connections, proxy_phase.signal());
     let mut proxies = vec![tokio::spawn(serve(
         listeners.proxy,
         proxy_handler.clone(),
         limits,
-        proxy_phase.clone(),
+        proxy_crowd.clone(),
     ))];
     if let Some(unix) = listeners.unix {
-        proxies.push(tokio::spawn(serve(unix, proxy_handler, limits, proxy_phase.clone())));
+        proxies.push(tokio::spawn(serve(unix, proxy_handler, limits, proxy_crowd)));
     }
     let admin_server = tokio::spawn(serve(
         listeners.admin,
         admin::router(admin_state),
         limits,
-        admin_phase.clone(),
+        Crowd::new(limits.max_connections, admin_phase.signal()),
     ));
     tracing::info!(
         event = "started",
@@ -208,8 +211,8 @@ pub async fn run(cfg: Config, listeners: Listeners, signal: impl Future<Output =
 /// How long the admin server and the refresher get to finish once the proxy has drained.
 const LAST_WORDS: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Serve until the phase reaches stopping, then wait for the connections to close.
-async fn serve<A: server::Accept, H: server::Handler>(listener: A, handler: H, limits: Limits, phase: Shutdown) {
-    let drain = server::serve(listener, handler, limits, phase.signal()).await;
+/// Serve until the crowd's phase reaches stopping, then wait for the connections to close.
+async fn serve<A: server::Accept, H: server::Handler>(listener: A, handler: H, limits: Limits, crowd: Crowd) {
+    let drain = server::serve(listener, handler, limits, crowd).await;
     drain.await;
 }

@@ -34,9 +34,9 @@ pub enum Command {
     },
     /// Exit 0 as soon as the sidecar is ready, 1 at the time-out.
     Wait {
-        /// The sidecar's admin address.
-        #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8081")]
-        admin: String,
+        /// The sidecar's admin address (an http:// URL).
+        #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8081", value_parser = crate::wait::admin_url)]
+        admin: reqwest::Url,
         /// How long to wait.
         #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
         timeout: Duration,

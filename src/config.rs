@@ -3,6 +3,7 @@
 //!
 //! Loading takes the environment as a map, so tests build configurations without touching the process env.
 
+mod env;
 mod file;
 mod redact;
 mod validate;
@@ -14,7 +15,7 @@ use http::{uri::Authority, uri::Scheme, Method};
 pub use file::FileConfig;
 pub use redact::render_effective;
 
-use crate::token::Token;
+use crate::token::{Token, TokenError};
 
 /// Prefix of the environment variables that override file values.
 pub const ENV_PREFIX: &str = "ISSETTLED_PROXY";
@@ -78,10 +79,20 @@ pub struct UpstreamConfig {
 /// Where the initial token comes from.
 #[derive(Debug, Clone)]
 pub struct EnvToken {
-    /// Name of the variable.
+    /// Name of the variable (checked to be a variable name, so it is safe to print).
     pub name: String,
-    /// Its value when the configuration was loaded (the environment of a process does not change).
-    pub value: Option<Token>,
+    /// Its value when the configuration was loaded (the environment of a process does not change), or why there
+    /// is none to use.
+    pub value: Result<Token, EnvTokenError>,
+}
+
+/// Why `token.env` gives no token. Never carries the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvTokenError {
+    #[error("not set")]
+    NotSet,
+    #[error("refused: {0}")]
+    Refused(#[from] TokenError),
 }
 
 /// `[token]`, validated.
@@ -164,11 +175,7 @@ pub enum Source<'a> {
 /// Load, merge the environment overrides, and validate.
 pub fn load(source: Source<'_>, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
     use config::{Environment, File, FileFormat};
-    let overrides: HashMap<String, String> = env
-        .iter()
-        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let overrides = env::overrides(env)?;
     let environment = Environment::with_prefix(ENV_PREFIX)
         .prefix_separator("__")
         .separator("__")

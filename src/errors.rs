@@ -29,6 +29,9 @@ pub enum ProxyError {
     /// `Origin` not in `listen.allowed_origins`.
     #[error("the Origin header is not one of listen.allowed_origins")]
     OriginNotAllowed,
+    /// A state-changing request on the admin port that a browser sent for a web page (it carries `Origin`).
+    #[error("the admin port refuses POST requests that carry an Origin header (sent by browsers)")]
+    AdminCrossOrigin,
     /// Request header block over the limits.
     #[error("request headers exceed the limits ({0})")]
     HeadersTooLarge(&'static str),
@@ -66,7 +69,7 @@ impl ProxyError {
             BadRequest(_) => (StatusCode::BAD_REQUEST, "BAD_REQUEST"),
             EndpointNotPermitted => (StatusCode::FORBIDDEN, "ENDPOINT_NOT_PERMITTED"),
             HostNotAllowed => (StatusCode::FORBIDDEN, "HOST_NOT_ALLOWED"),
-            OriginNotAllowed => (StatusCode::FORBIDDEN, "ORIGIN_NOT_ALLOWED"),
+            OriginNotAllowed | AdminCrossOrigin => (StatusCode::FORBIDDEN, "ORIGIN_NOT_ALLOWED"),
             HeadersTooLarge(_) => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "HEADERS_TOO_LARGE"),
             MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
             PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),

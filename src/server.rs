@@ -1,5 +1,5 @@
 //! Serves a router on a listener the caller bound: the accept loop and the connection limit. Used for the proxy
-//! port (TCP and Unix) and the admin port. Each connection's life (parking idle keep-alive connections, the
+//! port (TCP and Unix, sharing one limit) and the admin port (its own). Each connection's life (parking idle keep-alive connections, the
 //! header-read and idle timers, graceful shutdown) is in [`connection`].
 //!
 //! `axum::serve` sets no header-read timer, and hyper's own timer also closes idle keep-alive connections after
@@ -8,6 +8,7 @@
 mod activity;
 mod conn_io;
 mod connection;
+mod in_flight;
 mod on_wake;
 
 use std::{
@@ -25,6 +26,7 @@ use tokio::{
 };
 
 use crate::shutdown::{Phase, ShutdownSignal};
+use in_flight::InFlight;
 
 /// An accepted connection: bytes both ways, and a readiness check for while it is parked.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static {
@@ -72,7 +74,7 @@ impl Accept for UnixListener {
 /// Connection-level limits from `[listen]`.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Connections beyond this wait in the kernel's accept queue.
+    /// Connections beyond this are not served until one closes ([`Crowd`]).
     pub max_connections: usize,
     /// A request head not complete after this long closes the connection.
     pub header_read_timeout: Duration,
@@ -84,22 +86,30 @@ pub struct Limits {
 /// `max_connections / PARK_SHARE` connections are open: 312 at the default 10,000.
 const PARK_SHARE: usize = 32;
 
-/// How many connections a listener has open, for the parking rule ([`connection`]). Parking saves about 16 KiB
-/// per idle connection, which matters with thousands of them; it costs every request a teardown and rebuild of
-/// hyper's connection (about 4,200 instructions, 11 % of the proxy's own work on a small GET; bench/README.md),
-/// which a sidecar with a few dozen connections from its app should not pay. Below the share, at most
-/// `max_connections / PARK_SHARE` connections keep their buffers (5 MiB at the default).
+/// The listeners served together (the proxy's TCP port and Unix socket; the admin port alone): their
+/// connection limit (`listen.max_connections`) and how many connections they have open, the requests in flight
+/// on them, and their shutdown.
+///
+/// The count also drives the parking rule ([`connection`]). Parking saves about 16 KiB per idle connection,
+/// which matters with thousands of them; it costs every request a teardown and rebuild of hyper's connection
+/// (about 4,200 instructions, 11 % of the proxy's own work on a small GET; bench/README.md), which a sidecar with
+/// a few dozen connections from its app should not pay. Below the share, at most `max_connections / PARK_SHARE`
+/// connections keep their buffers (5 MiB at the default).
 #[derive(Debug, Clone)]
-pub(crate) struct Crowd {
+pub struct Crowd {
     slots: Arc<Semaphore>,
     max: usize,
+    requests: InFlight,
 }
 
 impl Crowd {
-    pub(crate) fn new(max: usize) -> Self {
+    /// A limit of `max_connections` (at least 1) for the listeners that will share it, which stop on `stop`.
+    pub fn new(max_connections: usize, stop: ShutdownSignal) -> Self {
+        let max = max_connections.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
         Self {
             slots: Arc::new(Semaphore::new(max)),
             max,
+            requests: InFlight::new(stop),
         }
     }
 
@@ -147,50 +157,53 @@ impl<T> Handler for T where
 {
 }
 
-/// Serve `handler` on `listener` until `stop` reaches [`Phase::Stopping`]; then stop accepting and return a
-/// future that resolves when every open connection has closed (the caller bounds it by `shutdown.grace`).
+/// Serve `handler` on `listener` within `crowd`'s connection limit until its shutdown signal reaches
+/// [`Phase::Stopping`]; then stop accepting and return a future that resolves when every connection open in
+/// `crowd` has closed (the caller bounds it by `shutdown.grace`): a connection busy then finishes its request, an
+/// idle one stays open while any request of `crowd` is in flight and closes when none is (see [`connection`]).
+///
+/// A connection is accepted first and then waits for a free slot, unserved: a slot taken before accepting would
+/// sit idle in one listener's accept while another listener sharing the limit has a connection waiting. So
+/// beyond the limit each listener holds at most one accepted connection; the rest wait in the kernel's queue.
 pub async fn serve<A: Accept, H: Handler>(
     mut listener: A,
     handler: H,
     limits: Limits,
-    stop: ShutdownSignal,
+    crowd: Crowd,
 ) -> impl Future<Output = ()> {
-    let max = limits
-        .max_connections
-        .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
-    let crowd = Crowd::new(max);
     let slots = crowd.slots.clone();
+    let stop = crowd.requests.signal().clone();
     let stopping = stop.reached(Phase::Stopping);
     tokio::pin!(stopping);
     loop {
-        let permit = tokio::select! {
-            biased;
-            () = &mut stopping => break,
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
         let accepted = tokio::select! {
             biased;
             () = &mut stopping => break,
             a = listener.accept() => a,
         };
-        match accepted {
-            Ok(io) => {
-                let connection = connection::serve(io, handler.clone(), limits, crowd.clone(), stop.clone());
-                tokio::spawn(async move {
-                    connection.await;
-                    drop(permit);
-                });
-            }
+        let io = match accepted {
+            Ok(io) => io,
             Err(e) => {
                 // Out of file descriptors and the like: back off briefly instead of spinning.
                 tracing::warn!(event = "accept_error", error = %e, "cannot accept a connection");
                 tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
             }
-        }
+        };
+        let permit = tokio::select! {
+            biased;
+            () = &mut stopping => break,
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let connection = connection::serve(io, handler.clone(), limits, crowd.clone());
+        tokio::spawn(async move {
+            connection.await;
+            drop(permit);
+        });
     }
     drop(listener);
     async move {
-        let _ = slots.acquire_many(max as u32).await;
+        let _ = slots.acquire_many(crowd.max as u32).await;
     }
 }
 
@@ -210,7 +223,7 @@ mod tests {
 
     #[test]
     fn the_crowd_counts_open_connections() {
-        let crowd = Crowd::new(32);
+        let crowd = Crowd::new(32, crate::shutdown::Shutdown::new().signal());
         assert!(!crowd.parks());
         let _one = crowd.slots.clone().try_acquire_owned().unwrap();
         assert!(!crowd.parks());

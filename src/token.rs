@@ -16,7 +16,7 @@ pub use cell::{Current, Stamp, TokenCell, Unusable};
 pub use refresher::{RefreshHandle, Refresher, Settings, Trigger};
 pub use secret::{Token, TokenError};
 
-use crate::config::TokenConfig;
+use crate::config::{EnvTokenError, TokenConfig};
 use cell::Source;
 use source::Candidate;
 
@@ -146,13 +146,16 @@ pub fn initial_candidate(cfg: &TokenConfig) -> Option<Candidate> {
     });
     let configured = configured.or_else(|| {
         let env = cfg.env.as_ref()?;
-        let Some(token) = env.value.clone() else {
-            tracing::warn!(
-                event = "token_missing",
-                "token.env {} is not set or not a usable token",
-                env.name
-            );
-            return None;
+        let token = match &env.value {
+            Ok(token) => token.clone(),
+            Err(EnvTokenError::NotSet) => {
+                tracing::warn!(event = "token_missing", "token.env {} is not set", env.name);
+                return None;
+            }
+            Err(e @ EnvTokenError::Refused(_)) => {
+                tracing::warn!(event = "token_refused", error = %e, "cannot use the token in token.env {}", env.name);
+                return None;
+            }
         };
         usable(token, "token.env").map(|(token, claims)| Candidate {
             source: Source::Env,

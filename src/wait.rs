@@ -3,15 +3,30 @@
 
 use std::time::Duration;
 
+use reqwest::Url;
 use tokio::time::Instant;
 
 /// How often `/readyz` is asked.
 const POLL: Duration = Duration::from_millis(100);
 
+/// Parse `--admin`: an `http://` URL with a host, such as `http://127.0.0.1:8081` (the admin port speaks plain
+/// HTTP). Checked before waiting, so a mistyped address fails at once instead of at the time-out.
+pub fn admin_url(text: &str) -> Result<Url, String> {
+    const EXAMPLE: &str = "an http:// URL such as http://127.0.0.1:8081";
+    let url = Url::parse(text.trim()).map_err(|e| format!("not {EXAMPLE}: {e}"))?;
+    if url.scheme() != "http" || url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("not {EXAMPLE}"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not have a query or fragment".to_owned());
+    }
+    Ok(url)
+}
+
 /// True as soon as `{admin}/readyz` answers 200; false when `timeout` passes first.
-pub async fn until_ready(admin: &str, timeout: Duration) -> bool {
+pub async fn until_ready(admin: &Url, timeout: Duration) -> bool {
     crate::proxy::client::install_crypto_provider();
-    let url = format!("{}/readyz", admin.trim_end_matches('/'));
+    let url = format!("{}/readyz", admin.as_str().trim_end_matches('/'));
     let Ok(client) = reqwest::Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
@@ -32,5 +47,32 @@ pub async fn until_ready(admin: &str, timeout: Duration) -> bool {
             return false;
         }
         tokio::time::sleep(POLL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admin_url_needs_http_and_a_host() {
+        assert_eq!(
+            admin_url("http://127.0.0.1:8081").unwrap().as_str(),
+            "http://127.0.0.1:8081/"
+        );
+        assert_eq!(
+            admin_url(" http://sidecar:8081/ ").unwrap().as_str(),
+            "http://sidecar:8081/"
+        );
+        for bad in [
+            "127.0.0.1:8081",
+            "localhost:8081",
+            "https://127.0.0.1:8081",
+            "http://",
+            "",
+            "http://h/?x",
+        ] {
+            assert!(admin_url(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -252,11 +252,21 @@ async fn readyz_goes_200_503_200_through_a_revoked_token_and_a_new_token_file() 
     std::fs::write(&tmp, format!("{fresh}\n")).unwrap();
     std::fs::rename(&tmp, &path).unwrap();
     assert!(wait_for(|| async { readyz(&proxy).await == 200 }).await, "ready again");
+    // The token from the file is refreshed at once (its age is unknown); then it is the refreshed one.
+    let refreshed_from_file = || {
+        let calls = upstream.sim.refresh_calls();
+        let seen = calls.iter().any(|c| c.token.as_deref() == Some(fresh.as_str()));
+        async move { seen }
+    };
+    assert!(wait_for(refreshed_from_file).await, "the file's token was refreshed");
+    assert!(
+        wait_for(|| async { proxy.status().await["token"]["source"] == "refresh" }).await,
+        "the refreshed token is in use"
+    );
     let s = proxy.status().await;
     assert_eq!(s["ready"], true);
     assert_eq!(s["token"]["state"], "valid");
-    assert_eq!(s["token"]["source"], "file");
-    assert_eq!(s["token"]["fingerprint"], fingerprint(&fresh));
+    assert_eq!(s["token"]["fingerprint"], fingerprint(&upstream.newest_token()));
     let (_, samples, _) = metrics(&proxy).await;
     assert_eq!(sum(&samples, "issettled_proxy_token_ready", &[]), 1.0);
     let (code, _) = get_json(&proxy.url("/digital-accounts")).await;
@@ -473,4 +483,50 @@ async fn unknown_admin_paths_and_methods_answer_in_the_error_schema() {
     let body: Value = r.json().await.unwrap();
     assert_schema(&body);
     assert_eq!(body["code"], "METHOD_NOT_ALLOWED");
+}
+
+/// A web page can make a browser POST to the admin port (no-cors); the browser then sends an `Origin`, which
+/// curl, kubectl and probes never do. Such POSTs are refused and change nothing; the same POSTs without it work.
+#[tokio::test]
+async fn admin_posts_from_a_browser_origin_are_refused() {
+    let upstream = Upstream::spawn().await;
+    let mut proxy = ProxyBuilder::new(&upstream.url, &upstream.token())
+        .set("SHUTDOWN__ENABLE_QUIT_ENDPOINT", "true")
+        .spawn()
+        .await;
+    proxy.startup_refresh_done().await;
+    let calls = upstream.sim.refresh_calls().len();
+    for path in ["/quitquitquit", "/refresh"] {
+        let r = client()
+            .post(proxy.admin_url(path))
+            .header("origin", "https://evil.example")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{path}");
+        let body: Value = r.json().await.unwrap();
+        assert_schema(&body);
+        assert_eq!(body["code"], "ORIGIN_NOT_ALLOWED", "{path}: {body}");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(readyz(&proxy).await, 200, "still ready: no shutdown started");
+    assert_eq!(upstream.sim.refresh_calls().len(), calls, "no refresh made");
+    // GETs with an Origin (a dashboard) and POSTs without one (curl, kubectl, probes) are served.
+    let r = client()
+        .get(proxy.admin_url("/status"))
+        .header("origin", "https://grafana.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client().post(proxy.admin_url("/refresh")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(upstream.sim.refresh_calls().len(), calls + 1);
+    let r = client().post(proxy.admin_url("/quitquitquit")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), proxy.join()).await;
+    assert!(
+        matches!(ended, Ok(Ok(()))),
+        "the quit POST without Origin stops the proxy: {ended:?}"
+    );
 }

@@ -137,6 +137,77 @@ async fn check_config_never_prints_the_token() {
     );
 }
 
+/// A token written where a variable *name* belongs (`token.env`), or in a variable that names a whole section
+/// (`ISSETTLED_PROXY__TOKEN`), is refused with exit 2 naming the key, and its value is printed nowhere.
+#[tokio::test]
+async fn check_config_refuses_a_token_in_place_of_a_name_without_printing_it() {
+    let sim = Sim::new(SimConfig::default());
+    let token = sim.mint_admin_token();
+    let in_file = format!(
+        "[upstream]\nbase_url = \"http://127.0.0.1:9\"\n[token]\nenv = {}\n",
+        quote(&token)
+    );
+    let token = token.as_str();
+    let cases = [
+        (in_file, vec![], "token.env"),
+        (minimal(""), vec![("ISSETTLED_PROXY__TOKEN__ENV", token)], "token.env"),
+        (
+            minimal(""),
+            vec![(
+                "ISSETTLED_PROXY__TOKEN__ENV",
+                "opaque_token_with_only_word_characters_and_far_too_long_for_a_name",
+            )],
+            "token.env",
+        ),
+        (
+            minimal(""),
+            vec![("ISSETTLED_PROXY__TOKEN", token)],
+            "ISSETTLED_PROXY__TOKEN",
+        ),
+        (
+            minimal(""),
+            vec![("ISSETTLED_PROXY__LISTEN", token)],
+            "ISSETTLED_PROXY__LISTEN",
+        ),
+    ];
+    for (text, env, key) in cases {
+        let (code, stdout, stderr) = check_config(&text, &env).await;
+        assert_eq!(code, Some(2), "{env:?}: {stderr}");
+        assert!(stderr.contains(key), "{env:?}: {key} not named in {stderr}");
+        for (_, value) in &env {
+            assert!(
+                !stdout.contains(value) && !stderr.contains(value),
+                "the value was printed: {stderr}"
+            );
+        }
+        assert!(
+            !stdout.contains(token) && !stderr.contains(token),
+            "the token was printed: {stderr}"
+        );
+    }
+}
+
+/// An environment token that is refused is logged with the reason, never with its value.
+#[tokio::test]
+async fn a_refused_env_token_is_logged_with_its_reason() {
+    let upstream = common::Upstream::spawn().await;
+    let cfg = BinConfig::new(&upstream.url)
+        .set("token", "file", "\"\"")
+        .set("token", "env", "\"MY_ISSETTLED_TOKEN\"")
+        .env("MY_ISSETTLED_TOKEN", "secret with spaces");
+    let mut running = cfg.start();
+    running.wait_ready(&cfg.admin_url("/healthz")).await;
+    running.term();
+    assert_eq!(running.wait(Duration::from_secs(10)).await.code(), Some(0));
+    let logs = running.stdout();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("MY_ISSETTLED_TOKEN"))
+        .unwrap_or_else(|| panic!("token.env not logged:\n{logs}"));
+    assert!(line.contains("characters not allowed in a header value"), "{line}");
+    assert!(!logs.contains("secret with spaces"), "{logs}");
+}
+
 #[tokio::test]
 async fn an_address_in_use_exits_1() {
     let upstream = common::Upstream::spawn().await;
@@ -325,6 +396,32 @@ async fn wait_exits_1_at_its_timeout() {
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(took >= Duration::from_millis(2900), "gave up early: {took:?}");
     assert!(took < Duration::from_secs(5), "overran its time-out: {took:?}");
+}
+
+/// `wait --admin` without a scheme (or with another one) is a usage error: exit 2 at once, naming `--admin`,
+/// instead of polling a URL that can never answer until the time-out.
+#[tokio::test]
+async fn wait_with_a_bad_admin_url_exits_2_at_once() {
+    for admin in [
+        "127.0.0.1:8081",
+        "localhost:8081",
+        "https://",
+        "ftp://127.0.0.1:8081",
+        "http://",
+    ] {
+        let started = Instant::now();
+        let mut cmd = command();
+        cmd.args(["wait", "--admin", admin, "--timeout", "30s"]);
+        let out = output(cmd, Duration::from_secs(10)).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{admin}: {stderr}");
+        assert!(stderr.contains("--admin"), "{admin}: {stderr}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{admin}: {:?}",
+            started.elapsed()
+        );
+    }
 }
 
 /// `demo` on its fixed ports, if they are free: the printed curl line works, SIGTERM stops it with 0.

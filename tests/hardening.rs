@@ -694,6 +694,47 @@ async fn at_max_connections_a_new_connection_waits_while_requests_in_flight_fini
     assert_eq!(seen_paths(&upstream)[2], "/digital-accounts");
 }
 
+/// The limit counts the proxy's TCP port and its Unix socket together: with one connection allowed and a slow
+/// request held on TCP, a request on the Unix socket waits until it finishes.
+#[tokio::test]
+async fn max_connections_is_shared_by_the_tcp_port_and_the_unix_socket() {
+    let upstream = Upstream::spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("proxy.sock");
+    let proxy = ProxyBuilder::new(&upstream.url, &upstream.token())
+        .set("LISTEN__UNIX_SOCKET", &socket.display().to_string())
+        .set("LISTEN__MAX_CONNECTIONS", "1")
+        .spawn()
+        .await;
+    let held = tokio::spawn(request_on_new_connection(proxy.addr, "/slow?ms=1500"));
+    assert!(
+        common::wait_for(|| async { upstream.sim.requests().len() == 1 }).await,
+        "the slow request in flight"
+    );
+    let mut unix = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    unix.write_all(b"GET /digital-accounts HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let early = read_response(&mut unix, Duration::from_millis(400)).await;
+    assert!(
+        early.is_empty(),
+        "served on the Unix socket while at the limit: {early}"
+    );
+    assert_eq!(upstream.sim.requests().len(), 1);
+    let response = held.await.unwrap();
+    assert_eq!(
+        raw_status(&response),
+        200,
+        "the held request finishes normally: {response}"
+    );
+    let late = read_response(&mut unix, Duration::from_secs(5)).await;
+    assert_eq!(raw_status(&late), 200, "served once the slot is free: {late}");
+    // And the other way round: TCP is served again once the Unix connection has closed.
+    let again = request_on_new_connection(proxy.addr, "/digital-accounts").await;
+    assert_eq!(raw_status(&again), 200, "{again}");
+    assert_eq!(seen_paths(&upstream)[1..], ["/digital-accounts", "/digital-accounts"]);
+}
+
 // === Upstream faults ===
 
 #[tokio::test]

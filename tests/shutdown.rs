@@ -14,7 +14,7 @@ use common::binary::{BinConfig, Running};
 use common::{client, ProxyBuilder, TestProxy, Upstream};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use tokio::{net::TcpStream, task::JoinHandle};
+use tokio::{io::AsyncWriteExt, net::TcpStream, task::JoinHandle};
 
 const DELAY: Duration = Duration::from_millis(500);
 const GRACE: Duration = Duration::from_secs(5);
@@ -175,11 +175,26 @@ async fn quit_endpoint_shuts_down_in_process() {
 }
 
 /// A request on a keep-alive connection opened before the shutdown: served normally during the delay; after it,
-/// 503 `SHUTTING_DOWN` or a closed connection, never forwarded.
+/// while another request is still in flight, the connection stays open and a late request on it gets 503
+/// `SHUTTING_DOWN` with `Connection: close`, never forwarded. Idle connections close as soon as nothing is in
+/// flight, so the shutdown still ends promptly. With few connections allowed idle ones park between requests,
+/// with many they stay active: both ways.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn keep_alive_request_during_stopping() {
+    for max_connections in ["16", "10000"] {
+        late_request_on_a_kept_alive_connection(max_connections).await;
+    }
+}
+
+async fn late_request_on_a_kept_alive_connection(max_connections: &str) {
     let upstream = Upstream::spawn().await;
-    let mut proxy = spawn_draining(&upstream, false).await;
+    let mut proxy = ProxyBuilder::new(&upstream.url, &upstream.token())
+        .set("SHUTDOWN__DELAY", &delay())
+        .set("SHUTDOWN__GRACE", "5s")
+        .set("LISTEN__MAX_CONNECTIONS", max_connections)
+        .spawn()
+        .await;
+    proxy.wait_ready().await;
 
     let stream = TcpStream::connect(proxy.addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -195,6 +210,12 @@ async fn keep_alive_request_during_stopping() {
     let r = sender.send_request(request("/digital-accounts")).await.unwrap();
     assert_eq!(r.status(), 200);
     r.into_body().collect().await.unwrap();
+    // A second kept-alive connection that stays idle throughout.
+    let mut idle = TcpStream::connect(proxy.addr).await.unwrap();
+    idle.write_all(b"GET /digital-accounts HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(common::raw_status(&common::read_response(&mut idle, GRACE).await), 200);
 
     // Something in flight keeps the proxy in its stopping phase for a while.
     let slow = fire(&proxy.url("/slow?ms=1500"), 1);
@@ -215,26 +236,40 @@ async fn keep_alive_request_during_stopping() {
         sender.ready().await?;
         sender.send_request(request("/digital-accounts")).await
     };
-    match tokio::time::timeout(Duration::from_secs(3), late).await {
-        Ok(Err(_)) => {} // the connection was closed: allowed
-        Ok(Ok(r)) => {
-            assert_eq!(r.status(), 503, "a late request was served");
-            let body = r.into_body().collect().await.unwrap().to_bytes();
-            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
-            common::assert_schema(&body);
-            assert_eq!(body["code"], "SHUTTING_DOWN");
-        }
-        Err(_) => panic!("a late request on a kept-alive connection hung"),
-    }
+    let r = match tokio::time::timeout(Duration::from_secs(3), late).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => panic!("{max_connections}: the open connection was closed before the drain ended: {e}"),
+        Err(_) => panic!("{max_connections}: a late request on a kept-alive connection hung"),
+    };
+    assert_eq!(r.status(), 503, "{max_connections}: a late request was served");
+    assert_eq!(r.headers()[http::header::CONNECTION], "close", "{max_connections}");
+    let body = r.into_body().collect().await.unwrap().to_bytes();
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    common::assert_schema(&body);
+    assert_eq!(body["code"], "SHUTTING_DOWN");
     assert_eq!(
         upstream.sim.requests().len(),
         forwarded_before,
         "a late request was forwarded"
     );
+    assert!(
+        !common::closed_within(&mut idle, Duration::from_millis(100)).await,
+        "{max_connections}: an idle connection closed while a request was still in flight"
+    );
 
     all_ok(slow).await;
+    let drained_at = Instant::now();
+    assert!(
+        common::closed_within(&mut idle, Duration::from_secs(2)).await,
+        "{max_connections}: the idle connection stayed open after the drain"
+    );
     let ended = tokio::time::timeout(DELAY + GRACE, proxy.join()).await;
     assert!(matches!(ended, Ok(Ok(()))), "{ended:?}");
+    assert!(
+        drained_at.elapsed() < Duration::from_secs(2),
+        "{max_connections}: the shutdown waited for idle connections: {:?}",
+        drained_at.elapsed()
+    );
 }
 
 /// The binary under SIGTERM or `/quitquitquit` with 50 slow requests in flight: all 200, exit 0 in time.

@@ -10,8 +10,11 @@ pub fn render_effective(config: &Config) -> String {
         String::from("# effective configuration of issettled-proxy (file + ISSETTLED_PROXY__* environment)\n");
     if let Some(env) = &config.token.env {
         let what = match &env.value {
-            Some(token) => format!("set, {}", token.fingerprint()),
-            None => "not set or not a usable token".to_owned(),
+            Ok(token) => match crate::token::source::check(token, std::time::SystemTime::now()) {
+                Ok(_) => format!("set, {}", token.fingerprint()),
+                Err(e) => format!("set, {}, refused: {e}", token.fingerprint()),
+            },
+            Err(e) => e.to_string(),
         };
         out.push_str(&format!("# token.env {}: {what}\n", env.name));
     }

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use super::*;
+use crate::token::TokenError;
 
 const MINIMAL: &str = r#"
 [upstream]
@@ -138,4 +139,125 @@ fn redacted_rendering_never_shows_the_env_token() {
     assert!(!out.contains("super-secret-token-value"));
     assert!(out.contains("sha256:"));
     assert!(!format!("{c:?}").contains("super-secret-token-value"));
+}
+
+#[test]
+fn token_env_must_be_a_variable_name_and_is_never_echoed() {
+    let text = MINIMAL.replace("file = \"/var/run/secrets/issettled/token\"", "");
+    for name in ["MY_TOKEN", "_t", "a1", &"N".repeat(64)] {
+        let e = env(&[("ISSETTLED_PROXY__TOKEN__ENV", name)]);
+        assert_eq!(load(Source::Toml(&text), &e).unwrap().token.env.unwrap().name, name);
+    }
+    let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjk5OTk5OTk5OTl9.c2lnbmF0dXJl";
+    for bad in [jwt, "1ABC", "MY-TOKEN", "MY TOKEN", &"N".repeat(65)] {
+        let e = env(&[("ISSETTLED_PROXY__TOKEN__ENV", bad)]);
+        let err = load(Source::Toml(&text), &e).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Invalid { key, .. } if key == "token.env"),
+            "{bad}: {err}"
+        );
+        assert!(!err.to_string().contains(bad), "{err}");
+    }
+}
+
+#[test]
+fn an_override_naming_only_a_section_is_refused_without_its_value() {
+    for name in [
+        "ISSETTLED_PROXY__TOKEN",
+        "ISSETTLED_PROXY__LISTEN",
+        "ISSETTLED_PROXY__",
+        "ISSETTLED_PROXY__TOKEN__",
+        "ISSETTLED_PROXY____ENV",
+        "ISSETTLED_PROXY__TOKEN__ENV__X",
+    ] {
+        let err = load(Source::Toml(MINIMAL), &env(&[(name, "secret-value")])).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Invalid { key, .. } if key == name),
+            "{name}: {err}"
+        );
+        assert!(!err.to_string().contains("secret-value"), "{err}");
+    }
+    // Variables that only share the start of the prefix are not overrides.
+    assert!(load(Source::Toml(MINIMAL), &env(&[("ISSETTLED_PROXY_TOKEN", "x")])).is_ok());
+}
+
+#[test]
+fn an_unusable_env_token_keeps_its_reason_and_check_config_shows_it() {
+    let text = MINIMAL.replace("file = \"/var/run/secrets/issettled/token\"", "env = \"MY_TOKEN\"");
+    let value = |e: &HashMap<String, String>| load(Source::Toml(&text), e).unwrap().token.env.unwrap().value;
+    assert_eq!(value(&HashMap::new()).unwrap_err(), EnvTokenError::NotSet);
+    assert_eq!(
+        value(&env(&[("MY_TOKEN", " \n")])).unwrap_err(),
+        EnvTokenError::Refused(TokenError::Empty)
+    );
+    let e = env(&[("MY_TOKEN", "has spaces in it")]);
+    assert_eq!(
+        value(&e).unwrap_err(),
+        EnvTokenError::Refused(TokenError::InvalidCharacters)
+    );
+    let out = render_effective(&load(Source::Toml(&text), &e).unwrap());
+    assert!(
+        out.contains("# token.env MY_TOKEN: refused: the token contains characters"),
+        "{out}"
+    );
+    assert!(!out.contains("has spaces"), "{out}");
+    // A JWT past its exp (1 s after the epoch): parsed, but check-config says it will be refused.
+    let expired = "eyJhbGciOiJub25lIn0.eyJleHAiOjF9.";
+    let out = render_effective(&load(Source::Toml(&text), &env(&[("MY_TOKEN", expired)])).unwrap());
+    assert!(
+        out.contains("refused: the token is a JWT whose exp has passed"),
+        "{out}"
+    );
+    assert!(!out.contains(expired), "{out}");
+}
+
+#[test]
+fn allowed_hosts_with_a_port_are_refused() {
+    for ok in ["localhost", "127.0.0.1", "::1", "[::1]", "api.example"] {
+        let e = env(&[("ISSETTLED_PROXY__LISTEN__ALLOWED_HOSTS", ok)]);
+        assert!(load(Source::Toml(MINIMAL), &e).is_ok(), "{ok}");
+    }
+    for bad in ["localhost:8080", "127.0.0.1:8080", "[::1]:8080", "[::1"] {
+        let e = env(&[("ISSETTLED_PROXY__LISTEN__ALLOWED_HOSTS", bad)]);
+        let err = load(Source::Toml(MINIMAL), &e).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Invalid { key, .. } if key == "listen.allowed_hosts"),
+            "{bad}: {err}"
+        );
+        if bad.ends_with(":8080") {
+            assert!(err.to_string().contains("port"), "{err}");
+        }
+    }
+}
+
+#[test]
+fn the_admin_address_must_differ_from_the_proxy_address() {
+    let conflicts = [
+        ("127.0.0.1:8080", "127.0.0.1:8080"),
+        ("0.0.0.0:9000", "127.0.0.1:9000"),
+        ("[::1]:9000", "[::]:9000"),
+    ];
+    for (address, admin) in conflicts {
+        let e = env(&[
+            ("ISSETTLED_PROXY__LISTEN__ADDRESS", address),
+            ("ISSETTLED_PROXY__LISTEN__ADMIN_ADDRESS", admin),
+        ]);
+        assert_eq!(
+            err_key(load(Source::Toml(MINIMAL), &e)),
+            "listen.admin_address",
+            "{address} {admin}"
+        );
+    }
+    let fine = [
+        ("127.0.0.1:8080", "127.0.0.1:8081"),
+        ("127.0.0.1:9000", "10.0.0.1:9000"),
+        ("127.0.0.1:0", "127.0.0.1:0"),
+    ];
+    for (address, admin) in fine {
+        let e = env(&[
+            ("ISSETTLED_PROXY__LISTEN__ADDRESS", address),
+            ("ISSETTLED_PROXY__LISTEN__ADMIN_ADDRESS", admin),
+        ]);
+        assert!(load(Source::Toml(MINIMAL), &e).is_ok(), "{address} {admin}");
+    }
 }

@@ -7,8 +7,8 @@ use std::{collections::HashMap, net::SocketAddr, path::PathBuf, str::FromStr, ti
 use http::{Method, Uri};
 
 use super::{
-    BaseUrl, Config, ConfigError, EnvToken, FileConfig, InboundAuthorization, ListenConfig, LogConfig, LogFormat,
-    PolicyConfig, ShutdownConfig, TokenConfig, UpstreamConfig,
+    BaseUrl, Config, ConfigError, EnvToken, EnvTokenError, FileConfig, InboundAuthorization, ListenConfig, LogConfig,
+    LogFormat, PolicyConfig, ShutdownConfig, TokenConfig, UpstreamConfig,
 };
 use crate::token::Token;
 
@@ -106,19 +106,52 @@ pub(crate) fn base_url(text: &str) -> Result<BaseUrl, ConfigError> {
     })
 }
 
+/// An `allowed_hosts` entry as requests are matched against it: lower-cased, IPv6 without brackets. A port is
+/// refused, since the port of a request's `Host` is ignored and an entry with one could never match.
+fn allowed_host(entry: &str) -> Result<String, ConfigError> {
+    const KEY: &str = "listen.allowed_hosts";
+    let host = match entry.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((ip, "")) => ip,
+            Some(_) => return Err(invalid(KEY, format!("`{entry}`: drop the port (ports are ignored)"))),
+            None => return Err(invalid(KEY, format!("`{entry}` lacks its closing `]`"))),
+        },
+        // One colon is host:port; more is a bare IPv6 address.
+        None if entry.matches(':').count() == 1 => {
+            return Err(invalid(KEY, format!("`{entry}`: drop the port (ports are ignored)")))
+        }
+        None => entry,
+    };
+    Ok(host.to_ascii_lowercase())
+}
+
+/// Whether binding `a` and then `b` would collide: the same port (not 0, which picks a free one) on the same
+/// address, or with either on the unspecified address, which takes the port on every address.
+fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && a.port() != 0 && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
 fn listen(f: &super::file::Listen) -> Result<ListenConfig, ConfigError> {
     if f.max_connections == 0 {
         return Err(invalid("listen.max_connections", "must be at least 1"));
     }
     let allowed_hosts = non_empty(&f.allowed_hosts)
-        .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase())
-        .collect();
+        .map(allowed_host)
+        .collect::<Result<_, _>>()?;
     let allowed_origins = non_empty(&f.allowed_origins)
         .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
         .collect();
+    let address = socket_addr("listen.address", &f.address)?;
+    let admin_address = socket_addr("listen.admin_address", &f.admin_address)?;
+    if same_socket(address, admin_address) {
+        return Err(invalid(
+            "listen.admin_address",
+            format!("`{admin_address}` takes the port of listen.address `{address}`: give the admin port its own"),
+        ));
+    }
     Ok(ListenConfig {
-        address: socket_addr("listen.address", &f.address)?,
-        admin_address: socket_addr("listen.admin_address", &f.admin_address)?,
+        address,
+        admin_address,
         max_connections: usize::try_from(f.max_connections).unwrap_or(usize::MAX),
         header_read_timeout: positive("listen.header_read_timeout", &f.header_read_timeout)?,
         idle_timeout: positive("listen.idle_timeout", &f.idle_timeout)?,
@@ -148,6 +181,17 @@ fn upstream(f: &super::file::Upstream) -> Result<UpstreamConfig, ConfigError> {
     })
 }
 
+/// The longest `token.env` accepted. Variable names are short; a long word is more likely a token pasted in.
+const MAX_ENV_NAME: usize = 64;
+
+/// Whether `name` is an environment variable name: `[A-Za-z_][A-Za-z0-9_]*`, at most [`MAX_ENV_NAME`] long.
+fn is_env_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    name.len() <= MAX_ENV_NAME
+        && bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
 fn token(f: &super::file::Token, env: &HashMap<String, String>) -> Result<TokenConfig, ConfigError> {
     let file = optional_path(&f.file);
     let env_name = f.env.trim();
@@ -157,9 +201,22 @@ fn token(f: &super::file::Token, env: &HashMap<String, String>) -> Result<TokenC
             "set token.file or token.env (or both: file wins)",
         ));
     }
+    if !env_name.is_empty() && !is_env_name(env_name) {
+        // The value is not repeated: an operator who put the token itself here must not see it printed.
+        return Err(invalid(
+            "token.env",
+            format!(
+                "must be the name of an environment variable ([A-Za-z_][A-Za-z0-9_]*, at most {MAX_ENV_NAME} \
+                 characters), not the token itself (value not shown)"
+            ),
+        ));
+    }
     let env_token = (!env_name.is_empty()).then(|| EnvToken {
         name: env_name.to_owned(),
-        value: env.get(env_name).and_then(|v| Token::parse(v).ok()),
+        value: match env.get(env_name) {
+            Some(v) => Token::parse(v).map_err(EnvTokenError::Refused),
+            None => Err(EnvTokenError::NotSet),
+        },
     });
     let refresh_path = f.refresh_path.trim().to_owned();
     if !refresh_path.starts_with('/') {

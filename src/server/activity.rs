@@ -1,10 +1,11 @@
 //! Per-connection activity: the connection's I/O ([`super::conn_io`]) notes that bytes moved, the service notes requests
 //! in flight and finished keep-alive responses, and the watchdog ([`Watchdog::tick`]) tells a slow request head
-//! from an idle keep-alive connection.
+//! from an idle keep-alive connection. Requests are also counted across the listeners ([`InFlight`]), for
+//! shutdown.
 //!
-//! The hot path only stores relaxed atomic flags (no clock reads); the watchdog counts its own ticks, so both
-//! timeouts are accurate to one watchdog period, and never early: a connection is cut after at least the
-//! configured time, at most one period more.
+//! The hot path only stores relaxed atomic flags (no clock reads) and counts in [`InFlight`]; the watchdog counts
+//! its own ticks, so both timeouts are accurate to one watchdog period, and never early: a connection is cut
+//! after at least the configured time, at most one period more.
 
 use std::{
     sync::{
@@ -13,6 +14,8 @@ use std::{
     },
     time::Duration,
 };
+
+use super::in_flight::InFlight;
 
 /// What the watchdog should do with a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +28,8 @@ pub(super) enum Verdict {
 /// Shared between a connection's I/O, its service and its watchdog.
 #[derive(Debug)]
 pub(super) struct Activity {
+    /// Requests in flight on every connection of the listeners served together (this one's are among them).
+    requests: InFlight,
     /// Bytes moved since the watchdog last looked.
     moved: AtomicBool,
     /// A request head is being received (or owed: a new connection owes its first one).
@@ -44,6 +49,11 @@ pub(super) struct Activity {
 pub(super) struct InRequest(Arc<Activity>);
 
 impl InRequest {
+    /// Whether the listeners have stopped (the response should close the connection).
+    pub(super) fn stopping(&self) -> bool {
+        self.0.requests.stopping()
+    }
+
     /// The response has been handed to the socket in full; `keeps_alive` if neither side asked to close.
     pub(super) fn done(self, keeps_alive: bool) {
         // Parking is safe only if hyper has nothing left to read of this request either.
@@ -56,12 +66,14 @@ impl Drop for InRequest {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Relaxed);
         self.0.moved.store(true, Relaxed);
+        self.0.requests.end();
     }
 }
 
 impl Activity {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(requests: InFlight) -> Self {
         Self {
+            requests,
             moved: AtomicBool::new(false),
             head_pending: AtomicBool::new(true),
             in_flight: AtomicU32::new(0),
@@ -74,6 +86,11 @@ impl Activity {
     /// The connection speaks HTTP/2.
     pub(super) fn serving_http2(&self) {
         self.http2.store(true, Relaxed);
+    }
+
+    /// Whether the connection speaks HTTP/2.
+    pub(super) fn is_http2(&self) -> bool {
+        self.http2.load(Relaxed)
     }
 
     /// A request arrived; `body_done` if it has no body.
@@ -111,6 +128,7 @@ impl Activity {
 
     /// A request head is complete: it is in flight until the guard drops.
     pub(super) fn begin(self: &Arc<Self>) -> InRequest {
+        self.requests.begin();
         self.in_flight.fetch_add(1, Relaxed);
         self.head_pending.store(false, Relaxed);
         InRequest(self.clone())
@@ -170,9 +188,13 @@ impl Watchdog {
 mod tests {
     use super::*;
 
+    fn activity() -> Activity {
+        Activity::new(InFlight::new(crate::shutdown::Shutdown::new().signal()))
+    }
+
     #[test]
     fn tells_a_slow_head_from_an_idle_connection() {
-        let a = Arc::new(Activity::new());
+        let a = Arc::new(activity());
         // Period 1 s: header timeout 3 ticks, idle timeout 6 ticks.
         let mut w = Watchdog::new(Duration::from_secs(1), Duration::from_secs(3), Duration::from_secs(6));
         let verdicts = |w: &mut Watchdog, n: usize| (0..n).map(|_| w.tick(&a)).collect::<Vec<_>>();
@@ -208,7 +230,7 @@ mod tests {
 
     #[test]
     fn http2_frames_between_requests_are_not_a_slow_head() {
-        let a = Arc::new(Activity::new());
+        let a = Arc::new(activity());
         a.serving_http2();
         drop(a.begin());
         let mut w = Watchdog::new(Duration::from_secs(1), Duration::from_secs(3), Duration::from_secs(6));
@@ -221,7 +243,7 @@ mod tests {
 
     #[test]
     fn parking_needs_a_keep_alive_response_and_a_request_body_read_to_its_end() {
-        let a = Arc::new(Activity::new());
+        let a = Arc::new(activity());
         a.request_body(false);
         a.begin().done(true);
         assert!(!a.idle_after_keep_alive(), "request body left unread");

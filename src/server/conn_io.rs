@@ -116,7 +116,12 @@ mod tests {
         let (mut near, far) = tokio::io::duplex(64);
         near.write_all(b" world").await.unwrap();
         drop(near);
-        let mut io = ConnIo::new(far, Arc::new(Activity::new()));
+        let mut io = ConnIo::new(
+            far,
+            Arc::new(Activity::new(super::super::in_flight::InFlight::new(
+                crate::shutdown::Shutdown::new().signal(),
+            ))),
+        );
         io.unread(Bytes::from_static(b"llo"));
         io.unread(Bytes::from_static(b"he"));
         io.unread(Bytes::new());

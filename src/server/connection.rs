@@ -8,8 +8,13 @@
 //! parks only while the listener has many open ([`super::Crowd`]); with a few, it stays active between requests.
 //! An HTTP/2 connection (prior knowledge) is served by hyper throughout.
 //!
-//! In both states the watchdog ([`super::activity`]) closes slow request heads and idle connections, and shutdown
-//! closes a parked connection at once and lets an active one finish its requests.
+//! In both states the watchdog ([`super::activity`]) closes slow request heads and idle connections.
+//!
+//! Shutdown (the listeners stopped): a request in flight finishes. An idle HTTP/1 connection, parked or not,
+//! stays open while any request of the listeners is in flight ([`super::in_flight`]), and closes as soon as none
+//! is; a request arriving on it meanwhile is answered (the proxy's gate says 503 `SHUTTING_DOWN`) and every
+//! response from then on carries `Connection: close`. An HTTP/2 connection gets GOAWAY at once and finishes its
+//! streams.
 
 use std::{
     convert::Infallible,
@@ -33,24 +38,19 @@ use tower::{util::Oneshot, ServiceExt as _};
 use super::{
     activity::{Activity, InRequest, Verdict, Watchdog},
     conn_io::ConnIo,
+    in_flight::InFlight,
     on_wake::Wakes,
     Crowd, Handler, Limits, Stream, PARSER_MAX_HEADERS,
 };
-use crate::shutdown::{Phase, ShutdownSignal};
+use crate::shutdown::Phase;
 
 /// What an HTTP/2 client sends first.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Serve one accepted connection until it closes.
-pub(super) async fn serve<I: Stream, H: Handler>(
-    io: I,
-    handler: H,
-    limits: Limits,
-    crowd: Crowd,
-    stop: ShutdownSignal,
-) {
-    let activity = Arc::new(Activity::new());
-    let mut guard = Guard::new(&limits, activity.clone(), &stop);
+pub(super) async fn serve<I: Stream, H: Handler>(io: I, handler: H, limits: Limits, crowd: Crowd) {
+    let activity = Arc::new(Activity::new(crowd.requests.clone()));
+    let mut guard = Guard::new(&limits, activity.clone(), &crowd.requests);
     let mut io = ConnIo::new(io, activity.clone());
     let sniffed = tokio::select! {
         biased;
@@ -203,7 +203,7 @@ impl Alarm {
     }
 }
 
-/// The watchdog's ticks and the shutdown signal, shared by a connection's states.
+/// The watchdog's ticks and the shutdown, shared by a connection's states.
 struct Guard {
     activity: Arc<Activity>,
     ticks: Interval,
@@ -212,20 +212,29 @@ struct Guard {
 }
 
 impl Guard {
-    fn new(limits: &Limits, activity: Arc<Activity>, stop: &ShutdownSignal) -> Self {
+    fn new(limits: &Limits, activity: Arc<Activity>, requests: &InFlight) -> Self {
         let period = watchdog_period(limits);
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let stop = stop.clone();
+        let (requests, protocol) = (requests.clone(), activity.clone());
+        // HTTP/2 stops at once (GOAWAY lets its streams finish); HTTP/1 once nothing is in flight anywhere, so an
+        // idle connection stays open to answer a late request until then.
+        let stopping = async move {
+            requests.signal().reached(Phase::Stopping).await;
+            if !protocol.is_http2() {
+                requests.stopped_and_drained().await;
+            }
+        };
         Self {
             activity,
             ticks,
             watchdog: Watchdog::new(period, limits.header_read_timeout, limits.idle_timeout),
-            stopping: Box::pin(async move { stop.reached(Phase::Stopping).await }),
+            stopping: Box::pin(stopping),
         }
     }
 
-    /// The next alarm; shutdown counts only while `watch_stop` (it is acted on once).
+    /// The next alarm; shutdown (for HTTP/1: stopped and drained) counts only while `watch_stop` (it is acted on
+    /// once).
     async fn next(&mut self, watch_stop: bool) -> Alarm {
         loop {
             tokio::select! {
@@ -287,6 +296,7 @@ impl<H: Handler> hyper::service::Service<Request<Incoming>> for Service<H> {
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let keep_alive = wants_keep_alive(&req);
         let http10 = req.version() == Version::HTTP_10;
+        let http2 = req.version() == Version::HTTP_2;
         let request = self.activity.begin();
         let bodiless = req.body().is_end_stream();
         self.activity.request_body(bodiless);
@@ -301,6 +311,7 @@ impl<H: Handler> hyper::service::Service<Request<Incoming>> for Service<H> {
             request: Some(request),
             keep_alive,
             http10,
+            http2,
         }
     }
 }
@@ -311,6 +322,7 @@ struct Respond<H: Handler> {
     request: Option<InRequest>,
     keep_alive: bool,
     http10: bool,
+    http2: bool,
 }
 
 impl<H: Handler> Future for Respond<H> {
@@ -318,6 +330,12 @@ impl<H: Handler> Future for Respond<H> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut response = ready!(Pin::new(&mut self.call).poll(cx))?;
+        if !self.http2 && self.request.as_ref().is_some_and(InRequest::stopping) {
+            // The listeners have stopped: hyper closes the connection after this response (RFC 9112 §9.6).
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+        }
         let keeps_alive = self.keep_alive && response_keeps_alive(&response, self.http10);
         if self.http10 && keeps_alive {
             // hyper closes an HTTP/1.0 connection unless the response says otherwise.
@@ -433,7 +451,7 @@ mod tests {
             idle_timeout: Duration::from_secs(60),
         };
         let shutdown = crate::shutdown::Shutdown::new();
-        let task = serve(stream, axum::Router::new(), limits, Crowd::new(1), shutdown.signal());
+        let task = serve(stream, axum::Router::new(), limits, Crowd::new(1, shutdown.signal()));
         assert!(
             std::mem::size_of_val(&task) <= 1536,
             "{} bytes",

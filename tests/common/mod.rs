@@ -325,8 +325,9 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Read one response (head, then a `Content-Length` body) or until the peer closes, within `limit`.
-pub async fn read_response(stream: &mut tokio::net::TcpStream, limit: Duration) -> String {
+/// Read one response (head, then a `Content-Length` body) or until the peer closes, within `limit`. Any stream:
+/// TCP or the Unix socket.
+pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, limit: Duration) -> String {
     let mut out = Vec::new();
     let read = async {
         let mut buf = [0u8; 8192];
