@@ -261,3 +261,21 @@ fn the_admin_address_must_differ_from_the_proxy_address() {
         assert!(load(Source::Toml(MINIMAL), &e).is_ok(), "{address} {admin}");
     }
 }
+
+#[test]
+fn a_token_in_place_of_a_path_is_refused_and_never_echoed() {
+    let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjk5OTk5OTk5OTl9.c2lnbmF0dXJl";
+    for key in ["FILE", "STATE_FILE"] {
+        let e = env(&[(&format!("ISSETTLED_PROXY__TOKEN__{key}") as &str, jwt)]);
+        let err = load(Source::Toml(MINIMAL), &e).unwrap_err();
+        let want = format!("token.{}", key.to_lowercase());
+        assert!(
+            matches!(&err, ConfigError::Invalid { key, .. } if *key == want),
+            "{key}: {err}"
+        );
+        assert!(!err.to_string().contains(jwt), "{err}");
+    }
+    // Paths that merely have dots are fine.
+    let e = env(&[("ISSETTLED_PROXY__TOKEN__FILE", "/run/secrets/eyJ.token.v2")]);
+    assert!(load(Source::Toml(MINIMAL), &e).is_ok());
+}

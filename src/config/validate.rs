@@ -185,6 +185,15 @@ fn upstream(f: &super::file::Upstream) -> Result<UpstreamConfig, ConfigError> {
 const MAX_ENV_NAME: usize = 64;
 
 /// Whether `name` is an environment variable name: `[A-Za-z_][A-Za-z0-9_]*`, at most [`MAX_ENV_NAME`] long.
+/// A JWT put where a path belongs: three base64url parts, the first a JSON object (`eyJ` is `{"`), no `/`.
+fn looks_like_a_jwt(text: &str) -> bool {
+    let t = text.trim();
+    t.starts_with("eyJ")
+        && t.split('.').count() == 3
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
 fn is_env_name(name: &str) -> bool {
     let mut bytes = name.bytes();
     name.len() <= MAX_ENV_NAME
@@ -195,6 +204,15 @@ fn is_env_name(name: &str) -> bool {
 fn token(f: &super::file::Token, env: &HashMap<String, String>) -> Result<TokenConfig, ConfigError> {
     let file = optional_path(&f.file);
     let env_name = f.env.trim();
+    for (key, value) in [("token.file", &f.file), ("token.state_file", &f.state_file)] {
+        if looks_like_a_jwt(value) {
+            // Not repeated, as for token.env.
+            return Err(invalid(
+                key,
+                "must be a file path, not the token itself (value not shown)",
+            ));
+        }
+    }
     if file.is_none() && env_name.is_empty() {
         return Err(invalid(
             "token.file",
