@@ -21,8 +21,9 @@ use issettled_proxy::{
     sim::SimConfig,
 };
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
+    task::JoinHandle,
 };
 
 /// A request hidden in a body or after it; the upstream must never see this path.
@@ -674,13 +675,24 @@ async fn at_max_connections_a_new_connection_waits_while_requests_in_flight_fini
     );
     // The third connection is accepted by the kernel, but the proxy does not take it while two are open.
     let mut third = TcpStream::connect(addr).await.unwrap();
-    third
+    waits_at_the_limit(&mut third, &upstream, 2).await;
+    served_once_the_held_finish(&mut third, held).await;
+    assert_eq!(seen_paths(&upstream)[2], "/digital-accounts");
+}
+
+/// Send a GET on `stream` and see it not served (nothing read, nothing more upstream than `in_flight`).
+async fn waits_at_the_limit<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, upstream: &Upstream, in_flight: usize) {
+    stream
         .write_all(b"GET /digital-accounts HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
-    let early = read_response(&mut third, Duration::from_millis(400)).await;
+    let early = read_response(stream, Duration::from_millis(400)).await;
     assert!(early.is_empty(), "served while at the limit: {early}");
-    assert_eq!(upstream.sim.requests().len(), 2);
+    assert_eq!(upstream.sim.requests().len(), in_flight);
+}
+
+/// The held requests finish with 200, then the request waiting on `stream` is served.
+async fn served_once_the_held_finish<S: AsyncRead + Unpin>(stream: &mut S, held: Vec<JoinHandle<String>>) {
     for h in held {
         let response = h.await.unwrap();
         assert_eq!(
@@ -689,9 +701,8 @@ async fn at_max_connections_a_new_connection_waits_while_requests_in_flight_fini
             "in-flight requests finish normally: {response}"
         );
     }
-    let late = read_response(&mut third, Duration::from_secs(5)).await;
+    let late = read_response(stream, Duration::from_secs(5)).await;
     assert_eq!(raw_status(&late), 200, "served once a slot is free: {late}");
-    assert_eq!(seen_paths(&upstream)[2], "/digital-accounts");
 }
 
 /// The limit counts the proxy's TCP port and its Unix socket together: with one connection allowed and a slow
@@ -712,23 +723,8 @@ async fn max_connections_is_shared_by_the_tcp_port_and_the_unix_socket() {
         "the slow request in flight"
     );
     let mut unix = tokio::net::UnixStream::connect(&socket).await.unwrap();
-    unix.write_all(b"GET /digital-accounts HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let early = read_response(&mut unix, Duration::from_millis(400)).await;
-    assert!(
-        early.is_empty(),
-        "served on the Unix socket while at the limit: {early}"
-    );
-    assert_eq!(upstream.sim.requests().len(), 1);
-    let response = held.await.unwrap();
-    assert_eq!(
-        raw_status(&response),
-        200,
-        "the held request finishes normally: {response}"
-    );
-    let late = read_response(&mut unix, Duration::from_secs(5)).await;
-    assert_eq!(raw_status(&late), 200, "served once the slot is free: {late}");
+    waits_at_the_limit(&mut unix, &upstream, 1).await;
+    served_once_the_held_finish(&mut unix, vec![held]).await;
     // And the other way round: TCP is served again once the Unix connection has closed.
     let again = request_on_new_connection(proxy.addr, "/digital-accounts").await;
     assert_eq!(raw_status(&again), 200, "{again}");
