@@ -237,13 +237,16 @@ fn the_admin_address_must_differ_from_the_proxy_address() {
         ("0.0.0.0:9000", "127.0.0.1:9000"),
         ("[::1]:9000", "[::]:9000"),
     ];
-    for (address, admin) in conflicts {
+    let with = |address: &str, admin: &str| {
         let e = env(&[
             ("ISSETTLED_PROXY__LISTEN__ADDRESS", address),
             ("ISSETTLED_PROXY__LISTEN__ADMIN_ADDRESS", admin),
         ]);
+        load(Source::Toml(MINIMAL), &e)
+    };
+    for (address, admin) in conflicts {
         assert_eq!(
-            err_key(load(Source::Toml(MINIMAL), &e)),
+            err_key(with(address, admin)),
             "listen.admin_address",
             "{address} {admin}"
         );
@@ -254,11 +257,7 @@ fn the_admin_address_must_differ_from_the_proxy_address() {
         ("127.0.0.1:0", "127.0.0.1:0"),
     ];
     for (address, admin) in fine {
-        let e = env(&[
-            ("ISSETTLED_PROXY__LISTEN__ADDRESS", address),
-            ("ISSETTLED_PROXY__LISTEN__ADMIN_ADDRESS", admin),
-        ]);
-        assert!(load(Source::Toml(MINIMAL), &e).is_ok(), "{address} {admin}");
+        assert!(with(address, admin).is_ok(), "{address} {admin}");
     }
 }
 
