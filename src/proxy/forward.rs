@@ -214,6 +214,11 @@ fn check(state: &ProxyState, parts: &Parts) -> Result<(), ProxyError> {
     if !policy::prefix_allowed(path, &rules.allowed_path_prefixes) {
         return Err(ProxyError::EndpointNotPermitted);
     }
+    // The app must not mint a token with the proxy's (or spend the proxy's refresh): the upstream path is
+    // prefix + path for both, so comparing the paths compares the upstream URLs.
+    if policy::is_refresh_path(path, &rules.refresh_path) {
+        return Err(ProxyError::RefreshEndpoint);
+    }
     if rules.inbound_authorization == InboundAuthorization::Reject && headers::has_app_credentials(&parts.headers) {
         return Err(ProxyError::BadRequest(
             "the app sent an Authorization header (policy.inbound_authorization = \"reject\")",
