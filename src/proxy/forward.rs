@@ -141,24 +141,29 @@ async fn handle(
         ));
     }
     let bytes = read_bounded(incoming, deadline).await;
-    let clean = scrub::scrub_bytes(
-        &bytes,
-        used.token().expose().as_bytes(),
-        used.token().fingerprint().as_bytes(),
-    );
+    let fingerprint = used.token().fingerprint();
+    let clean = scrub::scrub_bytes(&bytes, used.token().expose().as_bytes(), fingerprint.as_bytes());
     let fill = Fill {
         endpoint_url: path,
         member_id: state.rules.member_id.as_deref(),
         request_id: request_id.to_str().unwrap_or_default(),
         now_ms: crate::clock::now_ms(),
     };
-    Ok(error_response(head, &clean, &fill))
+    Ok(error_response(head, &clean, &fill, used.token().expose(), &fingerprint))
 }
 
-/// The upstream's error in the schema: same status, the upstream's other headers kept, JSON body.
-fn error_response(mut head: http::response::Parts, body: &[u8], fill: &Fill<'_>) -> Response {
+/// The upstream's error in the schema: same status, the upstream's other headers kept, JSON body. The output is
+/// scrubbed again: parsing may have un-escaped a token the raw body spelled differently.
+fn error_response(
+    mut head: http::response::Parts,
+    body: &[u8],
+    fill: &Fill<'_>,
+    secret: &str,
+    fingerprint: &str,
+) -> Response {
     let normalized = normalize(head.status, body, fill);
-    let mut response = json_response(head.status, normalized.to_json());
+    let json = scrub::scrub_json(normalized.to_json(), secret, fingerprint);
+    let mut response = json_response(head.status, json);
     for name in [
         header::CONTENT_TYPE,
         header::CONTENT_LENGTH,
