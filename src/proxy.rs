@@ -1,6 +1,7 @@
 //! The proxy port: every request goes through one handler ([`forward`]) that checks it, injects the token,
 //! sends it to the one configured upstream, and streams the answer back (or normalizes an error).
 
+pub mod body;
 pub mod client;
 pub mod deadline;
 pub mod forward;

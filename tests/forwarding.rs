@@ -309,3 +309,30 @@ async fn the_token_refresh_endpoint_is_refused_with_nothing_sent() {
         200
     );
 }
+
+#[tokio::test]
+async fn request_trailers_never_reach_an_http2_upstream() {
+    let (upstream, builder, _ca) = common::tls_upstream(SimConfig::default()).await;
+    let proxy = builder.spawn().await;
+    let response = raw(
+        proxy.addr,
+        b"POST /echo HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nTE: trailers\r\n\
+          Trailer: Authorization, X-Trailer\r\nConnection: close\r\n\r\n\
+          5\r\nhello\r\n0\r\nAuthorization: Bearer app-token\r\nX-Trailer: t\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&response), 200, "{response}");
+    let seen = upstream.sim.requests().pop().unwrap();
+    assert_eq!(
+        seen.version,
+        http::Version::HTTP_2,
+        "the upstream leg must be HTTP/2 for this test"
+    );
+    assert_eq!(&seen.body[..], b"hello");
+    assert!(
+        seen.trailers.is_empty(),
+        "trailers reached the upstream: {:?}",
+        seen.trailers
+    );
+    assert!(bearer(&seen.headers).is_some_and(|t| t != "app-token"));
+}

@@ -11,10 +11,11 @@ use axum::{
 use bytes::Bytes;
 use http::{header, request::Parts, HeaderMap, HeaderValue, StatusCode};
 use http_body::Body as _;
-use http_body_util::{BodyExt as _, LengthLimitError, Limited};
+use http_body_util::BodyExt as _;
 use tokio::time::Instant;
 
 use super::{
+    body::{RequestBody, RequestBodyError},
     deadline::Deadlined,
     headers, policy,
     pool::{PooledBody, SendError},
@@ -120,7 +121,7 @@ async fn handle(
         if let Some(current) = refreshed {
             if let Some((method, mut headers, uri)) = replay {
                 headers.insert(header::AUTHORIZATION, current.header().clone());
-                let mut again = http::Request::new(Body::empty());
+                let mut again = http::Request::new(RequestBody::empty());
                 *again.method_mut() = method;
                 *again.uri_mut() = uri;
                 *again.headers_mut() = headers;
@@ -232,40 +233,23 @@ fn check(state: &ProxyState, parts: &Parts) -> Result<(), ProxyError> {
     Ok(())
 }
 
-/// The app's request body failed while it streamed upstream (a malformed chunk, a client gone mid-body): the
-/// client's fault, answered 400, not an upstream 502.
-#[derive(Debug, thiserror::Error)]
-#[error("the request body is malformed or broke off: {0}")]
-struct InboundBodyError(#[source] axum::Error);
-
-/// Refuse a declared length over the limit now; bound a body of unknown length as it streams. Errors of the
-/// app's body are tagged ([`InboundBodyError`]) so [`classify`] can tell them from the upstream's.
-fn limit_body(body: Body, headers: &HeaderMap, max: u64) -> Result<Body, ProxyError> {
+/// Refuse a declared length over the limit now; bound a body of unknown length as it streams
+/// ([`RequestBody`], whose errors say they are the app's so [`classify`] can tell them from the upstream's).
+fn limit_body(body: Body, headers: &HeaderMap, max: u64) -> Result<RequestBody, ProxyError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .map(|v| v.to_str().ok().and_then(|s| s.parse::<u64>().ok()));
-    if body.is_end_stream() {
-        return match declared {
-            Some(None) => Err(ProxyError::BadRequest("the Content-Length header is not a number")),
-            _ => Ok(body),
-        };
-    }
-    let tagged = body.map_err(InboundBodyError);
     match declared {
-        Some(Some(n)) if n > max => Err(ProxyError::PayloadTooLarge),
-        Some(Some(_)) => Ok(Body::new(tagged)),
         Some(None) => Err(ProxyError::BadRequest("the Content-Length header is not a number")),
-        None => Ok(Body::new(Limited::new(
-            tagged,
-            usize::try_from(max).unwrap_or(usize::MAX),
-        ))),
+        Some(Some(n)) if n > max && !body.is_end_stream() => Err(ProxyError::PayloadTooLarge),
+        _ => Ok(RequestBody::new(body, max)),
     }
 }
 
 /// Send one request, bounded by the deadline.
 async fn send(
     state: &ProxyState,
-    req: http::Request<Body>,
+    req: http::Request<RequestBody>,
     deadline: Instant,
 ) -> Result<http::Response<PooledBody>, ProxyError> {
     match tokio::time::timeout_at(deadline, state.client.send(req)).await {
@@ -280,11 +264,12 @@ fn classify(e: &SendError) -> ProxyError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     let mut detail = String::new();
     while let Some(s) = source {
-        if s.downcast_ref::<LengthLimitError>().is_some() {
-            return ProxyError::PayloadTooLarge;
-        }
-        if s.downcast_ref::<InboundBodyError>().is_some() {
-            return ProxyError::BadRequest("the request body is malformed or broke off");
+        match s.downcast_ref::<RequestBodyError>() {
+            Some(RequestBodyError::TooLarge) => return ProxyError::PayloadTooLarge,
+            Some(RequestBodyError::Broken(_)) => {
+                return ProxyError::BadRequest("the request body is malformed or broke off")
+            }
+            None => {}
         }
         detail = s.to_string();
         source = s.source();
@@ -354,33 +339,22 @@ mod tests {
         Body::from_stream(frames)
     }
 
-    async fn first_error(body: Body) -> Box<dyn std::error::Error + Send + Sync> {
+    async fn first_error(body: RequestBody) -> RequestBodyError {
         let mut body = body;
         match body.frame().await {
-            Some(Err(e)) => e.into(),
+            Some(Err(e)) => e,
             other => panic!("expected an error, got {other:?}"),
         }
-    }
-
-    fn chain_has<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
-        let mut source = Some(e);
-        while let Some(s) = source {
-            if s.downcast_ref::<T>().is_some() {
-                return true;
-            }
-            source = s.source();
-        }
-        false
     }
 
     #[tokio::test]
     async fn errors_of_the_app_body_are_tagged_as_the_clients() {
         let mut headers = HeaderMap::new();
         let chunked = limit_body(broken_body(), &headers, 1024).unwrap();
-        assert!(chain_has::<InboundBodyError>(&*first_error(chunked).await));
+        assert!(matches!(first_error(chunked).await, RequestBodyError::Broken(_)));
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
         let sized = limit_body(broken_body(), &headers, 1024).unwrap();
-        assert!(chain_has::<InboundBodyError>(&*first_error(sized).await));
+        assert!(matches!(first_error(sized).await, RequestBodyError::Broken(_)));
     }
 
     #[tokio::test]
@@ -389,14 +363,17 @@ mod tests {
             vec![b'x'; 2048],
         ))]));
         let limited = limit_body(big, &HeaderMap::new(), 1024).unwrap();
-        let e = first_error(limited).await;
-        assert!(chain_has::<LengthLimitError>(&*e));
-        assert!(!chain_has::<InboundBodyError>(&*e));
+        assert!(matches!(first_error(limited).await, RequestBodyError::TooLarge));
         let mut declared = HeaderMap::new();
         declared.insert(header::CONTENT_LENGTH, HeaderValue::from_static("2048"));
         assert!(matches!(
             limit_body(broken_body(), &declared, 1024),
             Err(ProxyError::PayloadTooLarge)
+        ));
+        declared.insert(header::CONTENT_LENGTH, HeaderValue::from_static("ten"));
+        assert!(matches!(
+            limit_body(Body::empty(), &declared, 1024),
+            Err(ProxyError::BadRequest(_))
         ));
     }
 }

@@ -16,7 +16,6 @@ use std::{
 };
 
 use arc_swap::ArcSwapOption;
-use axum::body::Body;
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 use http::{header, uri::Authority, HeaderValue, Request, Response, Uri};
@@ -33,7 +32,10 @@ use hyper_util::{
 use tokio::time::Instant;
 use tower::ServiceExt as _;
 
-use super::tcp::Connector;
+use super::{
+    body::{poll_data, RequestBody},
+    tcp::Connector,
+};
 
 /// A pooled HTTP/1.1 connection not used for this long is closed rather than reused.
 const IDLE_LIMIT: Duration = Duration::from_secs(90);
@@ -58,18 +60,18 @@ pub struct Pool {
     /// The `Host` header HTTP/1.1 requests carry.
     host: HeaderValue,
     idle: ArrayQueue<Idle>,
-    h2: ArcSwapOption<http2::SendRequest<Body>>,
+    h2: ArcSwapOption<http2::SendRequest<RequestBody>>,
 }
 
 #[derive(Debug)]
 struct Idle {
-    sender: http1::SendRequest<Body>,
+    sender: http1::SendRequest<RequestBody>,
     since: Instant,
 }
 
 enum Fresh {
-    Http1(http1::SendRequest<Body>),
-    Http2(http2::SendRequest<Body>),
+    Http1(http1::SendRequest<RequestBody>),
+    Http2(http2::SendRequest<RequestBody>),
 }
 
 impl Pool {
@@ -98,7 +100,7 @@ impl Pool {
 
     /// Send `req` (origin-form URI: path and query) and return the response head; its body streams from the
     /// connection. Nothing here bounds the time: the caller does.
-    pub async fn send(self: &Arc<Self>, mut req: Request<Body>) -> Result<Response<PooledBody>, SendError> {
+    pub async fn send(self: &Arc<Self>, mut req: Request<RequestBody>) -> Result<Response<PooledBody>, SendError> {
         loop {
             let shared = self.h2.load_full();
             if let Some(h2) = &shared {
@@ -139,8 +141,8 @@ impl Pool {
 
     async fn send_h2(
         &self,
-        h2: &http2::SendRequest<Body>,
-        mut req: Request<Body>,
+        h2: &http2::SendRequest<RequestBody>,
+        mut req: Request<RequestBody>,
     ) -> Result<Response<PooledBody>, SendError> {
         // HTTP/2 carries the authority in the URI, not in `Host`.
         let mut parts = http::uri::Parts::from(std::mem::take(req.uri_mut()));
@@ -154,7 +156,7 @@ impl Pool {
     /// An idle HTTP/1.1 connection that is open, not too old, and ready now. One still busy (the upstream
     /// answered before it had read a request body that is still being sent) is left in the queue rather than
     /// waited for: the next request must not wait on another request's upload.
-    fn checkout(&self) -> Option<http1::SendRequest<Body>> {
+    fn checkout(&self) -> Option<http1::SendRequest<RequestBody>> {
         let now = Instant::now();
         let mut busy = Vec::new();
         let mut found = None;
@@ -175,7 +177,7 @@ impl Pool {
         found
     }
 
-    fn checkin(&self, sender: http1::SendRequest<Body>) {
+    fn checkin(&self, sender: http1::SendRequest<RequestBody>) {
         if !sender.is_closed() {
             // A full queue drops the connection, which closes it.
             let _ = self.idle.push(Idle {
@@ -214,12 +216,12 @@ impl Pool {
     }
 }
 
-/// A response body that returns its HTTP/1.1 connection to the pool once read to the end. A body dropped
+/// A response body that returns its HTTP/1.1 connection to the pool once read to the end; data only. A body dropped
 /// before its end takes the connection with it (hyper closes it).
 #[derive(Debug)]
 pub struct PooledBody {
     inner: Incoming,
-    home: Option<(http1::SendRequest<Body>, Arc<Pool>)>,
+    home: Option<(http1::SendRequest<RequestBody>, Arc<Pool>)>,
 }
 
 impl PooledBody {
@@ -243,7 +245,8 @@ impl HttpBody for PooledBody {
     type Error = hyper::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        // Response trailers are not passed to the app either (see `super::body`).
+        let polled = poll_data(Pin::new(&mut self.inner), cx);
         if let Poll::Ready(None) = polled {
             self.finished();
         }

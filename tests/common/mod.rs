@@ -245,6 +245,19 @@ pub async fn refreshed_proxy() -> (Upstream, TestProxy) {
     (upstream, proxy)
 }
 
+/// The simulated IsSettled over TLS (HTTP/2 by ALPN, as `tls::serve_tls` offers it) and a proxy builder that
+/// trusts its test CA. Keep the directory: it holds the CA file.
+pub async fn tls_upstream(cfg: SimConfig) -> (Upstream, ProxyBuilder, tempfile::TempDir) {
+    let pki = tls::TestPki::generate();
+    let upstream = Upstream::spawn_tls(cfg, pki.server.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let builder =
+        ProxyBuilder::new(&upstream.url, &upstream.token()).set("UPSTREAM__CA_FILE", &ca.display().to_string());
+    (upstream, builder, dir)
+}
+
 /// A client that follows no redirects and ignores proxy variables.
 pub fn client() -> reqwest::Client {
     issettled_proxy::proxy::client::install_crypto_provider();
