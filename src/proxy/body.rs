@@ -1,6 +1,6 @@
 //! Bodies on their way through the proxy: the app's request body going upstream ([`RequestBody`]: bounded by
-//! `policy.max_body_bytes`, its errors tagged as the app's) and the rule both directions share: trailer fields
-//! are not forwarded ([`poll_data`]).
+//! `policy.max_body_bytes`, its failure recorded for the handler) and the rule both directions share: trailer
+//! fields are not forwarded ([`poll_data`]).
 //!
 //! Why trailers go: the proxy decides which fields reach the upstream (the app's `Authorization` never does) and
 //! which reach the app, and it does so on header sections. A chunked HTTP/1.1 request's trailer section
@@ -10,6 +10,10 @@
 
 use std::{
     pin::Pin,
+    sync::{
+        atomic::{AtomicU8, Ordering},
+        Arc,
+    },
     task::{ready, Context, Poll},
 };
 
@@ -31,6 +35,45 @@ where
     }
 }
 
+/// Why the app's request body failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFailure {
+    /// More than `policy.max_body_bytes` arrived (413).
+    TooLarge,
+    /// The app's body broke off or was malformed, such as a bad chunk size (400).
+    Broken,
+}
+
+/// Where a [`RequestBody`] records its failure, once, for the handler: hyper's HTTP/2 client only logs a body
+/// error and resets the stream, so the error the handler gets back no longer says whose fault it was.
+#[derive(Debug, Default)]
+pub struct Failure(AtomicU8);
+
+impl Failure {
+    const NONE: u8 = 0;
+    const TOO_LARGE: u8 = 1;
+    const BROKEN: u8 = 2;
+
+    /// The first failure recorded, if any.
+    pub fn get(&self) -> Option<BodyFailure> {
+        match self.0.load(Ordering::Acquire) {
+            Self::TOO_LARGE => Some(BodyFailure::TooLarge),
+            Self::BROKEN => Some(BodyFailure::Broken),
+            _ => None,
+        }
+    }
+
+    fn set(&self, failure: BodyFailure) {
+        let value = match failure {
+            BodyFailure::TooLarge => Self::TOO_LARGE,
+            BodyFailure::Broken => Self::BROKEN,
+        };
+        let _ = self
+            .0
+            .compare_exchange(Self::NONE, value, Ordering::AcqRel, Ordering::Acquire);
+    }
+}
+
 /// The error a [`RequestBody`] ends in.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestBodyError {
@@ -42,13 +85,15 @@ pub enum RequestBodyError {
     Broken(#[source] axum::Error),
 }
 
-/// The app's request body as the upstream gets it: data only, at most `limit` bytes, errors tagged as the app's
-/// ([`RequestBodyError`]). Unboxed: the pool sends this type, so wrapping costs no allocation.
+/// The app's request body as the upstream gets it: data only, at most `limit` bytes, and a failure recorded in
+/// the [`Failure`] the handler holds. Unboxed (the pool sends this type), so the one allocation is the
+/// [`Failure`]'s, and only for a body that is not empty: a bodiless request allocates nothing here.
 #[derive(Debug)]
 pub struct RequestBody {
     inner: Body,
     /// Bytes still allowed.
     remaining: u64,
+    failure: Option<Arc<Failure>>,
 }
 
 impl RequestBody {
@@ -57,14 +102,25 @@ impl RequestBody {
         Self {
             inner: Body::empty(),
             remaining: 0,
+            failure: None,
         }
     }
 
-    /// `inner`, bounded to `limit` bytes.
-    pub fn new(inner: Body, limit: u64) -> Self {
-        Self {
+    /// `inner`, bounded to `limit` bytes; returns the body and, unless it is already at its end, where its
+    /// failure will be recorded.
+    pub fn new(inner: Body, limit: u64) -> (Self, Option<Arc<Failure>>) {
+        let failure = (!inner.is_end_stream()).then(Arc::default);
+        let body = Self {
             inner,
             remaining: limit,
+            failure: failure.clone(),
+        };
+        (body, failure)
+    }
+
+    fn fail(&self, failure: BodyFailure) {
+        if let Some(f) = &self.failure {
+            f.set(failure);
         }
     }
 }
@@ -81,13 +137,17 @@ impl HttpBody for RequestBody {
                 let len = frame.data_ref().map_or(0, |d| d.len() as u64);
                 if len > self.remaining {
                     self.remaining = 0;
+                    self.fail(BodyFailure::TooLarge);
                     Some(Err(RequestBodyError::TooLarge))
                 } else {
                     self.remaining -= len;
                     Some(Ok(frame))
                 }
             }
-            Some(Err(e)) => Some(Err(RequestBodyError::Broken(e))),
+            Some(Err(e)) => {
+                self.fail(BodyFailure::Broken);
+                Some(Err(RequestBodyError::Broken(e)))
+            }
         })
     }
 
@@ -120,7 +180,7 @@ mod tests {
     #[tokio::test]
     async fn trailers_are_dropped_and_data_passes() {
         let inner = frames(vec![Ok(Frame::data(Bytes::from_static(b"ab"))), Ok(trailers())]);
-        let mut body = RequestBody::new(inner, 1024);
+        let (mut body, failure) = RequestBody::new(inner, 1024);
         let mut seen = Vec::new();
         while let Some(frame) = body.frame().await {
             let frame = frame.unwrap();
@@ -128,22 +188,39 @@ mod tests {
             seen.extend_from_slice(frame.data_ref().unwrap());
         }
         assert_eq!(seen, b"ab");
+        assert_eq!(failure.unwrap().get(), None);
     }
 
     #[tokio::test]
-    async fn over_the_limit_and_broken_bodies_end_in_their_errors() {
+    async fn over_the_limit_and_broken_bodies_record_why() {
         let big = frames((0..2).map(|_| Ok(Frame::data(Bytes::from(vec![b'x'; 600])))).collect());
-        let e = RequestBody::new(big, 1024).collect().await.unwrap_err();
+        let (body, failure) = RequestBody::new(big, 1024);
+        let e = body.collect().await.unwrap_err();
         assert!(matches!(e, RequestBodyError::TooLarge));
+        assert_eq!(failure.unwrap().get(), Some(BodyFailure::TooLarge));
+
         let broken = frames(vec![
             Ok(Frame::data(Bytes::from_static(b"ab"))),
             Err(std::io::Error::other("invalid chunk size")),
         ]);
-        let e = RequestBody::new(broken, 1024).collect().await.unwrap_err();
+        let (body, failure) = RequestBody::new(broken, 1024);
+        let e = body.collect().await.unwrap_err();
         assert!(matches!(e, RequestBodyError::Broken(_)));
-        // At the limit exactly, it passes.
+        assert_eq!(failure.unwrap().get(), Some(BodyFailure::Broken));
+
+        // At the limit exactly, it passes; an empty body has nothing to record.
         let exact = frames(vec![Ok(Frame::data(Bytes::from(vec![b'x'; 1024])))]);
-        let body = RequestBody::new(exact, 1024);
+        let (body, failure) = RequestBody::new(exact, 1024);
         assert_eq!(body.collect().await.unwrap().to_bytes().len(), 1024);
+        assert_eq!(failure.unwrap().get(), None);
+        assert!(RequestBody::new(Body::empty(), 0).1.is_none());
+    }
+
+    #[test]
+    fn the_first_failure_is_kept() {
+        let f = Failure::default();
+        f.set(BodyFailure::Broken);
+        f.set(BodyFailure::TooLarge);
+        assert_eq!(f.get(), Some(BodyFailure::Broken));
     }
 }

@@ -15,7 +15,7 @@ use http_body_util::BodyExt as _;
 use tokio::time::Instant;
 
 use super::{
-    body::{RequestBody, RequestBodyError},
+    body::{BodyFailure, Failure, RequestBody},
     deadline::Deadlined,
     headers, policy,
     pool::{PooledBody, SendError},
@@ -102,7 +102,7 @@ async fn handle(
         .uri(parts.uri.path_and_query())
         .map_err(|_| ProxyError::BadRequest("the request target is not a valid path"))?;
     headers::to_upstream(&mut parts.headers, token.header(), request_id);
-    let body = limit_body(body, &parts.headers, state.rules.max_body_bytes)?;
+    let (body, failure) = limit_body(body, &parts.headers, state.rules.max_body_bytes)?;
     let deadline = started + state.rules.request_timeout;
     // A request may be replayed after a 401 only if it has no body and its method is listed.
     let replay = (state.rules.retry_on_401.contains(&parts.method) && body.is_end_stream())
@@ -110,7 +110,13 @@ async fn handle(
     parts.uri = uri;
     // The app's HTTP version is its own hop's; the upstream connection's is chosen by ALPN.
     parts.version = http::Version::HTTP_11;
-    let mut response = send(state, http::Request::from_parts(parts, body), deadline).await?;
+    let mut response = send(
+        state,
+        http::Request::from_parts(parts, body),
+        deadline,
+        failure.as_deref(),
+    )
+    .await?;
     let mut used = token;
     if response.status() == StatusCode::UNAUTHORIZED {
         // The refresh counts against the same deadline: past it, the app gets the 401 rather than a late 504.
@@ -126,7 +132,7 @@ async fn handle(
                 *again.uri_mut() = uri;
                 *again.headers_mut() = headers;
                 exchange.retried = true;
-                response = send(state, again, deadline).await?;
+                response = send(state, again, deadline, None).await?;
                 used = current;
             }
         }
@@ -233,9 +239,10 @@ fn check(state: &ProxyState, parts: &Parts) -> Result<(), ProxyError> {
     Ok(())
 }
 
-/// Refuse a declared length over the limit now; bound a body of unknown length as it streams
-/// ([`RequestBody`], whose errors say they are the app's so [`classify`] can tell them from the upstream's).
-fn limit_body(body: Body, headers: &HeaderMap, max: u64) -> Result<RequestBody, ProxyError> {
+/// Refuse a declared length over the limit now; bound a body of unknown length as it streams. The body
+/// ([`RequestBody`]) records why it failed in the returned [`Failure`], so [`classify`] can tell the app's fault
+/// from the upstream's whatever the upstream connection's protocol.
+fn limit_body(body: Body, headers: &HeaderMap, max: u64) -> Result<(RequestBody, Option<Arc<Failure>>), ProxyError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .map(|v| v.to_str().ok().and_then(|s| s.parse::<u64>().ok()));
@@ -251,26 +258,27 @@ async fn send(
     state: &ProxyState,
     req: http::Request<RequestBody>,
     deadline: Instant,
+    failure: Option<&Failure>,
 ) -> Result<http::Response<PooledBody>, ProxyError> {
     match tokio::time::timeout_at(deadline, state.client.send(req)).await {
         Err(_) => Err(ProxyError::UpstreamTimeout),
         Ok(Ok(response)) => Ok(response),
-        Ok(Err(e)) => Err(classify(&e)),
+        Ok(Err(e)) => Err(classify(&e, failure.and_then(Failure::get))),
     }
 }
 
-/// Map a client error to the contract's codes: nothing sent (connect, DNS, TLS) or a broken exchange.
-fn classify(e: &SendError) -> ProxyError {
+/// Map a client error to the contract's codes: the app's body failed (recorded by the body itself: hyper's
+/// HTTP/1.1 client returns that error, its HTTP/2 client only resets the stream), nothing sent (connect, DNS,
+/// TLS), or a broken exchange.
+fn classify(e: &SendError, body: Option<BodyFailure>) -> ProxyError {
+    match body {
+        Some(BodyFailure::TooLarge) => return ProxyError::PayloadTooLarge,
+        Some(BodyFailure::Broken) => return ProxyError::BadRequest("the request body is malformed or broke off"),
+        None => {}
+    }
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     let mut detail = String::new();
     while let Some(s) = source {
-        match s.downcast_ref::<RequestBodyError>() {
-            Some(RequestBodyError::TooLarge) => return ProxyError::PayloadTooLarge,
-            Some(RequestBodyError::Broken(_)) => {
-                return ProxyError::BadRequest("the request body is malformed or broke off")
-            }
-            None => {}
-        }
         detail = s.to_string();
         source = s.source();
     }
@@ -332,6 +340,7 @@ async fn read_bounded(mut body: PooledBody, deadline: Instant) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::body::RequestBodyError;
 
     /// A body whose first frame is an error, like hyper's for a malformed chunk size.
     fn broken_body() -> Body {
@@ -339,22 +348,28 @@ mod tests {
         Body::from_stream(frames)
     }
 
-    async fn first_error(body: RequestBody) -> RequestBodyError {
-        let mut body = body;
+    /// The body's first error, and what it recorded.
+    async fn first_error((mut body, failure): (RequestBody, Option<Arc<Failure>>)) -> (RequestBodyError, BodyFailure) {
         match body.frame().await {
-            Some(Err(e)) => e,
+            Some(Err(e)) => (e, failure.and_then(|f| f.get()).expect("a recorded failure")),
             other => panic!("expected an error, got {other:?}"),
         }
     }
 
     #[tokio::test]
-    async fn errors_of_the_app_body_are_tagged_as_the_clients() {
+    async fn errors_of_the_app_body_are_recorded_as_the_clients() {
         let mut headers = HeaderMap::new();
         let chunked = limit_body(broken_body(), &headers, 1024).unwrap();
-        assert!(matches!(first_error(chunked).await, RequestBodyError::Broken(_)));
+        assert!(matches!(
+            first_error(chunked).await,
+            (RequestBodyError::Broken(_), BodyFailure::Broken)
+        ));
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
         let sized = limit_body(broken_body(), &headers, 1024).unwrap();
-        assert!(matches!(first_error(sized).await, RequestBodyError::Broken(_)));
+        assert!(matches!(
+            first_error(sized).await,
+            (RequestBodyError::Broken(_), BodyFailure::Broken)
+        ));
     }
 
     #[tokio::test]
@@ -363,7 +378,10 @@ mod tests {
             vec![b'x'; 2048],
         ))]));
         let limited = limit_body(big, &HeaderMap::new(), 1024).unwrap();
-        assert!(matches!(first_error(limited).await, RequestBodyError::TooLarge));
+        assert!(matches!(
+            first_error(limited).await,
+            (RequestBodyError::TooLarge, BodyFailure::TooLarge)
+        ));
         let mut declared = HeaderMap::new();
         declared.insert(header::CONTENT_LENGTH, HeaderValue::from_static("2048"));
         assert!(matches!(
@@ -374,6 +392,20 @@ mod tests {
         assert!(matches!(
             limit_body(Body::empty(), &declared, 1024),
             Err(ProxyError::BadRequest(_))
+        ));
+    }
+
+    #[test]
+    fn a_recorded_body_failure_outranks_the_upstream_error() {
+        let e = SendError::Connect("refused".into());
+        assert!(matches!(classify(&e, None), ProxyError::UpstreamUnreachable(_)));
+        assert!(matches!(
+            classify(&e, Some(BodyFailure::TooLarge)),
+            ProxyError::PayloadTooLarge
+        ));
+        assert!(matches!(
+            classify(&e, Some(BodyFailure::Broken)),
+            ProxyError::BadRequest(_)
         ));
     }
 }
