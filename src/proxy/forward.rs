@@ -104,19 +104,28 @@ async fn handle(
     headers::to_upstream(&mut parts.headers, token.header(), request_id);
     let (body, failure) = limit_body(body, &parts.headers, state.rules.max_body_bytes)?;
     let deadline = started + state.rules.request_timeout;
-    // A request may be replayed after a 401 only if it has no body and its method is listed.
-    let replay = (state.rules.retry_on_401.contains(&parts.method) && body.is_end_stream())
-        .then(|| (parts.method.clone(), parts.headers.clone(), uri.clone()));
+    // A request may be replayed only if it has no body and its method is listed in `retry_on_401`.
+    let replay = (state.rules.retry_on_401.contains(&parts.method) && body.is_end_stream()).then(|| Replay {
+        method: parts.method.clone(),
+        headers: parts.headers.clone(),
+        uri: uri.clone(),
+    });
     parts.uri = uri;
     // The app's HTTP version is its own hop's; the upstream connection's is chosen by ALPN.
     parts.version = http::Version::HTTP_11;
-    let mut response = send(
-        state,
-        http::Request::from_parts(parts, body),
-        deadline,
-        failure.as_deref(),
-    )
-    .await?;
+    let first = http::Request::from_parts(parts, body);
+    let mut response = match state.client.send(first, deadline).await {
+        Ok(response) => response,
+        Err(e) => match &replay {
+            // Refused before the upstream processed it (an HTTP/2 GOAWAY or REFUSED_STREAM): once more, on
+            // another connection.
+            Some(again) if e.unprocessed() => {
+                exchange.retried = true;
+                send(state, again.clone().request(None), deadline, None).await?
+            }
+            _ => return Err(classify(&e, failure.as_deref().and_then(Failure::get))),
+        },
+    };
     let mut used = token;
     if response.status() == StatusCode::UNAUTHORIZED {
         // The refresh counts against the same deadline: past it, the app gets the 401 rather than a late 504.
@@ -125,14 +134,9 @@ async fn handle(
             .ok()
             .flatten();
         if let Some(current) = refreshed {
-            if let Some((method, mut headers, uri)) = replay {
-                headers.insert(header::AUTHORIZATION, current.header().clone());
-                let mut again = http::Request::new(RequestBody::empty());
-                *again.method_mut() = method;
-                *again.uri_mut() = uri;
-                *again.headers_mut() = headers;
+            if let Some(again) = replay {
                 exchange.retried = true;
-                response = send(state, again, deadline, None).await?;
+                response = send(state, again.request(Some(current.header())), deadline, None).await?;
                 used = current;
             }
         }
@@ -157,6 +161,29 @@ async fn handle(
         now_ms: crate::clock::now_ms(),
     };
     Ok(error_response(head, &clean, &fill, used.token().expose(), &fingerprint))
+}
+
+/// A bodiless request kept to be sent again: after a 401 and a refresh (`retry_on_401`), or once when HTTP/2
+/// refused it unprocessed. The copy is made before the first send, for the methods `retry_on_401` lists.
+#[derive(Debug, Clone)]
+struct Replay {
+    method: http::Method,
+    headers: HeaderMap,
+    uri: http::Uri,
+}
+
+impl Replay {
+    /// The request again, with a new token if one is given.
+    fn request(mut self, token: Option<&HeaderValue>) -> http::Request<RequestBody> {
+        if let Some(token) = token {
+            self.headers.insert(header::AUTHORIZATION, token.clone());
+        }
+        let mut again = http::Request::new(RequestBody::empty());
+        *again.method_mut() = self.method;
+        *again.uri_mut() = self.uri;
+        *again.headers_mut() = self.headers;
+        again
+    }
 }
 
 /// The upstream's error in the schema: same status, the upstream's other headers kept, JSON body. The output is
@@ -260,21 +287,24 @@ async fn send(
     deadline: Instant,
     failure: Option<&Failure>,
 ) -> Result<http::Response<PooledBody>, ProxyError> {
-    match tokio::time::timeout_at(deadline, state.client.send(req)).await {
-        Err(_) => Err(ProxyError::UpstreamTimeout),
-        Ok(Ok(response)) => Ok(response),
-        Ok(Err(e)) => Err(classify(&e, failure.and_then(Failure::get))),
-    }
+    state
+        .client
+        .send(req, deadline)
+        .await
+        .map_err(|e| classify(&e, failure.and_then(Failure::get)))
 }
 
 /// Map a client error to the contract's codes: the app's body failed (recorded by the body itself: hyper's
-/// HTTP/1.1 client returns that error, its HTTP/2 client only resets the stream), nothing sent (connect, DNS,
-/// TLS), or a broken exchange.
+/// HTTP/1.1 client returns that error, its HTTP/2 client only resets the stream), no answer in time, nothing
+/// sent (connect, DNS, TLS), or a broken exchange.
 fn classify(e: &SendError, body: Option<BodyFailure>) -> ProxyError {
     match body {
         Some(BodyFailure::TooLarge) => return ProxyError::PayloadTooLarge,
         Some(BodyFailure::Broken) => return ProxyError::BadRequest("the request body is malformed or broke off"),
         None => {}
+    }
+    if matches!(e, SendError::Timeout) {
+        return ProxyError::UpstreamTimeout;
     }
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     let mut detail = String::new();
