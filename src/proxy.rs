@@ -4,6 +4,7 @@
 pub mod body;
 pub mod client;
 pub mod deadline;
+pub mod encoding;
 pub mod forward;
 pub mod headers;
 pub mod policy;

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use super::{
     body::{BodyFailure, Failure, RequestBody},
     deadline::Deadlined,
-    headers, policy,
+    encoding, headers, policy,
     pool::{PooledBody, SendError},
     request_id, ProxyState,
 };
@@ -102,6 +102,7 @@ async fn handle(
         .uri(parts.uri.path_and_query())
         .map_err(|_| ProxyError::BadRequest("the request target is not a valid path"))?;
     headers::to_upstream(&mut parts.headers, token.header(), request_id);
+    encoding::limit_accept_encoding(&mut parts.headers);
     let (body, failure) = limit_body(body, &parts.headers, state.rules.max_body_bytes)?;
     let deadline = started + state.rules.request_timeout;
     // A request may be replayed only if it has no body and its method is listed in `retry_on_401`.
@@ -152,8 +153,10 @@ async fn handle(
         ));
     }
     let bytes = read_bounded(incoming, deadline).await;
+    // Decoded under the same bound as the read, so a small gzip bomb stays small.
+    let text = encoding::decode_error_body(&head.headers, &bytes, MAX_ERROR_BODY);
     let fingerprint = used.token().fingerprint();
-    let clean = scrub::scrub_bytes(&bytes, used.token().expose().as_bytes(), fingerprint.as_bytes());
+    let clean = scrub::scrub_bytes(&text, used.token().expose().as_bytes(), fingerprint.as_bytes());
     let fill = Fill {
         endpoint_url: path,
         member_id: state.rules.member_id.as_deref(),
