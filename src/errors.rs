@@ -23,6 +23,9 @@ pub enum ProxyError {
     /// Path outside `policy.allowed_path_prefixes`.
     #[error("the path is outside the permitted endpoints")]
     EndpointNotPermitted,
+    /// The token refresh endpoint (`token.refresh_path`), which only the proxy calls.
+    #[error("the token refresh endpoint is reserved to the proxy")]
+    RefreshEndpoint,
     /// `Host` not in `listen.allowed_hosts`.
     #[error("the Host header is not one of listen.allowed_hosts")]
     HostNotAllowed,
@@ -67,7 +70,7 @@ impl ProxyError {
         use ProxyError::*;
         match self {
             BadRequest(_) => (StatusCode::BAD_REQUEST, "BAD_REQUEST"),
-            EndpointNotPermitted => (StatusCode::FORBIDDEN, "ENDPOINT_NOT_PERMITTED"),
+            EndpointNotPermitted | RefreshEndpoint => (StatusCode::FORBIDDEN, "ENDPOINT_NOT_PERMITTED"),
             HostNotAllowed => (StatusCode::FORBIDDEN, "HOST_NOT_ALLOWED"),
             OriginNotAllowed | AdminCrossOrigin => (StatusCode::FORBIDDEN, "ORIGIN_NOT_ALLOWED"),
             HeadersTooLarge(_) => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "HEADERS_TOO_LARGE"),

@@ -12,7 +12,8 @@
 //! - [`config`]: load, merge the environment, validate into a typed `Config`.
 //! - [`token`]: the token type, the lock-free cell, JWT claims, the schedule, refresh calls, the refresher,
 //!   the token file watch and the state file.
-//! - [`proxy`]: the proxy port's handler and its pure parts (policy, headers, target, request id), the clients.
+//! - [`proxy`]: the proxy port's handler and its pure parts (policy, headers, target, request id, content
+//!   codings), the request and response bodies, the clients.
 //! - [`errors`]: `ProxyError` and its one table of codes, the error schema, normalization, token scrubbing.
 //! - [`admin`]: `/healthz`, `/readyz`, `/status`, `/metrics`, `/refresh`, `/quitquitquit`.
 //! - [`metrics`], [`shutdown`], [`telemetry`], [`clock`]: leaves.

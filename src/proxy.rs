@@ -1,8 +1,10 @@
 //! The proxy port: every request goes through one handler ([`forward`]) that checks it, injects the token,
 //! sends it to the one configured upstream, and streams the answer back (or normalizes an error).
 
+pub mod body;
 pub mod client;
 pub mod deadline;
+pub mod encoding;
 pub mod forward;
 pub mod headers;
 pub mod policy;
@@ -31,6 +33,8 @@ pub struct Rules {
     pub allowed_origins: Vec<String>,
     pub allowed_methods: Vec<Method>,
     pub allowed_path_prefixes: Vec<String>,
+    /// `token.refresh_path`: the proxy's own endpoint, never forwarded for an app.
+    pub refresh_path: String,
     pub max_body_bytes: u64,
     pub inbound_authorization: InboundAuthorization,
     pub retry_on_401: Vec<Method>,
@@ -46,6 +50,7 @@ impl Rules {
             allowed_origins: cfg.listen.allowed_origins.clone(),
             allowed_methods: cfg.policy.allowed_methods.clone(),
             allowed_path_prefixes: cfg.policy.allowed_path_prefixes.clone(),
+            refresh_path: cfg.token.refresh_path.clone(),
             max_body_bytes: cfg.policy.max_body_bytes,
             inbound_authorization: cfg.policy.inbound_authorization,
             retry_on_401: cfg.policy.retry_on_401.clone(),

@@ -94,10 +94,14 @@ pub struct RecordedRequest {
     pub method: Method,
     /// The path and query as received.
     pub path_and_query: String,
+    /// The HTTP version the request came in (HTTP/2 when TLS negotiated it).
+    pub version: http::Version,
     /// All request headers.
     pub headers: HeaderMap,
     /// The whole body (empty for `POST /upload`, which is only counted: see [`Sim::upload_progress`]).
     pub body: Bytes,
+    /// The request's trailer fields, if its body carried any (HTTP/1.1 chunked trailers, HTTP/2 trailers).
+    pub trailers: HeaderMap,
     /// The `Authorization: Bearer` value, if any.
     pub token: Option<String>,
     /// Whether the sim accepted the token: valid and, on API routes, not refused by [`Sim::reject_api_token`].
@@ -262,11 +266,12 @@ impl Shared {
         seq
     }
 
-    /// Fill in the body of a recorded API request once it has been read (a no-op after `clear_log`).
-    fn set_body(&self, seq: u64, body: Bytes) {
+    /// Fill in the body and trailers of a recorded API request once read (a no-op after `clear_log`).
+    fn set_body(&self, seq: u64, body: Bytes, trailers: Option<&HeaderMap>) {
         let mut log = lock(&self.log);
         if let Some((_, r)) = log.requests.iter_mut().rev().find(|(s, _)| *s == seq) {
             r.body = body;
+            r.trailers = trailers.cloned().unwrap_or_default();
         }
     }
 

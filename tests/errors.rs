@@ -206,3 +206,41 @@ async fn a_huge_error_body_is_read_only_up_to_a_bound() {
     assert_schema(&body);
     assert!(body["long_message"].as_str().unwrap().len() < 4096);
 }
+
+#[tokio::test]
+async fn a_gzipped_upstream_error_is_decoded_normalized_and_scrubbed() {
+    let upstream = Faulty::spawn(Fault::GzipError).await;
+    let proxy = ProxyBuilder::new(&upstream.url(), "opaque-token").spawn().await;
+    // What curl --compressed sends.
+    let r = client()
+        .get(proxy.url("/payments/7"))
+        .header("accept-encoding", "deflate, gzip, br, zstd")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    assert!(
+        r.headers().get("content-encoding").is_none(),
+        "the normalized body is not encoded"
+    );
+    let text = r.text().await.unwrap();
+    let body: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+    assert_schema(&body);
+    assert_eq!(body["code"], "PAYMENT_CONFLICT", "the upstream's code survives: {body}");
+    assert_eq!(body["short_message"], "Conflict");
+    assert!(!text.contains("opaque-token"), "the token is scrubbed: {text}");
+    assert!(body["long_message"].as_str().unwrap().contains("sha256:"), "{body}");
+    // The upstream was offered only codings the proxy can decode.
+    let head = upstream
+        .request_heads()
+        .into_iter()
+        .find(|h| h.starts_with("GET /payments/7 "))
+        .unwrap();
+    let accept = head.lines().find_map(|l| {
+        l.to_ascii_lowercase()
+            .strip_prefix("accept-encoding:")
+            .map(|v| v.trim().to_owned())
+    });
+    assert_eq!(accept.as_deref(), Some("gzip, deflate"), "{head}");
+}

@@ -267,3 +267,72 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     stream.read_to_end(&mut rest).await.unwrap();
     assert!(String::from_utf8_lossy(&rest).starts_with("HTTP/1.1 200"));
 }
+
+#[tokio::test]
+async fn the_token_refresh_endpoint_is_refused_with_nothing_sent() {
+    let upstream = Upstream::spawn_with(SimConfig {
+        prefix: "/api/v1".into(),
+        ..SimConfig::default()
+    })
+    .await;
+    let proxy = ProxyBuilder::new(&upstream.url, &upstream.token()).spawn().await;
+    proxy.startup_refresh_done().await;
+    let (refreshes, requests) = (upstream.sim.refresh_calls().len(), upstream.sim.requests().len());
+    let c = client();
+    for path in [
+        "/oauth-token/refresh",
+        "/oauth-token/refresh/",
+        "/OAUTH-TOKEN/Refresh",
+        "/oauth-token/%72efresh",
+    ] {
+        for method in [http::Method::POST, http::Method::GET] {
+            let r = c.request(method.clone(), proxy.url(path)).send().await.unwrap();
+            assert_eq!(r.status(), 403, "{method} {path}");
+            let body: serde_json::Value = r.json().await.unwrap();
+            common::assert_schema(&body);
+            assert_eq!(body["code"], "ENDPOINT_NOT_PERMITTED", "{method} {path}");
+        }
+    }
+    assert_eq!(
+        upstream.sim.refresh_calls().len(),
+        refreshes,
+        "a refresh call reached the upstream"
+    );
+    assert_eq!(upstream.sim.requests().len(), requests, "nothing sent upstream");
+    // Paths beside it still pass.
+    assert_eq!(
+        c.get(proxy.url("/echo/oauth-token/refresh"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn request_trailers_never_reach_an_http2_upstream() {
+    let (upstream, builder, _ca) = common::tls_upstream(SimConfig::default()).await;
+    let proxy = builder.spawn().await;
+    let response = raw(
+        proxy.addr,
+        b"POST /echo HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nTE: trailers\r\n\
+          Trailer: Authorization, X-Trailer\r\nConnection: close\r\n\r\n\
+          5\r\nhello\r\n0\r\nAuthorization: Bearer app-token\r\nX-Trailer: t\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&response), 200, "{response}");
+    let seen = upstream.sim.requests().pop().unwrap();
+    assert_eq!(
+        seen.version,
+        http::Version::HTTP_2,
+        "the upstream leg must be HTTP/2 for this test"
+    );
+    assert_eq!(&seen.body[..], b"hello");
+    assert!(
+        seen.trailers.is_empty(),
+        "trailers reached the upstream: {:?}",
+        seen.trailers
+    );
+    assert!(bearer(&seen.headers).is_some_and(|t| t != "app-token"));
+}

@@ -516,6 +516,41 @@ async fn bodies_over_the_limit_are_413_with_or_without_a_length() {
 }
 
 #[tokio::test]
+async fn with_an_http2_upstream_a_body_too_large_is_413_and_a_broken_one_400() {
+    // hyper's HTTP/2 client only logs a request body's error and resets the stream: the answer must still
+    // blame the app's body, as it does over HTTP/1.1.
+    let (upstream, builder, _ca) = common::tls_upstream(SimConfig::default()).await;
+    let proxy = builder.set("POLICY__MAX_BODY_BYTES", "1024").spawn().await;
+    let too_large = format!(
+        "POST /echo HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+         200\r\n{a}\r\n200\r\n{a}\r\n200\r\n{a}\r\n0\r\n\r\n",
+        a = "x".repeat(512)
+    );
+    let broken = format!(
+        "POST /echo HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+         5\r\nhello\r\nzz\r\n{SMUGGLED}"
+    );
+    for (name, request, status, code) in [
+        ("too large", too_large, 413, "PAYLOAD_TOO_LARGE"),
+        ("broken", broken, 400, "BAD_REQUEST"),
+    ] {
+        let response = raw(proxy.addr, request.as_bytes()).await;
+        assert_eq!(raw_status(&response), status, "{name}: {response}");
+        let body = raw_json(&response);
+        assert_schema(&body);
+        assert_eq!(body["code"], code, "{name}");
+    }
+    for r in upstream.sim.requests() {
+        assert_eq!(
+            r.version,
+            http::Version::HTTP_2,
+            "the upstream leg must be HTTP/2 for this test"
+        );
+        assert!(r.body.is_empty(), "a body over the limit or broken was delivered");
+    }
+}
+
+#[tokio::test]
 async fn expect_100_continue_is_honoured_and_refused_without_100_when_too_large() {
     let upstream = Upstream::spawn().await;
     let proxy = ProxyBuilder::new(&upstream.url, &upstream.token())

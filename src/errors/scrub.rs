@@ -21,6 +21,24 @@ pub fn scrub_bytes<'a>(haystack: &'a [u8], secret: &[u8], replacement: &[u8]) ->
     Cow::Owned(out)
 }
 
+/// Scrub serialized JSON: the secret as it is and as a JSON string spells it (a token with `"` or `\\` in it).
+/// Run on the proxy's own output, after parsing, so an upstream that escaped the token (`abc\/def`,
+/// `\u0061bc`) cannot carry it past [`scrub_bytes`], which sees only the raw body.
+pub fn scrub_json(json: Vec<u8>, secret: &str, replacement: &str) -> Vec<u8> {
+    let mut out = match scrub_bytes(&json, secret.as_bytes(), replacement.as_bytes()) {
+        Cow::Borrowed(_) => json,
+        Cow::Owned(clean) => clean,
+    };
+    let escaped = serde_json::to_string(secret).unwrap_or_default();
+    let escaped = escaped.trim_start_matches('"').trim_end_matches('"');
+    if escaped != secret {
+        if let Cow::Owned(clean) = scrub_bytes(&out, escaped.as_bytes(), replacement.as_bytes()) {
+            out = clean;
+        }
+    }
+    out
+}
+
 /// Scrub every header value in place. Returns whether anything was replaced.
 pub fn scrub_headers(headers: &mut HeaderMap, secret: &[u8], replacement: &[u8]) -> bool {
     let mut changed = false;
@@ -44,6 +62,29 @@ mod tests {
         assert_eq!(&*out, b"a sha256:1234 b sha256:1234");
         assert!(matches!(scrub_bytes(b"clean", b"SECRET", b"x"), Cow::Borrowed(_)));
         assert!(matches!(scrub_bytes(b"clean", b"", b"x"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn a_token_the_upstream_json_escaped_is_scrubbed_after_parsing() {
+        use crate::errors::normalize::{normalize, Fill};
+        let fill = Fill {
+            endpoint_url: "/x",
+            member_id: None,
+            request_id: "r",
+            now_ms: 0,
+        };
+        let token = "abc/def\"ghi";
+        let body = br#"{"code":"E","long_message":"bad token abc\/def\"ghi","abc\u002fdef\"ghi":1}"#;
+        let raw = scrub_bytes(body, token.as_bytes(), b"sha256:1234");
+        assert!(matches!(raw, Cow::Borrowed(_)), "the raw body does not spell the token");
+        let json = normalize(http::StatusCode::UNAUTHORIZED, &raw, &fill).to_json();
+        let out = String::from_utf8(scrub_json(json, token, "sha256:1234")).unwrap();
+        assert!(!out.contains("abc/def"), "{out}");
+        assert_eq!(out.matches("sha256:1234").count(), 2, "{out}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["long_message"], "bad token sha256:1234");
+        // Nothing to replace: the same bytes back.
+        assert_eq!(scrub_json(b"{}".to_vec(), token, "x"), b"{}");
     }
 
     #[test]

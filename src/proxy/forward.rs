@@ -11,12 +11,13 @@ use axum::{
 use bytes::Bytes;
 use http::{header, request::Parts, HeaderMap, HeaderValue, StatusCode};
 use http_body::Body as _;
-use http_body_util::{BodyExt as _, LengthLimitError, Limited};
+use http_body_util::BodyExt as _;
 use tokio::time::Instant;
 
 use super::{
+    body::{BodyFailure, Failure, RequestBody},
     deadline::Deadlined,
-    headers, policy,
+    encoding, headers, policy,
     pool::{PooledBody, SendError},
     request_id, ProxyState,
 };
@@ -101,15 +102,31 @@ async fn handle(
         .uri(parts.uri.path_and_query())
         .map_err(|_| ProxyError::BadRequest("the request target is not a valid path"))?;
     headers::to_upstream(&mut parts.headers, token.header(), request_id);
-    let body = limit_body(body, &parts.headers, state.rules.max_body_bytes)?;
+    encoding::limit_accept_encoding(&mut parts.headers);
+    let (body, failure) = limit_body(body, &parts.headers, state.rules.max_body_bytes)?;
     let deadline = started + state.rules.request_timeout;
-    // A request may be replayed after a 401 only if it has no body and its method is listed.
-    let replay = (state.rules.retry_on_401.contains(&parts.method) && body.is_end_stream())
-        .then(|| (parts.method.clone(), parts.headers.clone(), uri.clone()));
+    // A request may be replayed only if it has no body and its method is listed in `retry_on_401`.
+    let replay = (state.rules.retry_on_401.contains(&parts.method) && body.is_end_stream()).then(|| Replay {
+        method: parts.method.clone(),
+        headers: parts.headers.clone(),
+        uri: uri.clone(),
+    });
     parts.uri = uri;
     // The app's HTTP version is its own hop's; the upstream connection's is chosen by ALPN.
     parts.version = http::Version::HTTP_11;
-    let mut response = send(state, http::Request::from_parts(parts, body), deadline).await?;
+    let first = http::Request::from_parts(parts, body);
+    let mut response = match state.client.send(first, deadline).await {
+        Ok(response) => response,
+        Err(e) => match &replay {
+            // Refused before the upstream processed it (an HTTP/2 GOAWAY or REFUSED_STREAM): once more, on
+            // another connection.
+            Some(again) if e.unprocessed() => {
+                exchange.retried = true;
+                send(state, again.clone().request(None), deadline, None).await?
+            }
+            _ => return Err(classify(&e, failure.as_deref().and_then(Failure::get))),
+        },
+    };
     let mut used = token;
     if response.status() == StatusCode::UNAUTHORIZED {
         // The refresh counts against the same deadline: past it, the app gets the 401 rather than a late 504.
@@ -118,14 +135,9 @@ async fn handle(
             .ok()
             .flatten();
         if let Some(current) = refreshed {
-            if let Some((method, mut headers, uri)) = replay {
-                headers.insert(header::AUTHORIZATION, current.header().clone());
-                let mut again = http::Request::new(Body::empty());
-                *again.method_mut() = method;
-                *again.uri_mut() = uri;
-                *again.headers_mut() = headers;
+            if let Some(again) = replay {
                 exchange.retried = true;
-                response = send(state, again, deadline).await?;
+                response = send(state, again.request(Some(current.header())), deadline, None).await?;
                 used = current;
             }
         }
@@ -141,24 +153,54 @@ async fn handle(
         ));
     }
     let bytes = read_bounded(incoming, deadline).await;
-    let clean = scrub::scrub_bytes(
-        &bytes,
-        used.token().expose().as_bytes(),
-        used.token().fingerprint().as_bytes(),
-    );
+    // Decoded under the same bound as the read, so a small gzip bomb stays small.
+    let text = encoding::decode_error_body(&head.headers, &bytes, MAX_ERROR_BODY);
+    let fingerprint = used.token().fingerprint();
+    let clean = scrub::scrub_bytes(&text, used.token().expose().as_bytes(), fingerprint.as_bytes());
     let fill = Fill {
         endpoint_url: path,
         member_id: state.rules.member_id.as_deref(),
         request_id: request_id.to_str().unwrap_or_default(),
         now_ms: crate::clock::now_ms(),
     };
-    Ok(error_response(head, &clean, &fill))
+    Ok(error_response(head, &clean, &fill, used.token().expose(), &fingerprint))
 }
 
-/// The upstream's error in the schema: same status, the upstream's other headers kept, JSON body.
-fn error_response(mut head: http::response::Parts, body: &[u8], fill: &Fill<'_>) -> Response {
+/// A bodiless request kept to be sent again: after a 401 and a refresh (`retry_on_401`), or once when HTTP/2
+/// refused it unprocessed. The copy is made before the first send, for the methods `retry_on_401` lists.
+#[derive(Debug, Clone)]
+struct Replay {
+    method: http::Method,
+    headers: HeaderMap,
+    uri: http::Uri,
+}
+
+impl Replay {
+    /// The request again, with a new token if one is given.
+    fn request(mut self, token: Option<&HeaderValue>) -> http::Request<RequestBody> {
+        if let Some(token) = token {
+            self.headers.insert(header::AUTHORIZATION, token.clone());
+        }
+        let mut again = http::Request::new(RequestBody::empty());
+        *again.method_mut() = self.method;
+        *again.uri_mut() = self.uri;
+        *again.headers_mut() = self.headers;
+        again
+    }
+}
+
+/// The upstream's error in the schema: same status, the upstream's other headers kept, JSON body. The output is
+/// scrubbed again: parsing may have un-escaped a token the raw body spelled differently.
+fn error_response(
+    mut head: http::response::Parts,
+    body: &[u8],
+    fill: &Fill<'_>,
+    secret: &str,
+    fingerprint: &str,
+) -> Response {
     let normalized = normalize(head.status, body, fill);
-    let mut response = json_response(head.status, normalized.to_json());
+    let json = scrub::scrub_json(normalized.to_json(), secret, fingerprint);
+    let mut response = json_response(head.status, json);
     for name in [
         header::CONTENT_TYPE,
         header::CONTENT_LENGTH,
@@ -214,6 +256,11 @@ fn check(state: &ProxyState, parts: &Parts) -> Result<(), ProxyError> {
     if !policy::prefix_allowed(path, &rules.allowed_path_prefixes) {
         return Err(ProxyError::EndpointNotPermitted);
     }
+    // The app must not mint a token with the proxy's (or spend the proxy's refresh): the upstream path is
+    // prefix + path for both, so comparing the paths compares the upstream URLs.
+    if policy::is_refresh_path(path, &rules.refresh_path) {
+        return Err(ProxyError::RefreshEndpoint);
+    }
     if rules.inbound_authorization == InboundAuthorization::Reject && headers::has_app_credentials(&parts.headers) {
         return Err(ProxyError::BadRequest(
             "the app sent an Authorization header (policy.inbound_authorization = \"reject\")",
@@ -222,60 +269,49 @@ fn check(state: &ProxyState, parts: &Parts) -> Result<(), ProxyError> {
     Ok(())
 }
 
-/// The app's request body failed while it streamed upstream (a malformed chunk, a client gone mid-body): the
-/// client's fault, answered 400, not an upstream 502.
-#[derive(Debug, thiserror::Error)]
-#[error("the request body is malformed or broke off: {0}")]
-struct InboundBodyError(#[source] axum::Error);
-
-/// Refuse a declared length over the limit now; bound a body of unknown length as it streams. Errors of the
-/// app's body are tagged ([`InboundBodyError`]) so [`classify`] can tell them from the upstream's.
-fn limit_body(body: Body, headers: &HeaderMap, max: u64) -> Result<Body, ProxyError> {
+/// Refuse a declared length over the limit now; bound a body of unknown length as it streams. The body
+/// ([`RequestBody`]) records why it failed in the returned [`Failure`], so [`classify`] can tell the app's fault
+/// from the upstream's whatever the upstream connection's protocol.
+fn limit_body(body: Body, headers: &HeaderMap, max: u64) -> Result<(RequestBody, Option<Arc<Failure>>), ProxyError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .map(|v| v.to_str().ok().and_then(|s| s.parse::<u64>().ok()));
-    if body.is_end_stream() {
-        return match declared {
-            Some(None) => Err(ProxyError::BadRequest("the Content-Length header is not a number")),
-            _ => Ok(body),
-        };
-    }
-    let tagged = body.map_err(InboundBodyError);
     match declared {
-        Some(Some(n)) if n > max => Err(ProxyError::PayloadTooLarge),
-        Some(Some(_)) => Ok(Body::new(tagged)),
         Some(None) => Err(ProxyError::BadRequest("the Content-Length header is not a number")),
-        None => Ok(Body::new(Limited::new(
-            tagged,
-            usize::try_from(max).unwrap_or(usize::MAX),
-        ))),
+        Some(Some(n)) if n > max && !body.is_end_stream() => Err(ProxyError::PayloadTooLarge),
+        _ => Ok(RequestBody::new(body, max)),
     }
 }
 
 /// Send one request, bounded by the deadline.
 async fn send(
     state: &ProxyState,
-    req: http::Request<Body>,
+    req: http::Request<RequestBody>,
     deadline: Instant,
+    failure: Option<&Failure>,
 ) -> Result<http::Response<PooledBody>, ProxyError> {
-    match tokio::time::timeout_at(deadline, state.client.send(req)).await {
-        Err(_) => Err(ProxyError::UpstreamTimeout),
-        Ok(Ok(response)) => Ok(response),
-        Ok(Err(e)) => Err(classify(&e)),
-    }
+    state
+        .client
+        .send(req, deadline)
+        .await
+        .map_err(|e| classify(&e, failure.and_then(Failure::get)))
 }
 
-/// Map a client error to the contract's codes: nothing sent (connect, DNS, TLS) or a broken exchange.
-fn classify(e: &SendError) -> ProxyError {
+/// Map a client error to the contract's codes: the app's body failed (recorded by the body itself: hyper's
+/// HTTP/1.1 client returns that error, its HTTP/2 client only resets the stream), no answer in time, nothing
+/// sent (connect, DNS, TLS), or a broken exchange.
+fn classify(e: &SendError, body: Option<BodyFailure>) -> ProxyError {
+    match body {
+        Some(BodyFailure::TooLarge) => return ProxyError::PayloadTooLarge,
+        Some(BodyFailure::Broken) => return ProxyError::BadRequest("the request body is malformed or broke off"),
+        None => {}
+    }
+    if matches!(e, SendError::Timeout) {
+        return ProxyError::UpstreamTimeout;
+    }
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     let mut detail = String::new();
     while let Some(s) = source {
-        if s.downcast_ref::<LengthLimitError>().is_some() {
-            return ProxyError::PayloadTooLarge;
-        }
-        if s.downcast_ref::<InboundBodyError>().is_some() {
-            return ProxyError::BadRequest("the request body is malformed or broke off");
-        }
         detail = s.to_string();
         source = s.source();
     }
@@ -337,6 +373,7 @@ async fn read_bounded(mut body: PooledBody, deadline: Instant) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::body::RequestBodyError;
 
     /// A body whose first frame is an error, like hyper's for a malformed chunk size.
     fn broken_body() -> Body {
@@ -344,33 +381,28 @@ mod tests {
         Body::from_stream(frames)
     }
 
-    async fn first_error(body: Body) -> Box<dyn std::error::Error + Send + Sync> {
-        let mut body = body;
+    /// The body's first error, and what it recorded.
+    async fn first_error((mut body, failure): (RequestBody, Option<Arc<Failure>>)) -> (RequestBodyError, BodyFailure) {
         match body.frame().await {
-            Some(Err(e)) => e.into(),
+            Some(Err(e)) => (e, failure.and_then(|f| f.get()).expect("a recorded failure")),
             other => panic!("expected an error, got {other:?}"),
         }
     }
 
-    fn chain_has<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
-        let mut source = Some(e);
-        while let Some(s) = source {
-            if s.downcast_ref::<T>().is_some() {
-                return true;
-            }
-            source = s.source();
-        }
-        false
-    }
-
     #[tokio::test]
-    async fn errors_of_the_app_body_are_tagged_as_the_clients() {
+    async fn errors_of_the_app_body_are_recorded_as_the_clients() {
         let mut headers = HeaderMap::new();
         let chunked = limit_body(broken_body(), &headers, 1024).unwrap();
-        assert!(chain_has::<InboundBodyError>(&*first_error(chunked).await));
+        assert!(matches!(
+            first_error(chunked).await,
+            (RequestBodyError::Broken(_), BodyFailure::Broken)
+        ));
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
         let sized = limit_body(broken_body(), &headers, 1024).unwrap();
-        assert!(chain_has::<InboundBodyError>(&*first_error(sized).await));
+        assert!(matches!(
+            first_error(sized).await,
+            (RequestBodyError::Broken(_), BodyFailure::Broken)
+        ));
     }
 
     #[tokio::test]
@@ -379,14 +411,34 @@ mod tests {
             vec![b'x'; 2048],
         ))]));
         let limited = limit_body(big, &HeaderMap::new(), 1024).unwrap();
-        let e = first_error(limited).await;
-        assert!(chain_has::<LengthLimitError>(&*e));
-        assert!(!chain_has::<InboundBodyError>(&*e));
+        assert!(matches!(
+            first_error(limited).await,
+            (RequestBodyError::TooLarge, BodyFailure::TooLarge)
+        ));
         let mut declared = HeaderMap::new();
         declared.insert(header::CONTENT_LENGTH, HeaderValue::from_static("2048"));
         assert!(matches!(
             limit_body(broken_body(), &declared, 1024),
             Err(ProxyError::PayloadTooLarge)
+        ));
+        declared.insert(header::CONTENT_LENGTH, HeaderValue::from_static("ten"));
+        assert!(matches!(
+            limit_body(Body::empty(), &declared, 1024),
+            Err(ProxyError::BadRequest(_))
+        ));
+    }
+
+    #[test]
+    fn a_recorded_body_failure_outranks_the_upstream_error() {
+        let e = SendError::Connect("refused".into());
+        assert!(matches!(classify(&e, None), ProxyError::UpstreamUnreachable(_)));
+        assert!(matches!(
+            classify(&e, Some(BodyFailure::TooLarge)),
+            ProxyError::PayloadTooLarge
+        ));
+        assert!(matches!(
+            classify(&e, Some(BodyFailure::Broken)),
+            ProxyError::BadRequest(_)
         ));
     }
 }

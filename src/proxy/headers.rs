@@ -84,12 +84,13 @@ fn remove_connection_options(headers: &mut HeaderMap) {
         }
         return;
     }
+    // Split the raw bytes: one option with a byte outside visible ASCII (which `to_str` refuses) must not hide
+    // the others in the same value.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
         .collect();
     for name in named {
         headers.remove(name);
@@ -141,6 +142,18 @@ mod tests {
         ]);
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
+        assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn a_non_ascii_connection_option_does_not_hide_the_others() {
+        let mut h = map(&[("x-hop", "1"), ("x-other-hop", "2"), ("x-kept", "yes")]);
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"x-hop, caf\xE9, X-Other-Hop").unwrap(),
+        );
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["x-kept"], "yes");
     }
 

@@ -125,6 +125,55 @@ pub fn prefix_allowed(path: &str, prefixes: &[String]) -> bool {
         })
 }
 
+/// Whether `path` (the request's own, which the upstream URL puts after `base_url`'s prefix, as it does the
+/// refresh path) names the token refresh endpoint `refresh`. Read the way an upstream might read it: one round of
+/// percent-decoding, ASCII case, `;params` and a trailing slash ignored. No allocation: segment by segment.
+pub fn is_refresh_path(path: &str, refresh: &str) -> bool {
+    let refresh = refresh.split('?').next().unwrap_or_default();
+    let mut ours = segments(path);
+    let mut theirs = segments(refresh);
+    loop {
+        match (ours.next(), theirs.next()) {
+            (None, None) => return true,
+            (Some(a), Some(b)) if same_segment(a, b) => {}
+            _ => return false,
+        }
+    }
+}
+
+/// The segments of a path, without the empty ones a leading or trailing slash leaves.
+fn segments(path: &str) -> impl Iterator<Item = &[u8]> {
+    let path = path.trim_start_matches('/').trim_end_matches('/');
+    path.as_bytes()
+        .split(|b| *b == b'/')
+        .filter(|s| !path.is_empty() || !s.is_empty())
+}
+
+/// Two segments equal after one round of percent-decoding, ignoring ASCII case and `;params`.
+fn same_segment(a: &[u8], b: &[u8]) -> bool {
+    decoded(a)
+        .map(|c| c.to_ascii_lowercase())
+        .eq(decoded(b).map(|c| c.to_ascii_lowercase()))
+}
+
+/// The bytes of a segment up to `;`, with `%XX` decoded (an invalid escape stays as it is).
+fn decoded(segment: &[u8]) -> impl Iterator<Item = u8> + '_ {
+    let name = segment.split(|b| *b == b';').next().unwrap_or_default();
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let b = *name.get(i)?;
+        if b == b'%' {
+            let hex = |at: usize| name.get(at).and_then(|h| (*h as char).to_digit(16));
+            if let (Some(hi), Some(lo)) = (hex(i + 1), hex(i + 2)) {
+                i += 3;
+                return Some((hi * 16 + lo) as u8);
+            }
+        }
+        i += 1;
+        Some(b)
+    })
+}
+
 /// The host name of a `Host` value, without port or IPv6 brackets.
 pub fn host_name(host: &str) -> &str {
     if let Some(rest) = host.strip_prefix('[') {

@@ -6,7 +6,13 @@
 //! request (hyper-util's pooled client has both).
 //!
 //! A request is retried on another connection only when hyper hands it back unsent (a pooled connection that
-//! closed as it was taken); anything that may have reached the upstream is never replayed here.
+//! closed as it was taken, or requests still queued on an HTTP/2 connection when its GOAWAY arrived); anything
+//! that may have reached the upstream is never replayed here.
+//!
+//! The shared HTTP/2 connection is kept honest two ways: PINGs every [`H2_PING_INTERVAL`], also while idle,
+//! close it when the peer stops answering; and a request that times out on it retires it from the slot, so the
+//! next request opens a new one instead of waiting on a connection that may be dead (requests in flight on the
+//! old one keep it until they end).
 
 use std::{
     pin::Pin,
@@ -16,14 +22,13 @@ use std::{
 };
 
 use arc_swap::ArcSwapOption;
-use axum::body::Body;
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 use http::{header, uri::Authority, HeaderValue, Request, Response, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::{
     body::Incoming,
-    client::conn::{http1, http2},
+    client::conn::{http1, http2, TrySendError},
 };
 use hyper_rustls::HttpsConnector;
 use hyper_util::{
@@ -33,10 +38,20 @@ use hyper_util::{
 use tokio::time::Instant;
 use tower::ServiceExt as _;
 
-use super::tcp::Connector;
+use super::{
+    body::{poll_data, RequestBody},
+    tcp::Connector,
+};
 
 /// A pooled HTTP/1.1 connection not used for this long is closed rather than reused.
 const IDLE_LIMIT: Duration = Duration::from_secs(90);
+
+/// How often the shared HTTP/2 connection is PINGed, busy or idle: a peer gone without FIN or RST (a dropped NAT
+/// entry, a dead host) is noticed within [`H2_PING_INTERVAL`] + [`H2_PING_TIMEOUT`], not when TCP gives up
+/// (about 15 minutes of retransmissions, every request a 504 meanwhile).
+const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
+/// A PING not answered within this closes the connection.
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a request got no response.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +62,30 @@ pub enum SendError {
     /// The exchange failed after the request may have been sent.
     #[error(transparent)]
     Exchange(#[from] hyper::Error),
+    /// No response head before the deadline.
+    #[error("no response from the upstream before the deadline")]
+    Timeout,
 }
+
+impl SendError {
+    /// Whether the upstream certainly did not process the request, so it may be sent again: HTTP/2 refused its
+    /// stream (`REFUSED_STREAM`, RFC 9113 §8.7) or the stream's id was past the last one a GOAWAY from the
+    /// upstream promised to process (§6.8; h2 gives exactly those streams the GOAWAY's error, and streams opened
+    /// after it). A request hyper handed back unsent is retried here already; these it had taken.
+    pub fn unprocessed(&self) -> bool {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(s) = source {
+            if let Some(e) = s.downcast_ref::<h2::Error>() {
+                return e.is_remote() && (e.is_go_away() || e.reason() == Some(h2::Reason::REFUSED_STREAM));
+            }
+            source = s.source();
+        }
+        false
+    }
+}
+
+/// The shared HTTP/2 connection.
+type H2 = Arc<http2::SendRequest<RequestBody>>;
 
 /// Connections to the upstream of `base_url`.
 #[derive(Debug)]
@@ -58,18 +96,18 @@ pub struct Pool {
     /// The `Host` header HTTP/1.1 requests carry.
     host: HeaderValue,
     idle: ArrayQueue<Idle>,
-    h2: ArcSwapOption<http2::SendRequest<Body>>,
+    h2: ArcSwapOption<http2::SendRequest<RequestBody>>,
 }
 
 #[derive(Debug)]
 struct Idle {
-    sender: http1::SendRequest<Body>,
+    sender: http1::SendRequest<RequestBody>,
     since: Instant,
 }
 
 enum Fresh {
-    Http1(http1::SendRequest<Body>),
-    Http2(http2::SendRequest<Body>),
+    Http1(http1::SendRequest<RequestBody>),
+    Http2(http2::SendRequest<RequestBody>),
 }
 
 impl Pool {
@@ -96,14 +134,43 @@ impl Pool {
         }
     }
 
-    /// Send `req` (origin-form URI: path and query) and return the response head; its body streams from the
-    /// connection. Nothing here bounds the time: the caller does.
-    pub async fn send(self: &Arc<Self>, mut req: Request<Body>) -> Result<Response<PooledBody>, SendError> {
+    /// Send `req` (origin-form URI: path and query) and return the response head by `deadline`
+    /// ([`SendError::Timeout`] after it); its body streams from the connection. A time-out on the shared HTTP/2
+    /// connection retires it (see the module doc).
+    pub async fn send(
+        self: &Arc<Self>,
+        req: Request<RequestBody>,
+        deadline: Instant,
+    ) -> Result<Response<PooledBody>, SendError> {
+        let mut on_h2 = None;
+        let sent = tokio::time::timeout_at(deadline, self.exchange(req, &mut on_h2)).await;
+        sent.unwrap_or_else(|_| {
+            // Only if no other request has put a new one there meanwhile.
+            self.h2.compare_and_swap(&on_h2, None);
+            Err(SendError::Timeout)
+        })
+    }
+
+    /// [`Pool::send`] without the deadline; `on_h2` is the HTTP/2 connection the request is waiting on, if any.
+    async fn exchange(
+        self: &Arc<Self>,
+        mut req: Request<RequestBody>,
+        on_h2: &mut Option<H2>,
+    ) -> Result<Response<PooledBody>, SendError> {
         loop {
             let shared = self.h2.load_full();
             if let Some(h2) = &shared {
                 if !h2.is_closed() {
-                    return self.send_h2(h2, req).await;
+                    on_h2.clone_from(&shared);
+                    match self.send_h2(h2, req).await {
+                        Ok(response) => return Ok(response),
+                        Err(mut e) => match e.take_message() {
+                            // Never written: the connection closed first (after a GOAWAY). Try another.
+                            Some(unsent) => req = unsent,
+                            None => return Err(SendError::Exchange(e.into_error())),
+                        },
+                    }
+                    *on_h2 = None;
                 }
                 // Only if no other request has put a new one there meanwhile.
                 self.h2.compare_and_swap(&shared, None);
@@ -115,13 +182,27 @@ impl Pool {
                     Fresh::Http2(sender) => {
                         let sender = Arc::new(sender);
                         self.h2.store(Some(sender.clone()));
-                        return self.send_h2(&sender, req).await;
+                        *on_h2 = Some(sender.clone());
+                        // A new connection that cannot take one request is not retried.
+                        return self
+                            .send_h2(&sender, req)
+                            .await
+                            .map_err(|e| SendError::Exchange(e.into_error()));
                     }
                 },
             };
             if sender.ready().await.is_err() {
                 // Closed while it waited in the queue: nothing was sent on it.
                 continue;
+            }
+            if req.uri().scheme().is_some() {
+                // Handed back by an HTTP/2 connection, which had made it absolute: HTTP/1.1 sends origin-form.
+                *req.uri_mut() = Uri::from(
+                    req.uri()
+                        .path_and_query()
+                        .cloned()
+                        .unwrap_or_else(|| "/".parse().expect("a path")),
+                );
             }
             req.headers_mut().insert(header::HOST, self.host.clone());
             match sender.try_send_request(req).await {
@@ -137,24 +218,25 @@ impl Pool {
         }
     }
 
+    /// Send on the shared HTTP/2 connection; a request the connection could not take is handed back in the error.
     async fn send_h2(
         &self,
-        h2: &http2::SendRequest<Body>,
-        mut req: Request<Body>,
-    ) -> Result<Response<PooledBody>, SendError> {
+        h2: &http2::SendRequest<RequestBody>,
+        mut req: Request<RequestBody>,
+    ) -> Result<Response<PooledBody>, TrySendError<Request<RequestBody>>> {
         // HTTP/2 carries the authority in the URI, not in `Host`.
         let mut parts = http::uri::Parts::from(std::mem::take(req.uri_mut()));
         parts.scheme = self.origin.scheme().cloned();
         parts.authority = self.origin.authority().cloned();
         *req.uri_mut() = Uri::from_parts(parts).expect("origin and path make a URI");
-        let response = h2.clone().send_request(req).await?;
+        let response = h2.clone().try_send_request(req).await?;
         Ok(response.map(|inner| PooledBody { inner, home: None }))
     }
 
     /// An idle HTTP/1.1 connection that is open, not too old, and ready now. One still busy (the upstream
     /// answered before it had read a request body that is still being sent) is left in the queue rather than
     /// waited for: the next request must not wait on another request's upload.
-    fn checkout(&self) -> Option<http1::SendRequest<Body>> {
+    fn checkout(&self) -> Option<http1::SendRequest<RequestBody>> {
         let now = Instant::now();
         let mut busy = Vec::new();
         let mut found = None;
@@ -175,7 +257,7 @@ impl Pool {
         found
     }
 
-    fn checkin(&self, sender: http1::SendRequest<Body>) {
+    fn checkin(&self, sender: http1::SendRequest<RequestBody>) {
         if !sender.is_closed() {
             // A full queue drops the connection, which closes it.
             let _ = self.idle.push(Idle {
@@ -195,6 +277,9 @@ impl Pool {
         if io.connected().is_negotiated_h2() {
             let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
+                .keep_alive_interval(H2_PING_INTERVAL)
+                .keep_alive_timeout(H2_PING_TIMEOUT)
+                .keep_alive_while_idle(true)
                 .handshake(io)
                 .await?;
             tokio::spawn(async move {
@@ -214,12 +299,12 @@ impl Pool {
     }
 }
 
-/// A response body that returns its HTTP/1.1 connection to the pool once read to the end. A body dropped
+/// A response body that returns its HTTP/1.1 connection to the pool once read to the end; data only. A body dropped
 /// before its end takes the connection with it (hyper closes it).
 #[derive(Debug)]
 pub struct PooledBody {
     inner: Incoming,
-    home: Option<(http1::SendRequest<Body>, Arc<Pool>)>,
+    home: Option<(http1::SendRequest<RequestBody>, Arc<Pool>)>,
 }
 
 impl PooledBody {
@@ -243,7 +328,8 @@ impl HttpBody for PooledBody {
     type Error = hyper::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        // Response trailers are not passed to the app either (see `super::body`).
+        let polled = poll_data(Pin::new(&mut self.inner), cx);
         if let Poll::Ready(None) = polled {
             self.finished();
         }

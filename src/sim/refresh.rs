@@ -27,14 +27,22 @@ const HANG: Duration = Duration::from_secs(60 * 60);
 /// Any method on the refresh path.
 pub(super) async fn refresh(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let (body, trailers) = match body.collect().await {
+        Ok(collected) => {
+            let trailers = collected.trailers().cloned().unwrap_or_default();
+            (collected.to_bytes(), trailers)
+        }
+        Err(_) => Default::default(),
+    };
     let token = bearer(&parts.headers);
     let valid = token.as_deref().is_some_and(|t| lock(&shared.tokens).check(t).is_ok());
     shared.record_refresh(RecordedRequest {
         method: parts.method,
         path_and_query: path_and_query(&parts.uri),
+        version: parts.version,
         headers: parts.headers,
         body,
+        trailers,
         token: token.clone(),
         token_valid: valid,
         at: Instant::now(),

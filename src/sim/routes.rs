@@ -77,8 +77,10 @@ async fn gate(State(shared): State<Arc<Shared>>, request: Request, next: Next) -
     let seq = shared.record_request(RecordedRequest {
         method: parts.method.clone(),
         path_and_query: path_and_query(&parts.uri),
+        version: parts.version,
         headers: parts.headers.clone(),
         body: Bytes::new(),
+        trailers: HeaderMap::new(),
         token,
         token_valid: refusal.is_none(),
         at: std::time::Instant::now(),
@@ -88,8 +90,9 @@ async fn gate(State(shared): State<Arc<Shared>>, request: Request, next: Next) -
     } else {
         match body.collect().await {
             Ok(collected) => {
+                let trailers = collected.trailers().cloned();
                 let bytes = collected.to_bytes();
-                shared.set_body(seq, bytes.clone());
+                shared.set_body(seq, bytes.clone(), trailers.as_ref());
                 Body::from(bytes)
             }
             Err(e) => return bad_request(&shared, &parts.uri, format!("could not read the request body: {e}")),

@@ -1,5 +1,5 @@
 //! A raw-TCP upstream that misbehaves on purpose: never answers, resets mid-body, sends garbage, a huge or
-//! trickled error body, or a truncated chunked response. Counts the requests it received.
+//! trickled error body, a truncated chunked response, or a gzipped error. Counts the requests it received.
 
 use std::{
     net::SocketAddr,
@@ -34,14 +34,21 @@ pub enum Fault {
     CloseImmediately,
     /// 200 with a Content-Length of 1000, sends 10 bytes, then nothing more (the connection stays open).
     StallMidBody,
+    /// 409 with a gzipped JSON error ([`GZIP_ERROR_JSON`]), `Content-Encoding: gzip`, whatever the request
+    /// accepted (as a gateway in front of the upstream may do).
+    GzipError,
 }
+
+/// The JSON error [`Fault::GzipError`] gzips; it echoes the token the faulty tests use (`opaque-token`).
+pub const GZIP_ERROR_JSON: &str =
+    r#"{"code":"PAYMENT_CONFLICT","short_message":"Conflict","long_message":"token opaque-token already used"}"#;
 
 /// The faulty upstream.
 pub struct Faulty {
     pub addr: SocketAddr,
     pub requests: Arc<AtomicUsize>,
-    /// The request line of each request received (`POST /payments HTTP/1.1`), refresh calls included.
-    lines: Arc<Mutex<Vec<String>>>,
+    /// The head of each request received (request line and header lines), refresh calls included.
+    heads: Arc<Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -51,8 +58,8 @@ impl Faulty {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(AtomicUsize::new(0));
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (counter, log) = (requests.clone(), lines.clone());
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let (counter, log) = (requests.clone(), heads.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -67,7 +74,7 @@ impl Faulty {
         Self {
             addr,
             requests,
-            lines,
+            heads,
             task,
         }
     }
@@ -84,7 +91,16 @@ impl Faulty {
 
     /// The request lines received so far, in order (the proxy's start-up refresh call included).
     pub fn request_lines(&self) -> Vec<String> {
-        self.lines.lock().unwrap().clone()
+        let heads = self.heads.lock().unwrap();
+        heads
+            .iter()
+            .map(|h| h.lines().next().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    /// The request heads received so far, in order (the proxy's start-up refresh call included).
+    pub fn request_heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
     }
 
     /// How many requests for exactly this path (query excluded) arrived.
@@ -102,7 +118,7 @@ impl Drop for Faulty {
     }
 }
 
-/// Read a request head; returns its first line.
+/// Read a request head; returns it as text.
 async fn read_head(stream: &mut TcpStream) -> std::io::Result<String> {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1024];
@@ -113,8 +129,7 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<String> {
         }
         buf.extend_from_slice(&byte[..n]);
     }
-    let head = String::from_utf8_lossy(&buf);
-    Ok(head.lines().next().unwrap_or_default().to_owned())
+    Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
 async fn serve(
@@ -123,8 +138,8 @@ async fn serve(
     counter: Arc<AtomicUsize>,
     log: Arc<Mutex<Vec<String>>>,
 ) -> std::io::Result<()> {
-    let line = read_head(&mut stream).await?;
-    log.lock().unwrap().push(line);
+    let head = read_head(&mut stream).await?;
+    log.lock().unwrap().push(head);
     counter.fetch_add(1, Ordering::SeqCst);
     match fault {
         Fault::Hang => {
@@ -170,6 +185,19 @@ async fn serve(
                 .await?;
         }
         Fault::CloseImmediately => {}
+        Fault::GzipError => {
+            use std::io::Write as _;
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            gz.write_all(GZIP_ERROR_JSON.as_bytes())?;
+            let body = gz.finish()?;
+            let head = format!(
+                "HTTP/1.1 409 Conflict\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\n\
+                 vary: accept-encoding\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            stream.write_all(head.as_bytes()).await?;
+            stream.write_all(&body).await?;
+        }
         Fault::StallMidBody => {
             stream
                 .write_all(

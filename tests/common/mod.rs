@@ -4,7 +4,12 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{atomic::AtomicUsize, Arc},
+    time::Duration,
+};
 
 use issettled_proxy::{
     app::{self, AppError, Listeners},
@@ -24,6 +29,8 @@ pub struct Upstream {
     pub sim: Sim,
     /// `http://127.0.0.1:port` (or `https://localhost:port`), plus the sim's prefix.
     pub url: String,
+    /// TLS connections accepted so far (always 0 without TLS).
+    pub connections: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -47,22 +54,36 @@ impl Upstream {
             addr,
             sim,
             url: format!("http://127.0.0.1:{}{prefix}", addr.port()),
+            connections: Arc::default(),
             task,
         }
     }
 
     /// Over TLS with a certificate from `tls::TestPki` (served as `localhost`).
     pub async fn spawn_tls(cfg: SimConfig, server: Arc<rustls::ServerConfig>) -> Self {
+        Self::spawn_tls_with(cfg, server, tls::ServeOptions::default()).await
+    }
+
+    /// Over TLS, with `options` for its connections.
+    pub async fn spawn_tls_with(cfg: SimConfig, server: Arc<rustls::ServerConfig>, options: tls::ServeOptions) -> Self {
         let prefix = cfg.prefix.clone();
         let sim = Sim::new(cfg);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let router = sim.router();
-        let task = tokio::spawn(tls::serve_tls(listener, server, router));
+        let connections = Arc::<AtomicUsize>::default();
+        let task = tokio::spawn(tls::serve_tls_with(
+            listener,
+            server,
+            router,
+            options,
+            connections.clone(),
+        ));
         Self {
             addr,
             sim,
             url: format!("https://localhost:{}{prefix}", addr.port()),
+            connections,
             task,
         }
     }
@@ -243,6 +264,27 @@ pub async fn refreshed_proxy() -> (Upstream, TestProxy) {
     let proxy = ProxyBuilder::new(&upstream.url, &upstream.token()).spawn().await;
     proxy.startup_refresh_done().await;
     (upstream, proxy)
+}
+
+/// The simulated IsSettled over TLS (HTTP/2 by ALPN, as `tls::serve_tls` offers it) and a proxy builder that
+/// trusts its test CA. Keep the directory: it holds the CA file.
+pub async fn tls_upstream(cfg: SimConfig) -> (Upstream, ProxyBuilder, tempfile::TempDir) {
+    tls_upstream_with(cfg, tls::ServeOptions::default()).await
+}
+
+/// [`tls_upstream`] with `options` for the upstream's connections.
+pub async fn tls_upstream_with(
+    cfg: SimConfig,
+    options: tls::ServeOptions,
+) -> (Upstream, ProxyBuilder, tempfile::TempDir) {
+    let pki = tls::TestPki::generate();
+    let upstream = Upstream::spawn_tls_with(cfg, pki.server.clone(), options).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let builder =
+        ProxyBuilder::new(&upstream.url, &upstream.token()).set("UPSTREAM__CA_FILE", &ca.display().to_string());
+    (upstream, builder, dir)
 }
 
 /// A client that follows no redirects and ignores proxy variables.

@@ -1,6 +1,9 @@
 //! A test CA and server certificate generated at test time (rcgen), and a TLS server for the simulated upstream.
 
-use std::sync::Arc;
+use std::sync::{
+    atomic::{AtomicUsize, Ordering},
+    Arc,
+};
 
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
@@ -47,8 +50,30 @@ impl TestPki {
     }
 }
 
+/// How the TLS upstream treats its connections.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServeOptions {
+    /// Shut each connection down gracefully (HTTP/2: GOAWAY) as soon as it has received this many requests;
+    /// those finish, later ones must go to a new connection.
+    pub goaway_after: Option<usize>,
+    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` (hyper's default without it): a small one keeps further requests
+    /// waiting in the client, unsent, when a GOAWAY arrives.
+    pub max_concurrent_streams: Option<u32>,
+}
+
 /// Serve `router` over TLS on `listener`, HTTP/1.1 or HTTP/2 by ALPN.
 pub async fn serve_tls(listener: TcpListener, config: Arc<rustls::ServerConfig>, router: axum::Router) {
+    serve_tls_with(listener, config, router, ServeOptions::default(), Arc::default()).await;
+}
+
+/// [`serve_tls`] with `options`, counting the TLS connections it accepts in `connections`.
+pub async fn serve_tls_with(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    router: axum::Router,
+    options: ServeOptions,
+    connections: Arc<AtomicUsize>,
+) {
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
@@ -56,16 +81,33 @@ pub async fn serve_tls(listener: TcpListener, config: Arc<rustls::ServerConfig>,
         };
         let acceptor = acceptor.clone();
         let router = router.clone();
+        let connections = connections.clone();
         tokio::spawn(async move {
             let Ok(tls) = acceptor.accept(tcp).await else {
                 return;
             };
+            connections.fetch_add(1, Ordering::SeqCst);
+            let received = Arc::new(AtomicUsize::new(0));
+            let enough = Arc::new(tokio::sync::Notify::new());
+            let notify = enough.clone();
             let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let n = received.fetch_add(1, Ordering::SeqCst) + 1;
+                if options.goaway_after == Some(n) {
+                    notify.notify_one();
+                }
                 router.clone().oneshot(req.map(axum::body::Body::new))
             });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), service)
-                .await;
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            if let Some(max) = options.max_concurrent_streams {
+                builder.http2().max_concurrent_streams(max);
+            }
+            let conn = builder.serve_connection(TokioIo::new(tls), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                () = enough.notified() => conn.as_mut().graceful_shutdown(),
+            }
+            let _ = conn.await;
         });
     }
 }

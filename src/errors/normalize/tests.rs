@@ -43,6 +43,22 @@ fn camel_case_string_seconds_and_extra_fields() {
 }
 
 #[test]
+fn rfc3339_timestamps_at_any_offset_become_the_same_milliseconds() {
+    for stamp in [
+        "2022-04-29T09:34:26.578Z",
+        "2022-04-29T11:34:26.578+02:00",
+        "2022-04-29T04:34:26.578-05:00",
+    ] {
+        let body = json!({ "code": "X", "timestamp": stamp }).to_string();
+        let out = as_json(&normalize(StatusCode::CONFLICT, body.as_bytes(), &FILL));
+        assert_eq!(out["timestamp"], 1_651_224_866_578_i64, "{stamp}");
+    }
+    let body = json!({ "timestamp": "2022-04-29T11:34:26+02:00" }).to_string();
+    let out = as_json(&normalize(StatusCode::CONFLICT, body.as_bytes(), &FILL));
+    assert_eq!(out["timestamp"], 1_651_224_866_000_i64);
+}
+
+#[test]
 fn html_and_empty_bodies_are_filled() {
     let html = b"<html><body>\n<h1>502 Bad Gateway</h1>\r\n</body></html>";
     let out = as_json(&normalize(StatusCode::BAD_GATEWAY, html, &FILL));

@@ -105,3 +105,30 @@ fn the_one_pass_check_agrees_with_every_rule() {
     }
     assert!(plain_seen > 100);
 }
+
+#[test]
+fn the_refresh_path_is_recognized_however_it_is_spelled() {
+    let refresh = "/oauth-token/refresh";
+    for p in [
+        "/oauth-token/refresh",
+        "/oauth-token/refresh/",
+        "/OAuth-Token/REFRESH",
+        "/oauth-token/%72efresh",
+        "/oauth%2Dtoken/refresh",
+        "/oauth-token/refresh;jsessionid=1",
+    ] {
+        assert!(is_refresh_path(p, refresh), "{p}");
+    }
+    for p in [
+        "/",
+        "/oauth-token",
+        "/oauth-token/refresh/x",
+        "/oauth-token/refreshes",
+        "/x/oauth-token/refresh",
+    ] {
+        assert!(!is_refresh_path(p, refresh), "{p}");
+    }
+    assert!(is_refresh_path("/token", "/token/?grant=refresh"));
+    assert!(is_refresh_path("/", "/"));
+    assert!(!is_refresh_path("/payments", "/"));
+}

@@ -42,6 +42,15 @@ fn expiry_forms() {
         secs(new_token(200, r#"{"data":{"token":"T","expires_at":"2023-11-14T22:20:00Z"}}"#).1),
         1_700_000_400
     );
+    // The same instant at other offsets.
+    assert_eq!(
+        secs(new_token(200, r#"{"token":"T","expires_at":"2023-11-15T00:20:00+02:00"}"#).1),
+        1_700_000_400
+    );
+    assert_eq!(
+        secs(new_token(200, r#"{"token":"T","expires_at":"2023-11-14T17:20:00-05:00"}"#).1),
+        1_700_000_400
+    );
     assert_eq!(new_token(200, r#"{"token":"T"}"#).1, None);
 }
 
