@@ -248,17 +248,21 @@ fn check(state: &ProxyState, parts: &Parts) -> Result<(), ProxyError> {
     }
     policy::header_limits(&parts.headers).map_err(ProxyError::HeadersTooLarge)?;
     let path = parts.uri.path();
-    policy::check_path(path).map_err(|_| {
-        ProxyError::BadRequest(
-            "the path is not allowed: dot-segments, backslashes, encoded separators and `//` are refused",
-        )
-    })?;
+    // One scan decides the usual path for both checks below.
+    let plain = policy::plain(path);
+    if !plain {
+        policy::check_path(path).map_err(|_| {
+            ProxyError::BadRequest(
+                "the path is not allowed: dot-segments, backslashes, encoded separators and `//` are refused",
+            )
+        })?;
+    }
     if !policy::prefix_allowed(path, &rules.allowed_path_prefixes) {
         return Err(ProxyError::EndpointNotPermitted);
     }
     // The app must not mint a token with the proxy's (or spend the proxy's refresh): the upstream path is
     // prefix + path for both, so comparing the paths compares the upstream URLs.
-    if policy::is_refresh_path(path, &rules.refresh_path) {
+    if rules.refresh_path.matches(path, plain) {
         return Err(ProxyError::RefreshEndpoint);
     }
     if rules.inbound_authorization == InboundAuthorization::Reject && headers::has_app_credentials(&parts.headers) {

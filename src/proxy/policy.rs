@@ -36,7 +36,7 @@ pub fn check_path(path: &str) -> Result<(), PathError> {
 
 /// The usual API path, decided in one pass: `/`, then only letters, digits, `-`, `_`, `~` and single slashes.
 /// With no `.`, `%`, `\`, `;` or control byte in it, no rule of [`check_segments`] can refuse it.
-fn plain(path: &str) -> bool {
+pub fn plain(path: &str) -> bool {
     let bytes = path.as_bytes();
     bytes.first() == Some(&b'/')
         && bytes
@@ -127,9 +127,43 @@ pub fn prefix_allowed(path: &str, prefixes: &[String]) -> bool {
 
 /// Whether `path` (the request's own, which the upstream URL puts after `base_url`'s prefix, as it does the
 /// refresh path) names the token refresh endpoint `refresh`. Read the way an upstream might read it: one round of
-/// percent-decoding, ASCII case, `;params` and a trailing slash ignored. No allocation: segment by segment.
+/// percent-decoding, ASCII case, `;params` and a trailing slash ignored.
 pub fn is_refresh_path(path: &str, refresh: &str) -> bool {
-    let refresh = refresh.split('?').next().unwrap_or_default();
+    RefreshPath::new(refresh).matches(path, plain(path))
+}
+
+/// `token.refresh_path`, prepared once for [`is_refresh_path`]'s comparison on every request.
+#[derive(Debug, Clone)]
+pub struct RefreshPath {
+    /// Without its query.
+    path: String,
+    /// Without the slashes at both ends, when it has no `%` or `;` (the usual case): compared as it is.
+    plain: Option<String>,
+}
+
+impl RefreshPath {
+    /// Prepare `token.refresh_path` (its query, if any, is not part of the comparison).
+    pub fn new(refresh: &str) -> Self {
+        let path = refresh.split('?').next().unwrap_or_default().to_owned();
+        let plain = (!path.contains(['%', ';'])).then(|| path.trim_matches('/').to_owned());
+        Self { path, plain }
+    }
+
+    /// [`is_refresh_path`], for a caller that already knows whether `path` is [`plain`] (the handler, from
+    /// [`check_path`]'s own scan): the usual path is then not scanned again.
+    pub fn matches(&self, path: &str, path_is_plain: bool) -> bool {
+        // With no `%` or `;` on either side, nothing is decoded or cut off, so the segments match exactly when
+        // the paths do (ignoring ASCII case and the slashes at both ends).
+        if let (true, Some(refresh)) = (path_is_plain, &self.plain) {
+            let path = path.trim_matches('/');
+            return path.len() == refresh.len() && path.eq_ignore_ascii_case(refresh);
+        }
+        segments_match(path, &self.path)
+    }
+}
+
+/// The general comparison, segment by segment, without allocating.
+fn segments_match(path: &str, refresh: &str) -> bool {
     let mut ours = segments(path);
     let mut theirs = segments(refresh);
     loop {

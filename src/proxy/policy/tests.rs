@@ -128,6 +128,13 @@ fn the_refresh_path_is_recognized_however_it_is_spelled() {
     ] {
         assert!(!is_refresh_path(p, refresh), "{p}");
     }
+    // (A leading `//` is refused earlier, by check_path; here it is still the refresh path.)
+    assert!(is_refresh_path("//oauth-token/refresh", refresh));
+    for p in ["/oauth-token//refresh", "/oauth-tokenrefresh"] {
+        assert!(!is_refresh_path(p, refresh), "{p}");
+    }
+    // A refresh path configured with an escape or params is compared segment by segment too.
+    assert!(is_refresh_path("/oauth-token/refresh", "/oauth%2Dtoken/refresh;v=1"));
     assert!(is_refresh_path("/token", "/token/?grant=refresh"));
     assert!(is_refresh_path("/", "/"));
     assert!(!is_refresh_path("/payments", "/"));
