@@ -184,7 +184,6 @@ fn upstream(f: &super::file::Upstream) -> Result<UpstreamConfig, ConfigError> {
 /// The longest `token.env` accepted. Variable names are short; a long word is more likely a token pasted in.
 const MAX_ENV_NAME: usize = 64;
 
-/// Whether `name` is an environment variable name: `[A-Za-z_][A-Za-z0-9_]*`, at most [`MAX_ENV_NAME`] long.
 /// A JWT put where a path belongs: three base64url parts, the first a JSON object (`eyJ` is `{"`), no `/`.
 fn looks_like_a_jwt(text: &str) -> bool {
     let t = text.trim();
@@ -194,6 +193,7 @@ fn looks_like_a_jwt(text: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+/// Whether `name` is an environment variable name: `[A-Za-z_][A-Za-z0-9_]*`, at most [`MAX_ENV_NAME`] long.
 fn is_env_name(name: &str) -> bool {
     let mut bytes = name.bytes();
     name.len() <= MAX_ENV_NAME

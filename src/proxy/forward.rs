@@ -122,7 +122,7 @@ async fn handle(
             // another connection.
             Some(again) if e.unprocessed() => {
                 exchange.retried = true;
-                send(state, again.clone().request(None), deadline, None).await?
+                send(state, again.clone().request(None), deadline).await?
             }
             _ => return Err(classify(&e, failure.as_deref().and_then(Failure::get))),
         },
@@ -137,7 +137,7 @@ async fn handle(
         if let Some(current) = refreshed {
             if let Some(again) = replay {
                 exchange.retried = true;
-                response = send(state, again.request(Some(current.header())), deadline, None).await?;
+                response = send(state, again.request(Some(current.header())), deadline).await?;
                 used = current;
             }
         }
@@ -251,7 +251,7 @@ fn check(state: &ProxyState, parts: &Parts) -> Result<(), ProxyError> {
     // One scan decides the usual path for both checks below.
     let plain = policy::plain(path);
     if !plain {
-        policy::check_path(path).map_err(|_| {
+        policy::check_segments(path).map_err(|_| {
             ProxyError::BadRequest(
                 "the path is not allowed: dot-segments, backslashes, encoded separators and `//` are refused",
             )
@@ -287,18 +287,13 @@ fn limit_body(body: Body, headers: &HeaderMap, max: u64) -> Result<(RequestBody,
     }
 }
 
-/// Send one request, bounded by the deadline.
+/// Send a bodiless request again (a replay), bounded by the deadline.
 async fn send(
     state: &ProxyState,
     req: http::Request<RequestBody>,
     deadline: Instant,
-    failure: Option<&Failure>,
 ) -> Result<http::Response<PooledBody>, ProxyError> {
-    state
-        .client
-        .send(req, deadline)
-        .await
-        .map_err(|e| classify(&e, failure.and_then(Failure::get)))
+    state.client.send(req, deadline).await.map_err(|e| classify(&e, None))
 }
 
 /// Map a client error to the contract's codes: the app's body failed (recorded by the body itself: hyper's

@@ -45,8 +45,8 @@ pub fn plain(path: &str) -> bool {
         && !bytes.windows(2).any(|w| w == b"//")
 }
 
-/// Every rule, segment by segment.
-fn check_segments(path: &str) -> Result<(), PathError> {
+/// Every rule, segment by segment: [`check_path`] for a path already known not to be [`plain`].
+pub fn check_segments(path: &str) -> Result<(), PathError> {
     let Some(rest) = path.strip_prefix('/') else {
         return Err(PathError::NotAbsolute);
     };
@@ -125,14 +125,7 @@ pub fn prefix_allowed(path: &str, prefixes: &[String]) -> bool {
         })
 }
 
-/// Whether `path` (the request's own, which the upstream URL puts after `base_url`'s prefix, as it does the
-/// refresh path) names the token refresh endpoint `refresh`. Read the way an upstream might read it: one round of
-/// percent-decoding, ASCII case, `;params` and a trailing slash ignored.
-pub fn is_refresh_path(path: &str, refresh: &str) -> bool {
-    RefreshPath::new(refresh).matches(path, plain(path))
-}
-
-/// `token.refresh_path`, prepared once for [`is_refresh_path`]'s comparison on every request.
+/// `token.refresh_path`, prepared once for the comparison on every request ([`RefreshPath::matches`]).
 #[derive(Debug, Clone)]
 pub struct RefreshPath {
     /// Without its query.
@@ -149,8 +142,10 @@ impl RefreshPath {
         Self { path, plain }
     }
 
-    /// [`is_refresh_path`], for a caller that already knows whether `path` is [`plain`] (the handler, from
-    /// [`check_path`]'s own scan): the usual path is then not scanned again.
+    /// Whether `path` (the request's own, which the upstream URL puts after `base_url`'s prefix, as it does the
+    /// refresh path) names the token refresh endpoint. Read the way an upstream might read it: one round of
+    /// percent-decoding, ASCII case, `;params` and a trailing slash ignored. `path_is_plain` is [`plain`]`(path)`,
+    /// which the handler has already worked out for [`check_path`]: the usual path is not scanned again.
     pub fn matches(&self, path: &str, path_is_plain: bool) -> bool {
         // With no `%` or `;` on either side, nothing is decoded or cut off, so the segments match exactly when
         // the paths do (ignoring ASCII case and the slashes at both ends).

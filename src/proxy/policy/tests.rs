@@ -106,6 +106,10 @@ fn the_one_pass_check_agrees_with_every_rule() {
     assert!(plain_seen > 100);
 }
 
+fn is_refresh_path(path: &str, refresh: &str) -> bool {
+    RefreshPath::new(refresh).matches(path, plain(path))
+}
+
 #[test]
 fn the_refresh_path_is_recognized_however_it_is_spelled() {
     let refresh = "/oauth-token/refresh";
