@@ -8,6 +8,8 @@ use std::{borrow::Cow, io::Read as _};
 use flate2::read::{DeflateDecoder, GzDecoder, ZlibDecoder};
 use http::{header, HeaderMap, HeaderValue};
 
+use super::headers::list_elements;
+
 /// Codings the proxy decodes, as bits of a set.
 const GZIP: u8 = 1;
 const DEFLATE: u8 = 2;
@@ -48,11 +50,7 @@ pub fn limit_accept_encoding(headers: &mut HeaderMap) {
     let mut set = 0;
     let mut drop_any = false;
     let mut params = false;
-    for element in headers
-        .get_all(header::ACCEPT_ENCODING)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-    {
+    for element in list_elements(headers, header::ACCEPT_ENCODING) {
         let mut parts = element.splitn(2, |b| *b == b';');
         let coding = parts.next().unwrap_or_default();
         params |= parts.next().is_some();
@@ -74,11 +72,7 @@ pub fn limit_accept_encoding(headers: &mut HeaderMap) {
 
 /// The known elements of `Accept-Encoding`, parameters (q-values) and all, joined; `identity` if none.
 fn kept_with_params(headers: &HeaderMap) -> HeaderValue {
-    let kept: Vec<&[u8]> = headers
-        .get_all(header::ACCEPT_ENCODING)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .map(<[u8]>::trim_ascii)
+    let kept: Vec<&[u8]> = list_elements(headers, header::ACCEPT_ENCODING)
         .filter(|e| known(e.split(|b| *b == b';').next().unwrap_or_default()).is_some())
         .collect();
     if kept.is_empty() {
@@ -92,11 +86,7 @@ fn kept_with_params(headers: &HeaderMap) -> HeaderValue {
 /// is without a coding. A body that cannot be decoded, or one in another coding, becomes a short note saying so
 /// (it would otherwise reach the app as binary garbage in `long_message`).
 pub fn decode_error_body<'a>(headers: &HeaderMap, body: &'a [u8], limit: usize) -> Cow<'a, [u8]> {
-    let mut codings = headers
-        .get_all(header::CONTENT_ENCODING)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .map(<[u8]>::trim_ascii)
+    let mut codings = list_elements(headers, header::CONTENT_ENCODING)
         .filter(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"identity"));
     let coding = match (codings.next(), codings.next()) {
         (None, _) => return Cow::Borrowed(body),

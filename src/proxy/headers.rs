@@ -27,6 +27,16 @@ const HOP_BY_HOP: [HeaderName; HOP_COUNT] = [
     header::UPGRADE,
 ];
 
+/// The elements of every `name` field, a comma-separated list (RFC 9110 §5.6.1), as raw bytes trimmed of
+/// whitespace: bytes, not `str`, so one element with a byte outside visible ASCII does not hide the others.
+pub fn list_elements(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &[u8]> {
+    headers
+        .get_all(name)
+        .into_iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+}
+
 /// Remove `Connection`, every field it names, and the fixed hop-by-hop list.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     strip(headers, &[]);
@@ -66,11 +76,7 @@ fn strip<const N: usize>(headers: &mut HeaderMap, also: &[HeaderName; N]) {
 fn remove_connection_options(headers: &mut HeaderMap) {
     let mut only_usual = true;
     let mut names_close = false;
-    for token in headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-    {
+    for token in list_elements(headers, header::CONNECTION) {
         let token = token.trim_ascii();
         if token.eq_ignore_ascii_case(b"close") {
             names_close = true;
@@ -86,11 +92,8 @@ fn remove_connection_options(headers: &mut HeaderMap) {
     }
     // Split the raw bytes: one option with a byte outside visible ASCII (which `to_str` refuses) must not hide
     // the others in the same value.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
+    let named: Vec<HeaderName> = list_elements(headers, header::CONNECTION)
+        .filter_map(|name| HeaderName::from_bytes(name).ok())
         .collect();
     for name in named {
         headers.remove(name);
