@@ -49,9 +49,10 @@ pub(super) struct Activity {
 pub(super) struct InRequest(Arc<Activity>);
 
 impl InRequest {
-    /// Whether the listeners have stopped (the response should close the connection).
-    pub(super) fn stopping(&self) -> bool {
-        self.0.requests.stopping()
+    /// Whether the response should close its HTTP/1 connection: the listeners have stopped. (An HTTP/2
+    /// connection is closed by hyper's GOAWAY instead.)
+    pub(super) fn closes_http1(&self) -> bool {
+        !self.0.is_http2() && self.0.requests.stopping()
     }
 
     /// The response has been handed to the socket in full; `keeps_alive` if neither side asked to close.

@@ -296,7 +296,6 @@ impl<H: Handler> hyper::service::Service<Request<Incoming>> for Service<H> {
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let keep_alive = wants_keep_alive(&req);
         let http10 = req.version() == Version::HTTP_10;
-        let http2 = req.version() == Version::HTTP_2;
         let request = self.activity.begin();
         let bodiless = req.body().is_end_stream();
         self.activity.request_body(bodiless);
@@ -311,7 +310,6 @@ impl<H: Handler> hyper::service::Service<Request<Incoming>> for Service<H> {
             request: Some(request),
             keep_alive,
             http10,
-            http2,
         }
     }
 }
@@ -322,7 +320,6 @@ struct Respond<H: Handler> {
     request: Option<InRequest>,
     keep_alive: bool,
     http10: bool,
-    http2: bool,
 }
 
 impl<H: Handler> Future for Respond<H> {
@@ -330,7 +327,7 @@ impl<H: Handler> Future for Respond<H> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut response = ready!(Pin::new(&mut self.call).poll(cx))?;
-        if !self.http2 && self.request.as_ref().is_some_and(InRequest::stopping) {
+        if self.request.as_ref().is_some_and(InRequest::closes_http1) {
             // The listeners have stopped: hyper closes the connection after this response (RFC 9112 §9.6).
             response
                 .headers_mut()
