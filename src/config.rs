@@ -92,7 +92,7 @@ pub enum EnvTokenError {
     #[error("not set")]
     NotSet,
     #[error("refused: {0}")]
-    Refused(#[from] TokenError),
+    Refused(TokenError),
 }
 
 /// `[token]`, validated.
