@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A list given as a sequence (file) or as one comma-separated string (environment variable).
+/// A list given as a sequence (file) or as one string (environment variable): see [`list_from_text`].
 fn list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -15,12 +15,21 @@ fn list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
     }
     Ok(match OneOrMany::deserialize(d)? {
         OneOrMany::Many(v) => v,
-        OneOrMany::One(s) => s
-            .split(',')
-            .map(|p| p.trim().to_owned())
-            .filter(|p| !p.is_empty())
-            .collect(),
+        OneOrMany::One(s) => list_from_text(&s),
     })
+}
+
+/// A list written as one string: comma-separated (`GET,POST`), or as the file would write it, a JSON array
+/// (`["GET","POST"]`, `[]`). Without this, `[]` in an environment variable became the one entry `[]`.
+pub(super) fn list_from_text(text: &str) -> Vec<String> {
+    let text = text.trim();
+    if let Ok(v) = serde_json::from_str::<Vec<String>>(text) {
+        return v;
+    }
+    text.split(',')
+        .map(|p| p.trim().to_owned())
+        .filter(|p| !p.is_empty())
+        .collect()
 }
 
 /// The whole file. Unknown keys anywhere are an error (`deny_unknown_fields`).

@@ -56,6 +56,36 @@ fn environment_overrides_file_including_lists() {
 }
 
 #[test]
+fn list_overrides_may_be_written_as_json_arrays() {
+    let e = env(&[
+        ("ISSETTLED_PROXY__LISTEN__ALLOWED_HOSTS", " [] "),
+        ("ISSETTLED_PROXY__POLICY__ALLOWED_METHODS", r#"["GET", "POST"]"#),
+        ("ISSETTLED_PROXY__POLICY__RETRY_ON_401", "[]"),
+        ("ISSETTLED_PROXY__POLICY__ALLOWED_PATH_PREFIXES", r#"["/payments"]"#),
+    ]);
+    let c = load(Source::Toml(MINIMAL), &e).unwrap();
+    assert!(c.listen.allowed_hosts.is_empty(), "[] means any Host");
+    assert_eq!(c.policy.allowed_methods, vec![Method::GET, Method::POST]);
+    assert!(c.policy.retry_on_401.is_empty());
+    assert_eq!(c.policy.allowed_path_prefixes, vec!["/payments"]);
+}
+
+#[test]
+fn a_blank_list_entry_is_refused_not_read_as_no_restriction() {
+    for (section, key) in [
+        ("listen", "allowed_hosts"),
+        ("listen", "allowed_origins"),
+        ("policy", "allowed_path_prefixes"),
+    ] {
+        let text = format!("{MINIMAL}\n[{section}]\n{key} = [\" \"]\n");
+        let err = load(Source::Toml(&text), &HashMap::new()).unwrap_err();
+        assert_eq!(err_key(Err(err)), format!("{section}.{key}"));
+    }
+    let e = env(&[("ISSETTLED_PROXY__LISTEN__ALLOWED_HOSTS", "[]x")]);
+    assert!(load(Source::Toml(MINIMAL), &e).is_err(), "`[]x` is no host");
+}
+
+#[test]
 fn unknown_keys_are_refused() {
     let text = format!("{MINIMAL}\nsurprise = 1\n");
     assert!(err_key(load(Source::Toml(&text), &HashMap::new())).contains("surprise"));

@@ -66,8 +66,15 @@ fn methods(key: &str, list: &[String]) -> Result<Vec<Method>, ConfigError> {
         .collect()
 }
 
-fn non_empty(list: &[String]) -> impl Iterator<Item = &str> {
-    list.iter().map(|s| s.trim()).filter(|s| !s.is_empty())
+/// A list's entries, trimmed. A blank entry is refused: filtered out, `[""]` would silently mean "no
+/// entries", which for these lists means "allow everything".
+fn entries<'a>(key: &str, list: &'a [String]) -> Result<Vec<&'a str>, ConfigError> {
+    list.iter()
+        .map(|s| match s.trim() {
+            "" => Err(invalid(key, "has a blank entry; for no restriction, give no entries ([])")),
+            s => Ok(s),
+        })
+        .collect()
 }
 
 /// Parse `base_url` into scheme, authority and a path prefix; refuse anything a concatenation could misread.
@@ -122,6 +129,9 @@ fn allowed_host(entry: &str) -> Result<String, ConfigError> {
         }
         None => entry,
     };
+    if host.is_empty() {
+        return Err(invalid(KEY, format!("`{entry}` names no host")));
+    }
     Ok(host.to_ascii_lowercase())
 }
 
@@ -135,10 +145,12 @@ fn listen(f: &super::file::Listen) -> Result<ListenConfig, ConfigError> {
     if f.max_connections == 0 {
         return Err(invalid("listen.max_connections", "must be at least 1"));
     }
-    let allowed_hosts = non_empty(&f.allowed_hosts)
+    let allowed_hosts = entries("listen.allowed_hosts", &f.allowed_hosts)?
+        .into_iter()
         .map(allowed_host)
         .collect::<Result<_, _>>()?;
-    let allowed_origins = non_empty(&f.allowed_origins)
+    let allowed_origins = entries("listen.allowed_origins", &f.allowed_origins)?
+        .into_iter()
         .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
         .collect();
     let address = socket_addr("listen.address", &f.address)?;
@@ -269,7 +281,7 @@ fn token(f: &super::file::Token, env: &HashMap<String, String>) -> Result<TokenC
 fn policy(f: &super::file::Policy) -> Result<PolicyConfig, ConfigError> {
     const PREFIXES: &str = "policy.allowed_path_prefixes";
     let mut allowed_path_prefixes = Vec::new();
-    for p in non_empty(&f.allowed_path_prefixes) {
+    for p in entries(PREFIXES, &f.allowed_path_prefixes)? {
         if !p.starts_with('/') {
             return Err(invalid(PREFIXES, format!("`{p}` must start with `/`")));
         }
