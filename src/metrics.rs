@@ -19,10 +19,10 @@ pub const BUCKETS: [f64; 16] = [
 ];
 /// `issettled_proxy_upstream_errors_total{code}` values.
 pub const UPSTREAM_CODES: [&str; 3] = ["UPSTREAM_UNREACHABLE", "UPSTREAM_PROTOCOL_ERROR", "UPSTREAM_TIMEOUT"];
-/// `issettled_proxy_token_refresh_total{result}` values.
-pub const REFRESH_RESULTS: [&str; 7] = [
+/// `issettled_proxy_token_refresh_total{result}` values. `success` includes a 200/204 that kept the current
+/// token, which the contract counts as refreshed.
+pub const REFRESH_RESULTS: [&str; 6] = [
     "success",
-    "unchanged",
     "file",
     "revoked",
     "transient_error",
@@ -39,6 +39,7 @@ pub struct Metrics {
     duration_sum_micros: AtomicU64,
     upstream_errors: [AtomicU64; UPSTREAM_CODES.len()],
     refreshes: [AtomicU64; REFRESH_RESULTS.len()],
+    state_file_errors: AtomicU64,
     in_flight: AtomicI64,
 }
 
@@ -80,6 +81,7 @@ impl Metrics {
             duration_sum_micros: AtomicU64::new(0),
             upstream_errors: Default::default(),
             refreshes: Default::default(),
+            state_file_errors: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
         }
     }
@@ -122,6 +124,11 @@ impl Metrics {
         if let Some(i) = REFRESH_RESULTS.iter().position(|r| *r == result) {
             self.refreshes[i].fetch_add(1, Relaxed);
         }
+    }
+
+    /// Count a token that could not be written to `token.state_file`.
+    pub fn state_file_error(&self) {
+        self.state_file_errors.fetch_add(1, Relaxed);
     }
 
     /// Render the Prometheus text exposition format (version 0.0.4).
@@ -183,6 +190,17 @@ impl Metrics {
             "result",
             &REFRESH_RESULTS,
             &self.refreshes,
+        );
+        header(
+            w,
+            "token_state_file_errors_total",
+            "counter",
+            "Tokens that could not be written to token.state_file (a restart would fall back to the token file).",
+        );
+        let _ = writeln!(
+            w,
+            "issettled_proxy_token_state_file_errors_total {}",
+            self.state_file_errors.load(Relaxed)
         );
         gauge(
             w,
@@ -250,6 +268,7 @@ mod tests {
         m.request(&Method::PUT, 405, Duration::from_micros(10));
         m.upstream_error("UPSTREAM_TIMEOUT");
         m.token_refresh("success");
+        m.state_file_error();
         {
             let _g = m.in_flight();
             assert!(m
@@ -268,6 +287,7 @@ mod tests {
         assert!(text.contains("issettled_proxy_request_duration_seconds_count 3"));
         assert!(text.contains("issettled_proxy_upstream_errors_total{code=\"UPSTREAM_TIMEOUT\"} 1"));
         assert!(text.contains("issettled_proxy_token_refresh_total{result=\"success\"} 1"));
+        assert!(text.contains("issettled_proxy_token_state_file_errors_total 1"));
         assert!(text.contains("issettled_proxy_token_ready 1"));
         assert!(text.contains("issettled_proxy_token_revoke_deadline_seconds 600"));
         assert!(text.contains("issettled_proxy_in_flight_requests 0"));

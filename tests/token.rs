@@ -349,6 +349,37 @@ async fn every_refresh_response_shape_yields_a_working_token() {
         assert_eq!(last.token.as_deref(), Some(expected.as_str()), "{shape:?}");
         assert!(last.token_valid, "{shape:?}");
     }
+
+    // A 200 whose body is not JSON carries no token either: kept, and counted as refreshed.
+    let current = upstream.newest_token();
+    upstream
+        .sim
+        .script_refresh(vec![ScriptedResponse::StatusBody(200, "OK".into())]);
+    let r = c.post(proxy.admin_url("/refresh")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["fingerprint"], fingerprint(&current), "{body}");
+    assert_eq!(body["last_error"], Value::Null, "{body}");
+
+    // Every one of them counts as a success: the contract says a kept token counts as refreshed.
+    let text = c
+        .get(proxy.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let successes: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("issettled_proxy_token_refresh_total{result=\"success\"} "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        successes >= 9,
+        "start-up, seven shapes and the text answer: {successes}\n{text}"
+    );
+    assert!(!text.contains("unchanged"), "{text}");
 }
 
 /// Point 6: the refreshed token survives a restart through `state_file`, which is mode 0600.

@@ -71,7 +71,10 @@ fn methods(key: &str, list: &[String]) -> Result<Vec<Method>, ConfigError> {
 fn entries<'a>(key: &str, list: &'a [String]) -> Result<Vec<&'a str>, ConfigError> {
     list.iter()
         .map(|s| match s.trim() {
-            "" => Err(invalid(key, "has a blank entry; for no restriction, give no entries ([])")),
+            "" => Err(invalid(
+                key,
+                "has a blank entry; for no restriction, give no entries ([])",
+            )),
             s => Ok(s),
         })
         .collect()

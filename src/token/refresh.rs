@@ -65,14 +65,9 @@ pub fn parse_refresh_response(status: StatusCode, body: &[u8], now: SystemTime) 
         200..=299 => {}
         other => return Err(RefreshError::Transient(format!("refresh answered {other}"))),
     }
-    let json: Value = match serde_json::from_slice(body) {
-        Ok(v) => v,
-        Err(_) if body.iter().all(u8::is_ascii_whitespace) => return Ok(Refreshed::Kept),
-        Err(_) => {
-            return Err(RefreshError::Transient(
-                "refresh answered a body that is not JSON".into(),
-            ))
-        }
+    // A body that is not JSON (empty, or `OK` as text) carries no token: the contract counts that as refreshed.
+    let Ok(json) = serde_json::from_slice::<Value>(body) else {
+        return Ok(Refreshed::Kept);
     };
     for scope in [Some(&json), json.get("data")].into_iter().flatten() {
         let Some(text) = TOKEN_KEYS.iter().find_map(|k| scope.get(*k).and_then(Value::as_str)) else {
@@ -140,7 +135,18 @@ impl RefreshClient for HttpRefreshClient {
             }
             body.extend_from_slice(&chunk);
         }
-        parse_refresh_response(status, &body, SystemTime::now())
+        let refreshed = parse_refresh_response(status, &body, SystemTime::now());
+        if refreshed == Ok(Refreshed::Kept)
+            && !body.trim_ascii().is_empty()
+            && serde_json::from_slice::<Value>(&body).is_err()
+        {
+            tracing::warn!(
+                event = "refresh_not_json",
+                status = status.as_u16(),
+                "the refresh call answered a body that is not JSON; counted as refreshed with the current token kept, as the contract says (check token.refresh_path if this is a web page)"
+            );
+        }
+        refreshed
     }
 }
 

@@ -263,12 +263,7 @@ impl<C: RefreshClient> Refresher<C> {
             Ok(current) => {
                 self.failures = 0;
                 self.retry_at = None;
-                let label = if current.generation == old.generation {
-                    "unchanged"
-                } else {
-                    "success"
-                };
-                self.metrics.token_refresh(label);
+                self.metrics.token_refresh("success");
                 let persist_error = self.persist_error.clone();
                 self.cell.update_status(|s| {
                     s.refreshing = false;

@@ -127,6 +127,7 @@ impl<C: RefreshClient> Refresher<C> {
         if let Err(e) = written.map_err(std::io::Error::other).and_then(|r| r) {
             tracing::error!(event = "state_file_error", error = %e, "cannot persist the token to token.state_file; a restart would fall back to the token file");
             self.persist_error = Some(format!("cannot write token.state_file: {e}"));
+            self.metrics.state_file_error();
         }
     }
 

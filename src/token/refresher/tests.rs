@@ -90,12 +90,23 @@ fn calls(client: &Scripted) -> usize {
 
 /// Start a refresher over `client`; returns the cell and handle.
 fn start(settings: Settings, client: Arc<Scripted>, initial: &str) -> (Arc<TokenCell>, RefreshHandle) {
+    let (cell, handle, _) = start_counted(settings, client, initial);
+    (cell, handle)
+}
+
+/// [`start`], also handing back the metrics the refresher counts into.
+fn start_counted(
+    settings: Settings,
+    client: Arc<Scripted>,
+    initial: &str,
+) -> (Arc<TokenCell>, RefreshHandle, Arc<Metrics>) {
     let cell = TokenCell::new();
-    let (mut refresher, handle) = Refresher::new(settings, cell.clone(), client, Arc::new(Metrics::new()));
+    let metrics = Arc::new(Metrics::new());
+    let (mut refresher, handle) = Refresher::new(settings, cell.clone(), client, metrics.clone());
     refresher = refresher.with_jitter(|| 1.0);
     refresher.adopt_initial(candidate(initial));
     tokio::spawn(refresher.run(std::future::pending()));
-    (cell, handle)
+    (cell, handle, metrics)
 }
 
 fn gaps(calls: &[Instant]) -> Vec<u64> {
@@ -299,7 +310,7 @@ async fn a_state_file_that_cannot_be_written_shows_in_last_error() {
     let mut s = settings();
     s.state_file = Some("/proc/issettled-proxy-test/no/such/dir/state".into());
     let client = Arc::new(Scripted::default());
-    let (cell, _handle) = start(s, client.clone(), "initial");
+    let (cell, _handle, metrics) = start_counted(s, client.clone(), "initial");
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         cell.load().unwrap().token().expose(),
@@ -308,6 +319,11 @@ async fn a_state_file_that_cannot_be_written_shows_in_last_error() {
     );
     let error = cell.status().last_error.clone().expect("the failed write is visible");
     assert!(error.contains("token.state_file"), "{error}");
+    let text = metrics.render(&Default::default());
+    assert!(
+        text.contains("issettled_proxy_token_state_file_errors_total 1"),
+        "and countable, so it can be alerted on"
+    );
 }
 
 /// Real time: the token file is read from disk.
