@@ -161,6 +161,16 @@ pub enum ConfigError {
     Invalid { key: String, reason: String },
 }
 
+impl ConfigError {
+    /// `key` has a value that cannot work, for `reason`.
+    pub fn invalid(key: &str, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
 /// Where the file part of the configuration comes from.
 #[derive(Debug, Clone, Copy)]
 pub enum Source<'a> {

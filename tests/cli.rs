@@ -76,6 +76,30 @@ async fn check_config_names_the_key_of_a_bad_value() {
 }
 
 #[tokio::test]
+async fn check_config_refuses_a_state_file_that_cannot_be_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let a_file = dir.path().join("a-file");
+    std::fs::write(&a_file, "").unwrap();
+    for (path, says) in [
+        (a_file.join("token.state"), "is not a directory"),
+        (dir.path().to_path_buf(), "is a directory"),
+    ] {
+        let (code, _, stderr) =
+            check_config(&minimal(&format!("state_file = {:?}", path.display().to_string())), &[]).await;
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(stderr.contains("token.state_file") && stderr.contains(says), "{stderr}");
+    }
+    // A directory that does not exist yet is fine: `run` creates it.
+    let later = dir.path().join("not-yet").join("token.state");
+    let (code, _, stderr) = check_config(
+        &minimal(&format!("state_file = {:?}", later.display().to_string())),
+        &[],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[tokio::test]
 async fn check_config_on_a_missing_file_exits_2() {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = command();

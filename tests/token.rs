@@ -382,14 +382,14 @@ async fn every_refresh_response_shape_yields_a_working_token() {
     assert!(!text.contains("unchanged"), "{text}");
 }
 
-/// Point 6: the refreshed token survives a restart through `state_file`, which is mode 0600.
+/// Point 6: the refreshed token survives a restart through `state_file`, which is mode 0600, in a directory the
+/// proxy creates (mode 0700) when it is missing.
 #[tokio::test]
 async fn a_restart_continues_with_the_persisted_token_not_the_stale_token_file() {
     let upstream = Upstream::spawn().await;
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     let state_file = dir.path().join("state").join("token.json");
-    std::fs::create_dir(state_file.parent().unwrap()).unwrap();
     let stale = upstream.token();
     std::fs::write(&token_file, format!("{stale}\n")).unwrap();
     let builder = || {
@@ -408,6 +408,12 @@ async fn a_restart_continues_with_the_persisted_token_not_the_stale_token_file()
 
     let mode = std::fs::metadata(&state_file).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "state file mode {mode:o}");
+    let dir_mode = std::fs::metadata(state_file.parent().unwrap())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(dir_mode, 0o700, "state directory mode {dir_mode:o}");
     assert!(std::fs::read_to_string(&state_file).unwrap().contains(&persisted));
     assert_eq!(
         std::fs::read_to_string(&token_file).unwrap().trim(),

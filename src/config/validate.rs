@@ -13,10 +13,7 @@ use super::{
 use crate::token::Token;
 
 fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.to_owned(),
-        reason: reason.into(),
-    }
+    ConfigError::invalid(key, reason)
 }
 
 fn duration(key: &str, text: &str) -> Result<Duration, ConfigError> {

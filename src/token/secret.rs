@@ -10,8 +10,12 @@ use sha2::{Digest, Sha256};
 pub enum TokenError {
     #[error("the token is empty")]
     Empty,
-    #[error("the token contains characters not allowed in a header value")]
+    #[error(
+        "the token contains characters not allowed in a bearer token (white space, control characters or non-ASCII)"
+    )]
     InvalidCharacters,
+    #[error("the token starts with `Bearer `: store the token alone; the proxy adds the scheme")]
+    SchemeIncluded,
     #[error("the token is a JWT whose exp has passed")]
     Expired,
 }
@@ -29,7 +33,12 @@ impl Token {
             return Err(TokenError::Empty);
         }
         if !t.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(TokenError::InvalidCharacters);
+            let scheme = t.get(..7).is_some_and(|p| p.eq_ignore_ascii_case("bearer "));
+            return Err(if scheme {
+                TokenError::SchemeIncluded
+            } else {
+                TokenError::InvalidCharacters
+            });
         }
         Ok(Self(Arc::from(t)))
     }
@@ -87,6 +96,8 @@ mod tests {
         assert_eq!(Token::parse("a b"), Err(TokenError::InvalidCharacters));
         assert_eq!(Token::parse("a\u{7f}b"), Err(TokenError::InvalidCharacters));
         assert_eq!(Token::parse("ä"), Err(TokenError::InvalidCharacters));
+        assert_eq!(Token::parse("Bearer abc.def\n"), Err(TokenError::SchemeIncluded));
+        assert_eq!(Token::parse("bearer  abc"), Err(TokenError::SchemeIncluded));
     }
 
     #[test]

@@ -42,6 +42,18 @@ fn at(ms: u64) -> SystemTime {
 }
 
 /// Write atomically and durably, mode 0600. Blocking: call from `spawn_blocking`.
+/// Whether `path` can be the state file: not a directory, and its directory, if it exists, a directory. A
+/// missing directory is allowed (the app creates it). The reason, for `check-config` and start-up.
+pub fn check_place(path: &Path) -> Result<(), String> {
+    if path.is_dir() {
+        return Err(format!("{} is a directory; name a file in it", path.display()));
+    }
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) if dir.exists() && !dir.is_dir() => Err(format!("{} is not a directory", dir.display())),
+        _ => Ok(()),
+    }
+}
+
 pub fn write(path: &Path, state: &Persisted) -> std::io::Result<()> {
     let record = Record {
         token: state.token.expose().to_owned(),
