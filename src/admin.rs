@@ -19,7 +19,7 @@ use crate::{
     errors::{json_response, ErrorContext, ProxyError},
     metrics::{Metrics, TokenGauges},
     shutdown::{Phase, Shutdown, ShutdownSignal},
-    token::{self, RefreshHandle, TokenCell, Trigger},
+    token::{self, refresh::RefreshError, RefreshHandle, TokenCell, Trigger},
 };
 pub use status::{status_json, token_json};
 
@@ -131,18 +131,23 @@ async fn refresh(State(state): State<Arc<AdminState>>) -> Response {
     match state.refresh.refresh_now(Trigger::Admin, None).await {
         Ok(_) => Json(token_json(&token::snapshot(&state.token))).into_response(),
         Err(e) => {
-            let status = StatusCode::BAD_GATEWAY;
-            let mut body = crate::errors::ErrorBody::new(
-                crate::errors::schema::PROXY_SERVICE_NAME,
-                "TOKEN_REFRESH_FAILED",
-                "Bad Gateway",
-                e.to_string(),
-            );
-            body.endpoint_url = Some("/refresh".into());
-            body.build_version = Some(env!("CARGO_PKG_VERSION").into());
+            // A refused refresh leaves no usable token: the contract's 503. Anything else (the upstream failed,
+            // answered garbage) is a failed refresh of a token that may still be usable.
+            let error = match e {
+                RefreshError::Revoked(_) => {
+                    ProxyError::TokenUnavailable("the refresh was refused: the token is revoked")
+                }
+                RefreshError::NoToken => ProxyError::TokenUnavailable("no token to refresh"),
+                other => ProxyError::RefreshFailed(other.to_string()),
+            };
+            let ctx = ErrorContext {
+                endpoint_url: Some("/refresh"),
+                ..ErrorContext::default()
+            };
+            let mut body = error.body(&ctx);
             body.extra
                 .insert("token".into(), token_json(&token::snapshot(&state.token)));
-            json_response(status, body.to_json())
+            json_response(error.status_and_code().0, body.to_json())
         }
     }
 }

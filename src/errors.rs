@@ -62,6 +62,9 @@ pub enum ProxyError {
     /// A request that did not match any route (admin port).
     #[error("not found")]
     NotFound,
+    /// `POST /refresh` on the admin port failed for a reason that leaves the token usable (or unknown).
+    #[error("{0}")]
+    RefreshFailed(String),
 }
 
 impl ProxyError {
@@ -82,6 +85,7 @@ impl ProxyError {
             TokenUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "TOKEN_UNAVAILABLE"),
             ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "SHUTTING_DOWN"),
             NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+            RefreshFailed(_) => (StatusCode::BAD_GATEWAY, "TOKEN_REFRESH_FAILED"),
         }
     }
 

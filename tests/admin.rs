@@ -218,9 +218,10 @@ async fn readyz_goes_200_503_200_through_a_revoked_token_and_a_new_token_file() 
     // The upstream revokes the token; the next refresh is refused.
     upstream.sim.revoke(&upstream.newest_token());
     let r = c.post(proxy.admin_url("/refresh")).send().await.unwrap();
-    assert_eq!(r.status(), 502);
+    assert_eq!(r.status(), 503, "a refused refresh leaves no usable token");
     let body: Value = r.json().await.unwrap();
     assert_schema(&body);
+    assert_eq!(body["code"], "TOKEN_UNAVAILABLE", "{body}");
     assert_eq!(body["token"]["state"], "revoked", "{body}");
 
     let r = c.get(proxy.admin_url("/readyz")).send().await.unwrap();
@@ -457,6 +458,20 @@ async fn post_refresh_answers_the_status_token_object() {
     assert_eq!(body["source"], "refresh");
     assert_eq!(body["fingerprint"], fingerprint(&upstream.newest_token()));
     assert_eq!(proxy.status().await["token"]["fingerprint"], body["fingerprint"]);
+
+    // A transient failure: 502 TOKEN_REFRESH_FAILED in the error schema, with the token object, still valid.
+    upstream
+        .sim
+        .script_refresh(vec![issettled_proxy::sim::ScriptedResponse::Status(500)]);
+    let r = client().post(proxy.admin_url("/refresh")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    let body: Value = r.json().await.unwrap();
+    assert_schema(&body);
+    assert_eq!(body["code"], "TOKEN_REFRESH_FAILED", "{body}");
+    assert_eq!(body["service_name"], "issettled-proxy", "{body}");
+    assert_eq!(body["endpoint_url"], "/refresh", "{body}");
+    assert_eq!(body["token"]["state"], "valid", "{body}");
+    assert_eq!(body["token"]["consecutive_failures"], 1, "{body}");
 }
 
 #[tokio::test]
