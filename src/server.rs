@@ -127,6 +127,12 @@ fn parks(open: usize, max: usize) -> bool {
 /// Most headers hyper's parser accepts; the proxy's own, lower limit answers 431 in the error schema.
 pub const PARSER_MAX_HEADERS: usize = 500;
 
+/// The most an HTTP/1 connection buffers (hyper's `max_buf_size`; its default is about 408 KiB). A request head
+/// must fit in it: between the proxy's own 32 KiB header limit (a 431 in the error schema) and this, the head
+/// still reaches the proxy; beyond it, hyper answers its bare 431 at once and closes, instead of holding the
+/// bytes until `header_read_timeout`.
+pub const PARSER_MAX_BUFFER: usize = 48 * 1024;
+
 /// What a listener serves: a tower service from request to response that cannot fail. The admin port serves its
 /// axum `Router`; the proxy port serves its one handler directly, with no routing (it takes every path).
 pub trait Handler:

@@ -40,7 +40,7 @@ use super::{
     conn_io::ConnIo,
     in_flight::InFlight,
     on_wake::Wakes,
-    Crowd, Handler, Limits, Stream, PARSER_MAX_HEADERS,
+    Crowd, Handler, Limits, Stream, PARSER_MAX_BUFFER, PARSER_MAX_HEADERS,
 };
 use crate::shutdown::Phase;
 
@@ -93,7 +93,7 @@ async fn first_bytes<I: Stream>(io: &mut ConnIo<I>) -> io::Result<Option<(Bytes,
 
 async fn serve_http1<I: Stream, H: Handler>(mut io: ConnIo<I>, service: Service<H>, crowd: &Crowd, guard: &mut Guard) {
     let mut builder = http1::Builder::new();
-    builder.max_headers(PARSER_MAX_HEADERS);
+    builder.max_headers(PARSER_MAX_HEADERS).max_buf_size(PARSER_MAX_BUFFER);
     let wakes = Wakes::new();
     loop {
         if !io.has_unread() {
