@@ -70,19 +70,37 @@ pub fn write(path: &Path, state: &Persisted) -> std::io::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp"));
-    {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(&json)?;
-        file.sync_all()?;
+    // A fresh temporary file, never one that is already there: in a directory others can write to, a file or
+    // symlink planted under a predictable name would otherwise receive the token (or keep its wider mode).
+    let (tmp, mut file) = create_fresh(dir, &name)?;
+    let written = file
+        .write_all(&json)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
-    std::fs::rename(&tmp, path)?;
     std::fs::File::open(dir)?.sync_all()
+}
+
+/// Create `.{name}.{random}.tmp` in `dir` with mode 0600, failing rather than opening anything that exists
+/// (`O_CREAT | O_EXCL`, which also refuses a symlink).
+fn create_fresh(dir: &Path, name: &str) -> std::io::Result<(std::path::PathBuf, std::fs::File)> {
+    let mut attempts = 0;
+    loop {
+        let tmp = dir.join(format!(".{name}.{:016x}.tmp", rand::random::<u64>()));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+        {
+            Ok(file) => return Ok((tmp, file)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempts < 3 => attempts += 1,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Read the state file. `Ok(None)` when there is none. A file holding a bare token (written by hand) works too.
@@ -118,6 +136,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_planted_temporary_file_or_symlink_never_receives_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token.state");
+        let leak = dir.path().join("leak");
+        std::fs::write(&leak, "").unwrap();
+        // What the old fixed temporary name was, planted as a symlink and as a world-readable file.
+        std::os::unix::fs::symlink(&leak, dir.path().join(".token.state.tmp")).unwrap();
+        let state = Persisted {
+            token: Token::parse("secret-token").unwrap(),
+            confirmed_at: at(1_700_000_000_000),
+            session_started_at: None,
+            origin: None,
+        };
+        write(&path, &state).unwrap();
+        assert_eq!(std::fs::read_to_string(&leak).unwrap(), "");
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(meta.file_type().is_file());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
     fn round_trip_with_mode_0600() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token.state");
@@ -136,6 +175,11 @@ mod tests {
         assert_eq!(back.session_started_at, state.session_started_at);
         assert_eq!(back.origin, state.origin);
         assert!(read(&dir.path().join("none")).unwrap().is_none());
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["token.state"], "no temporary file is left behind");
         std::fs::write(&path, "bare-token\n").unwrap();
         assert_eq!(read(&path).unwrap().unwrap().token.expose(), "bare-token");
     }
