@@ -826,6 +826,18 @@ async fn a_reset_or_truncated_response_body_reaches_the_client_as_an_error_promp
     }
 }
 
+/// RFC 9112 §6.3: a response with both framings is read by its chunked framing, and a proxy passing it on must
+/// drop the `Content-Length`, which would otherwise frame (and cut) the body it re-frames.
+#[tokio::test]
+async fn a_chunked_response_that_also_states_a_length_reaches_the_app_whole() {
+    let upstream = Faulty::spawn(Fault::ChunkedWithLength).await;
+    let proxy = ProxyBuilder::new(&upstream.url(), "opaque-token").spawn().await;
+    let r = client().get(proxy.url("/digital-accounts")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers().get("content-length"), None);
+    assert_eq!(r.bytes().await.unwrap(), "hello");
+}
+
 #[tokio::test]
 async fn a_response_body_that_stalls_is_cut_at_the_request_timeout() {
     let upstream = Faulty::spawn(Fault::StallMidBody).await;

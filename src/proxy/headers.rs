@@ -15,6 +15,9 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 /// How many fixed hop-by-hop names there are.
 const HOP_COUNT: usize = 7;
 
+/// Where `Transfer-Encoding` is in [`HOP_BY_HOP`].
+const TRANSFER_ENCODING: usize = 5;
+
 /// Hop-by-hop fields removed in both directions, besides those `Connection` names (names, not strings: no
 /// parsing per request).
 const HOP_BY_HOP: [HeaderName; HOP_COUNT] = [
@@ -62,6 +65,11 @@ fn strip<const N: usize>(headers: &mut HeaderMap, also: &[HeaderName; N]) {
     }
     if found[0] {
         remove_connection_options(headers);
+    }
+    if found[TRANSFER_ENCODING] {
+        // RFC 9112 §6.3: with both, the chunked framing was used, and a forwarded Content-Length would frame the
+        // re-framed body wrongly (cut it short, or leave the receiver waiting). Removed whenever both are there.
+        headers.remove(header::CONTENT_LENGTH);
     }
     for (name, _) in HOP_BY_HOP.iter().zip(found).filter(|(_, f)| *f) {
         headers.remove(name);
@@ -146,6 +154,21 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn a_content_length_beside_transfer_encoding_goes_too() {
+        assert_eq!(HOP_BY_HOP[TRANSFER_ENCODING], header::TRANSFER_ENCODING);
+        let mut both = map(&[
+            ("content-length", "3"),
+            ("transfer-encoding", "chunked"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut both);
+        assert_eq!(both.len(), 1, "{both:?}");
+        let mut length = map(&[("content-length", "3"), ("connection", "keep-alive")]);
+        strip_hop_by_hop(&mut length);
+        assert_eq!(length["content-length"], "3");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! A raw-TCP upstream that misbehaves on purpose: never answers, resets mid-body, sends garbage, a huge or
-//! trickled error body, a truncated chunked response, or a gzipped error. Counts the requests it received.
+//! trickled error body, a truncated chunked response, a chunked response that also states a length, or a
+//! gzipped error. Counts the requests it received.
 
 use std::{
     net::SocketAddr,
@@ -34,6 +35,9 @@ pub enum Fault {
     CloseImmediately,
     /// 200 with a Content-Length of 1000, sends 10 bytes, then nothing more (the connection stays open).
     StallMidBody,
+    /// 200 with both `Content-Length: 3` and `Transfer-Encoding: chunked`, a 5-byte chunked body `hello`
+    /// (RFC 9112 §6.3: the chunked framing wins).
+    ChunkedWithLength,
     /// 409 with a gzipped JSON error ([`GZIP_ERROR_JSON`]), `Content-Encoding: gzip`, whatever the request
     /// accepted (as a gateway in front of the upstream may do).
     GzipError,
@@ -182,6 +186,14 @@ async fn serve(
         Fault::TruncatedChunked => {
             stream
                 .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
+                .await?;
+        }
+        Fault::ChunkedWithLength => {
+            stream
+                .write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 3\r\n\
+                      transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+                )
                 .await?;
         }
         Fault::CloseImmediately => {}
