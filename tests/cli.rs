@@ -228,7 +228,7 @@ async fn a_refused_env_token_is_logged_with_its_reason() {
         .lines()
         .find(|l| l.contains("MY_ISSETTLED_TOKEN"))
         .unwrap_or_else(|| panic!("token.env not logged:\n{logs}"));
-    assert!(line.contains("characters not allowed in a header value"), "{line}");
+    assert!(line.contains("characters not allowed in a bearer token"), "{line}");
     assert!(!logs.contains("secret with spaces"), "{logs}");
 }
 
