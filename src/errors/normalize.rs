@@ -11,13 +11,31 @@ use super::schema::{ErrorBody, UPSTREAM_SERVICE_NAME};
 /// The longest `long_message` excerpt made from a non-JSON body, in characters.
 pub const EXCERPT_CHARS: usize = 512;
 
-/// What fills the fields the upstream left out.
+/// What fills the fields the upstream left out, and what must not come out.
 #[derive(Debug, Clone, Copy)]
 pub struct Fill<'a> {
     pub endpoint_url: &'a str,
     pub member_id: Option<&'a str>,
     pub request_id: &'a str,
     pub now_ms: i64,
+    /// Text replaced wherever it appears in the parsed body (a string or a key, however the upstream escaped
+    /// it), before any field is turned into text: the token, with its fingerprint.
+    pub redact: Option<Redact<'a>>,
+}
+
+/// A secret and what replaces it.
+#[derive(Clone, Copy)]
+pub struct Redact<'a> {
+    pub secret: &'a str,
+    pub replacement: &'a str,
+}
+
+impl std::fmt::Debug for Redact<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redact")
+            .field("replacement", &self.replacement)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Accepted spellings of each schema field (the first is the canonical name).
@@ -41,15 +59,17 @@ const ALIASES: [(&str, &[&str]); 9] = [
 
 /// Normalize an upstream error. Never panics, for any bytes.
 pub fn normalize(status: StatusCode, body: &[u8], fill: &Fill<'_>) -> ErrorBody {
-    let mut fields = match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(map)) => map,
-        _ => {
-            let mut map = Map::new();
-            if let Some(text) = excerpt(body) {
-                map.insert("long_message".into(), Value::String(text));
-            }
-            map
+    let parsed = serde_json::from_slice::<Value>(body).ok().map(|mut v| {
+        if let Some(r) = fill.redact {
+            super::scrub::scrub_value(&mut v, r.secret, r.replacement);
         }
+        v
+    });
+    let mut fields = match parsed {
+        Some(Value::Object(map)) => map,
+        // JSON that is not an object: its (redacted) text is the excerpt.
+        Some(other) => excerpt_map(other.to_string().as_bytes()),
+        None => excerpt_map(body),
     };
     let mut take = |name: &str| -> Option<Value> {
         let (_, aliases) = ALIASES.iter().find(|(n, _)| *n == name)?;
@@ -83,6 +103,15 @@ pub fn normalize(status: StatusCode, body: &[u8], fill: &Fill<'_>) -> ErrorBody 
     }
     out.extra = fields;
     out
+}
+
+/// The fields of a body that is not a JSON object: its excerpt as `long_message`.
+fn excerpt_map(body: &[u8]) -> Map<String, Value> {
+    let mut map = Map::new();
+    if let Some(text) = excerpt(body) {
+        map.insert("long_message".into(), Value::String(text));
+    }
+    map
 }
 
 /// A field value as a string: strings as they are, anything else as compact JSON.

@@ -29,14 +29,38 @@ pub fn scrub_json(json: Vec<u8>, secret: &str, replacement: &str) -> Vec<u8> {
         Cow::Borrowed(_) => json,
         Cow::Owned(clean) => clean,
     };
-    let escaped = serde_json::to_string(secret).unwrap_or_default();
-    let escaped = escaped.trim_start_matches('"').trim_end_matches('"');
-    if escaped != secret {
+    let quoted = serde_json::to_string(secret).unwrap_or_default();
+    // Exactly the quotes serde added: a secret ending in `"` keeps its own (escaped) one.
+    let escaped = quoted.get(1..quoted.len().saturating_sub(1)).unwrap_or_default();
+    if !escaped.is_empty() && escaped != secret {
         if let Cow::Owned(clean) = scrub_bytes(&out, escaped.as_bytes(), replacement.as_bytes()) {
             out = clean;
         }
     }
     out
+}
+
+/// Scrub a parsed JSON value in place: every string and every object key, at any depth. Runs before fields are
+/// turned back into text, so no escaping the upstream or the proxy applies can hide the secret.
+pub fn scrub_value(value: &mut serde_json::Value, secret: &str, replacement: &str) {
+    use serde_json::Value;
+    if secret.is_empty() {
+        return;
+    }
+    match value {
+        Value::String(s) if s.contains(secret) => *s = s.replace(secret, replacement),
+        Value::Array(items) => items.iter_mut().for_each(|v| scrub_value(v, secret, replacement)),
+        Value::Object(map) => {
+            if map.keys().any(|k| k.contains(secret)) {
+                *map = std::mem::take(map)
+                    .into_iter()
+                    .map(|(k, v)| (k.replace(secret, replacement), v))
+                    .collect();
+            }
+            map.values_mut().for_each(|v| scrub_value(v, secret, replacement));
+        }
+        _ => {}
+    }
 }
 
 /// Scrub every header value in place. Returns whether anything was replaced.
@@ -55,6 +79,74 @@ pub fn scrub_headers(headers: &mut HeaderMap, secret: &[u8], replacement: &[u8])
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::errors::normalize::{normalize, Fill, Redact};
+
+    /// The normalized, scrubbed output for an upstream error `body`, as the proxy writes it.
+    fn written(body: &[u8], token: &str) -> String {
+        let fill = Fill {
+            endpoint_url: "/x",
+            member_id: None,
+            request_id: "r",
+            now_ms: 0,
+            redact: Some(Redact {
+                secret: token,
+                replacement: "sha256:1234",
+            }),
+        };
+        let raw = scrub_bytes(body, token.as_bytes(), b"sha256:1234");
+        let json = normalize(http::StatusCode::BAD_REQUEST, &raw, &fill).to_json();
+        String::from_utf8(scrub_json(json, token, "sha256:1234")).unwrap()
+    }
+
+    /// Whether `token` can be recovered from `text` by decoding JSON strings any number of times.
+    fn recoverable(text: &str, token: &str) -> bool {
+        let mut text = text.to_owned();
+        for _ in 0..4 {
+            if text.contains(token) {
+                return true;
+            }
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+                return false;
+            };
+            let mut strings = Vec::new();
+            collect_strings(&v, &mut strings);
+            if strings.iter().any(|s| s.contains(token)) {
+                return true;
+            }
+            text = strings.join(" ");
+        }
+        false
+    }
+
+    fn collect_strings(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::String(s) => out.push(s.clone()),
+            serde_json::Value::Array(a) => a.iter().for_each(|v| collect_strings(v, out)),
+            serde_json::Value::Object(m) => m.iter().for_each(|(k, v)| {
+                out.push(k.clone());
+                collect_strings(v, out);
+            }),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn a_token_nested_or_escaped_twice_is_scrubbed_and_the_output_stays_json() {
+        for (token, body) in [
+            (r#"abc"def"#, r#"{"code":{"t":"abc"def"}}"#),
+            (r#"abc"def"#, r#""abc"def""#),
+            (r#"abc"def"#, r#"["abc"def", {"abc"def": 1}]"#),
+            (r#"abc""#, r#"{"long_message":"token abc" refused","x":"abc""}"#),
+            (r#"a"#, r#"{"code":{"k":["a\b"]}}"#),
+        ] {
+            let out = written(body.as_bytes(), token);
+            let parsed: serde_json::Value =
+                serde_json::from_str(&out).unwrap_or_else(|e| panic!("{token}: not JSON ({e}): {out}"));
+            assert!(parsed.is_object(), "{out}");
+            assert!(!recoverable(&out, token), "{token} in {out}");
+            assert!(out.contains("sha256:1234"), "{out}");
+        }
+    }
 
     #[test]
     fn replaces_every_occurrence_and_borrows_otherwise() {
@@ -66,14 +158,14 @@ mod tests {
 
     #[test]
     fn a_token_the_upstream_json_escaped_is_scrubbed_after_parsing() {
-        use crate::errors::normalize::{normalize, Fill};
+        let token = "abc/def\"ghi";
         let fill = Fill {
             endpoint_url: "/x",
             member_id: None,
             request_id: "r",
             now_ms: 0,
+            redact: None,
         };
-        let token = "abc/def\"ghi";
         let body = br#"{"code":"E","long_message":"bad token abc\/def\"ghi","abc\u002fdef\"ghi":1}"#;
         let raw = scrub_bytes(body, token.as_bytes(), b"sha256:1234");
         assert!(matches!(raw, Cow::Borrowed(_)), "the raw body does not spell the token");

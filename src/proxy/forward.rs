@@ -25,7 +25,7 @@ use crate::{
     config::InboundAuthorization,
     errors::{
         json_response,
-        normalize::{normalize, Fill},
+        normalize::{normalize, Fill, Redact},
         scrub, ErrorContext, ProxyError,
     },
     shutdown::Phase,
@@ -162,6 +162,10 @@ async fn handle(
         member_id: state.rules.member_id.as_deref(),
         request_id: request_id.to_str().unwrap_or_default(),
         now_ms: crate::clock::now_ms(),
+        redact: Some(Redact {
+            secret: used.token().expose(),
+            replacement: &fingerprint,
+        }),
     };
     Ok(error_response(head, &clean, &fill, used.token().expose(), &fingerprint))
 }

@@ -11,6 +11,7 @@ const FILL: Fill<'static> = Fill {
     member_id: Some("bankName"),
     request_id: "req-42",
     now_ms: 1_700_000_000_000,
+    redact: None,
 };
 
 fn as_json(b: &ErrorBody) -> Value {
