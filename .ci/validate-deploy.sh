@@ -294,7 +294,16 @@ commands = dockerfile.parse_file("Dockerfile")
 froms = [c for c in commands if c.cmd.upper() == "FROM"]
 check(len(froms) >= 2, "Dockerfile: must be multi-stage")
 final = commands[commands.index(froms[-1]):]
-check(froms[-1].value[0].startswith("gcr.io/distroless/cc-debian12:nonroot"), "Dockerfile: final stage must be distroless cc-debian12:nonroot")
+# The base images are build arguments (to pin by digest); resolve the final one through its global ARG default.
+args = {}
+for c in commands:
+    if c.cmd.upper() == "FROM":
+        break
+    if c.cmd.upper() == "ARG" and "=" in c.value[0]:
+        k, v = c.value[0].split("=", 1)
+        args[k] = v
+final_image = re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)), froms[-1].value[0])
+check(final_image.startswith("gcr.io/distroless/cc-debian12:nonroot"), f"Dockerfile: final stage must be distroless cc-debian12:nonroot (is {final_image})")
 last = {c.cmd.upper(): c for c in final}
 check(last.get("USER") is not None and last["USER"].value[0] in ("nonroot", "65532", "nonroot:nonroot", "65532:65532"),
       "Dockerfile: final stage must run as nonroot")
