@@ -169,6 +169,21 @@ impl ConfigError {
             reason: reason.into(),
         }
     }
+
+    /// Say so when the key's value came from its environment variable, which an operator reading the file
+    /// would not see (the variable's name only, never its value).
+    fn naming_its_variable(self, env: &HashMap<String, String>) -> Self {
+        let ConfigError::Invalid { key, reason } = self else {
+            return self;
+        };
+        let var = format!("{ENV_PREFIX}__{}", key.replace('.', "__")).to_ascii_uppercase();
+        let reason = if env.keys().any(|k| k.eq_ignore_ascii_case(&var)) {
+            format!("{reason} (set by {var})")
+        } else {
+            reason
+        };
+        ConfigError::Invalid { key, reason }
+    }
 }
 
 /// Where the file part of the configuration comes from.
@@ -196,6 +211,9 @@ pub fn load(source: Source<'_>, env: &HashMap<String, String>) -> Result<Config,
             if !path.is_file() {
                 return Err(ConfigError::Load(format!("{}: no such file", path.display())));
             }
+            if let Err(e) = std::fs::File::open(path) {
+                return Err(ConfigError::Load(format!("{}: {e}", path.display())));
+            }
             let yaml = matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
             let format = if yaml { FileFormat::Yaml } else { FileFormat::Toml };
             builder.add_source(File::from(path).format(format).required(true))
@@ -208,7 +226,7 @@ pub fn load(source: Source<'_>, env: &HashMap<String, String>) -> Result<Config,
         .build()
         .map_err(|e| ConfigError::Load(e.to_string()))?;
     let raw: FileConfig = merged.try_deserialize().map_err(|e| ConfigError::Load(e.to_string()))?;
-    validate::validate(raw, env)
+    validate::validate(raw, env).map_err(|e| e.naming_its_variable(env))
 }
 
 /// Parse an upstream base URL as `upstream.base_url` is parsed.

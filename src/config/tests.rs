@@ -129,8 +129,19 @@ fn bad_values_name_their_key() {
         ),
     ];
     for (k, v, key) in cases {
-        assert_eq!(err_key(load(Source::Toml(MINIMAL), &env(&[(k, v)]))), key, "{k}={v}");
+        let result = load(Source::Toml(MINIMAL), &env(&[(k, v)]));
+        let message = result.as_ref().map(drop).unwrap_err().to_string();
+        assert_eq!(err_key(result), key, "{k}={v}");
+        // An operator reading the file would not see the value: the message names the variable (not the value).
+        assert!(message.ends_with(&format!("(set by {k})")), "{message}");
     }
+    // A bad value from the file names no variable.
+    let text = MINIMAL.replace("[token]", "[token]\nrefresh_interval = \"20m\"");
+    let message = load(Source::Toml(&text), &HashMap::new()).unwrap_err().to_string();
+    assert!(
+        message.starts_with("token.refresh_interval") && !message.contains("set by"),
+        "{message}"
+    );
 }
 
 #[test]

@@ -37,7 +37,12 @@ pub fn tls_config(cfg: &UpstreamConfig) -> Result<ClientConfig, ConfigError> {
     if let Some(path) = &cfg.ca_file {
         let certs = CertificateDer::pem_file_iter(path)
             .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| invalid("upstream.ca_file", format!("cannot read PEM certificates: {e}")))?;
+            .map_err(|e| {
+                invalid(
+                    "upstream.ca_file",
+                    format!("cannot read PEM certificates from {}: {e}", path.display()),
+                )
+            })?;
         if certs.is_empty() {
             return Err(invalid("upstream.ca_file", "holds no PEM certificate".into()));
         }
@@ -63,13 +68,13 @@ pub fn tls_config(cfg: &UpstreamConfig) -> Result<ClientConfig, ConfigError> {
                 .map_err(|e| {
                     invalid(
                         "upstream.client_cert_file",
-                        format!("cannot read PEM certificates: {e}"),
+                        format!("cannot read PEM certificates from {}: {e}", cert.display()),
                     )
                 })?;
             let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
                 invalid(
                     "upstream.client_key_file",
-                    format!("cannot read a PEM private key: {e}"),
+                    format!("cannot read a PEM private key from {}: {e}", key.display()),
                 )
             })?;
             builder
