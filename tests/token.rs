@@ -575,3 +575,69 @@ async fn a_token_lifetime_shorter_than_refresh_before_expiry_causes_no_refresh_s
     let calls = upstream.sim.refresh_calls().len();
     assert!(calls <= 5, "{calls} refresh calls in about 3 s");
 }
+
+/// The refresh call's shape, as the contract assumes it: the configured method and path (after `base_url`'s
+/// prefix), the current token as Bearer, `Accept: application/json`, an empty body.
+#[tokio::test]
+async fn the_refresh_call_uses_the_configured_method_and_path_and_the_contract_shape() {
+    use common::faulty::{Fault, Faulty};
+    let upstream = Faulty::spawn(Fault::Hang).await;
+    let _proxy = ProxyBuilder::new(&format!("{}/v1", upstream.url()), "opaque-token")
+        .set("TOKEN__REFRESH_PATH", "/custom/refresh")
+        .set("TOKEN__REFRESH_METHOD", "put")
+        .spawn()
+        .await;
+    assert!(wait_for(|| async { !upstream.request_heads().is_empty() }).await);
+    let head = upstream.request_heads()[0].to_ascii_lowercase();
+    assert!(head.starts_with("put /v1/custom/refresh http/1.1\r\n"), "{head}");
+    for line in [
+        "authorization: bearer opaque-token",
+        "accept: application/json",
+        "content-length: 0",
+    ] {
+        assert!(head.contains(&format!("\r\n{line}\r\n")), "{line}: {head}");
+    }
+}
+
+/// A token file the checks refuse leaves the current token in place, says why in `/status`, and never shows
+/// the refused text: a pasted `Bearer ` prefix, then a JWT already past its `exp`.
+#[tokio::test]
+async fn a_refused_token_file_keeps_the_current_token_and_says_why() {
+    use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
+    let upstream = Upstream::spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let first = upstream.token();
+    publish_secret(dir.path(), "..2024_01_01_00_00_00.000000001", &first);
+    let proxy = ProxyBuilder::new(&upstream.url, &first)
+        .token_file(&dir.path().join("token"))
+        .spawn()
+        .await;
+    proxy.startup_refresh_done().await;
+    let in_use = proxy.status().await["token"]["fingerprint"].clone();
+
+    let expired = format!(
+        "{}.{}.sig",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"none"}"#),
+        URL_SAFE_NO_PAD.encode(r#"{"exp":1000000000}"#)
+    );
+    for (version, text, reason) in [
+        ("..2024_01_02_00_00_00.000000002", format!("Bearer {first}"), "Bearer"),
+        ("..2024_01_03_00_00_00.000000003", expired.clone(), "exp"),
+    ] {
+        publish_secret(dir.path(), version, &text);
+        let said = wait_for(|| async {
+            proxy.status().await["token"]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("refused") && e.contains(reason))
+        })
+        .await;
+        let status = proxy.status().await;
+        assert!(said, "{reason}: {status}");
+        assert_eq!(status["token"]["fingerprint"], in_use, "{reason}: {status}");
+        assert_eq!(status["ready"], true);
+        assert!(!status.to_string().contains(&text), "the refused text is not shown");
+        let (code, _) = get_json(&proxy.url("/digital-accounts")).await;
+        assert_eq!(code, 200, "{reason}");
+        assert!(upstream.sim.requests().pop().unwrap().token_valid);
+    }
+}

@@ -214,6 +214,9 @@ impl<C: RefreshClient> Refresher<C> {
             current_fingerprint = current,
             "the token file {path} holds a token that cannot be used; keeping the current token"
         );
+        // Also in /status, where an operator checking a rotation looks first.
+        let reason = format!("token.file {path} was refused ({e}); the current token stays");
+        self.cell.update_status(|s| s.last_error = Some(reason));
     }
 
     pub(super) fn warn_if_skewed(&self, token: &Token, claims: &crate::token::jwt::Claims) {
