@@ -175,6 +175,29 @@ async fn http2_with_prior_knowledge_is_served() {
     assert_eq!(response.status(), 200);
 }
 
+/// An HTTP/2 client that only pings after its requests does not hold its connection (and its
+/// `max_connections` slot) past `idle_timeout`: frames with no request in flight are not activity.
+#[tokio::test]
+async fn an_http2_connection_kept_up_only_by_pings_is_closed_when_idle() {
+    let upstream = Upstream::spawn().await;
+    let proxy = proxy(&upstream, &[("LISTEN__IDLE_TIMEOUT", "1s")]).await;
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut send, mut connection) = h2::client::handshake(tcp).await.unwrap();
+    let mut pings = connection.ping_pong().expect("ping_pong is taken once");
+    let driver = tokio::spawn(connection);
+    let request = http::Request::get(proxy.url("/echo?n=h2")).body(()).unwrap();
+    let (response, _) = send.send_request(request, true).unwrap();
+    assert_eq!(response.await.unwrap().status(), 200);
+    let closed = tokio::time::timeout(Duration::from_secs(6), async {
+        while pings.ping(h2::Ping::opaque()).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "pings kept an idle HTTP/2 connection open");
+    let _ = driver.await;
+}
+
 #[tokio::test]
 async fn a_request_body_left_unread_is_never_parsed_as_the_next_request() {
     for max in [PARKED, ACTIVE] {

@@ -116,14 +116,23 @@ impl Activity {
 
     /// Bytes of the client arrived.
     pub(super) fn read(&self) {
+        let idle = self.in_flight.load(Relaxed) == 0;
+        if idle && self.http2.load(Relaxed) {
+            // HTTP/2 frames with no request in flight (pings, window updates, settings) are not activity: a
+            // client pinging every few seconds would otherwise hold its connection slot forever.
+            return;
+        }
         self.moved.store(true, Relaxed);
-        if self.in_flight.load(Relaxed) == 0 && !self.http2.load(Relaxed) {
+        if idle {
             self.head_pending.store(true, Relaxed);
         }
     }
 
     /// Bytes went to the client.
     pub(super) fn wrote(&self) {
+        if self.in_flight.load(Relaxed) == 0 && self.http2.load(Relaxed) {
+            return; // as in `read`: ping acks and settings
+        }
         self.moved.store(true, Relaxed);
     }
 
@@ -230,16 +239,22 @@ mod tests {
     }
 
     #[test]
-    fn http2_frames_between_requests_are_not_a_slow_head() {
+    fn http2_frames_between_requests_are_neither_a_slow_head_nor_activity() {
         let a = Arc::new(activity());
         a.serving_http2();
         drop(a.begin());
         let mut w = Watchdog::new(Duration::from_secs(1), Duration::from_secs(3), Duration::from_secs(6));
-        // Pings and window updates keep arriving with no request in flight.
-        for _ in 0..10 {
-            a.read();
-            assert_eq!(w.tick(&a), Verdict::Keep);
-        }
+        // Pings and window updates keep arriving (and being answered) with no request in flight: never a
+        // header time-out, and idle after the 6 s as if nothing came (the first tick sees the request's end).
+        let v: Vec<_> = (0..7)
+            .map(|_| {
+                a.read();
+                a.wrote();
+                w.tick(&a)
+            })
+            .collect();
+        assert_eq!(&v[..6], &[Verdict::Keep; 6]);
+        assert_eq!(v[6], Verdict::Idle);
     }
 
     #[test]
