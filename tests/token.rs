@@ -97,6 +97,21 @@ async fn one_second_refreshes_under_200_clients_fail_no_request_and_send_only_va
     assert!((9..=12).contains(&refreshes), "{refreshes} refresh calls in 10 s");
 }
 
+/// The simulated upstream and a proxy whose token file is a mounted Secret (published as the kubelet does, in
+/// `dir`) holding `first`, past its start-up refresh.
+async fn on_a_mounted_secret() -> (Upstream, tempfile::TempDir, String, common::TestProxy) {
+    let upstream = Upstream::spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let first = upstream.token();
+    publish_secret(dir.path(), "..2024_01_01_00_00_00.000000001", &first);
+    let proxy = ProxyBuilder::new(&upstream.url, &first)
+        .token_file(&dir.path().join("token"))
+        .spawn()
+        .await;
+    proxy.startup_refresh_done().await;
+    (upstream, dir, first, proxy)
+}
+
 /// Point 2: refresh answers 500 three times, then normally.
 ///
 /// Backoff uses full jitter (base 1 s, floor 250 ms), so strictly growing delays cannot be asserted end to end;
@@ -173,15 +188,7 @@ async fn three_refresh_500s_are_retried_with_backoff_and_the_token_is_refreshed_
 /// Point 3: refresh answers 401 → not ready, 503 `TOKEN_UNAVAILABLE`; a new token by symlink swap → ready.
 #[tokio::test]
 async fn a_revoked_token_makes_the_proxy_unready_until_a_new_token_file_is_swapped_in() {
-    let upstream = Upstream::spawn().await;
-    let dir = tempfile::tempdir().unwrap();
-    let first = upstream.token();
-    publish_secret(dir.path(), "..2024_01_01_00_00_00.000000001", &first);
-    let proxy = ProxyBuilder::new(&upstream.url, &first)
-        .token_file(&dir.path().join("token"))
-        .spawn()
-        .await;
-    proxy.startup_refresh_done().await;
+    let (upstream, dir, _, proxy) = on_a_mounted_secret().await;
     let c = client();
 
     upstream.sim.script_refresh(vec![ScriptedResponse::Status(401)]);
@@ -362,14 +369,7 @@ async fn every_refresh_response_shape_yields_a_working_token() {
     assert_eq!(body["last_error"], Value::Null, "{body}");
 
     // Every one of them counts as a success: the contract says a kept token counts as refreshed.
-    let text = c
-        .get(proxy.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = proxy.metrics().await;
     let successes: u64 = text
         .lines()
         .find_map(|l| l.strip_prefix("issettled_proxy_token_refresh_total{result=\"success\"} "))
@@ -604,15 +604,7 @@ async fn the_refresh_call_uses_the_configured_method_and_path_and_the_contract_s
 #[tokio::test]
 async fn a_refused_token_file_keeps_the_current_token_and_says_why() {
     use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
-    let upstream = Upstream::spawn().await;
-    let dir = tempfile::tempdir().unwrap();
-    let first = upstream.token();
-    publish_secret(dir.path(), "..2024_01_01_00_00_00.000000001", &first);
-    let proxy = ProxyBuilder::new(&upstream.url, &first)
-        .token_file(&dir.path().join("token"))
-        .spawn()
-        .await;
-    proxy.startup_refresh_done().await;
+    let (upstream, dir, first, proxy) = on_a_mounted_secret().await;
     let in_use = proxy.status().await["token"]["fingerprint"].clone();
 
     let expired = format!(
