@@ -65,9 +65,16 @@ pub fn parse_refresh_response(status: StatusCode, body: &[u8], now: SystemTime) 
         200..=299 => {}
         other => return Err(RefreshError::Transient(format!("refresh answered {other}"))),
     }
-    // A body that is not JSON (empty, or `OK` as text) carries no token: the contract counts that as refreshed.
-    let Ok(json) = serde_json::from_slice::<Value>(body) else {
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+    // Text that is not JSON (empty, or `OK`) carries no token: the contract counts that as refreshed. JSON that
+    // does not parse (cut short, a trailing comma) may have carried one, so it is a failure, retried.
+    if is_plain_text(body) {
         return Ok(Refreshed::Kept);
+    }
+    let Ok(json) = serde_json::from_slice::<Value>(body) else {
+        return Err(RefreshError::Transient(
+            "refresh answered JSON that does not parse".into(),
+        ));
     };
     for scope in [Some(&json), json.get("data")].into_iter().flatten() {
         let Some(text) = TOKEN_KEYS.iter().find_map(|k| scope.get(*k).and_then(Value::as_str)) else {
@@ -80,6 +87,12 @@ pub fn parse_refresh_response(status: StatusCode, body: &[u8], now: SystemTime) 
         });
     }
     Ok(Refreshed::Kept)
+}
+
+/// Whether a refresh answer's body is text that is not JSON (nor meant to be): not starting with `{`, `[` or
+/// `"`. An empty body counts as text.
+pub fn is_plain_text(body: &[u8]) -> bool {
+    !matches!(body.trim_ascii_start().first(), Some(b'{' | b'[' | b'"'))
 }
 
 /// `expires_at` (RFC 3339 or epoch seconds/ms) or `expires_in` (seconds) of one JSON object.
@@ -136,10 +149,7 @@ impl RefreshClient for HttpRefreshClient {
             body.extend_from_slice(&chunk);
         }
         let refreshed = parse_refresh_response(status, &body, SystemTime::now());
-        if refreshed == Ok(Refreshed::Kept)
-            && !body.trim_ascii().is_empty()
-            && serde_json::from_slice::<Value>(&body).is_err()
-        {
+        if refreshed == Ok(Refreshed::Kept) && !body.trim_ascii().is_empty() && is_plain_text(&body) {
             tracing::warn!(
                 event = "refresh_not_json",
                 status = status.as_u16(),

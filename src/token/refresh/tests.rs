@@ -63,6 +63,7 @@ fn no_token_keeps_the_current_one() {
         (200, "  \n"),
         (200, "OK"),
         (200, "<html>"),
+        (200, "\u{feff}{}"),
     ] {
         let got = parse_refresh_response(StatusCode::from_u16(status).unwrap(), body.as_bytes(), now());
         assert_eq!(got, Ok(Refreshed::Kept), "{status} {body:?}");
@@ -81,4 +82,28 @@ fn failures_are_classified() {
         parse_refresh_response(StatusCode::OK, br#"{"token":"  "}"#, now()),
         Err(RefreshError::BadToken(TokenError::Empty))
     ));
+    // JSON that does not parse may have carried a new token: never counted as refreshed.
+    for body in [
+        r#"{"access_token":"new","#,
+        r#"{"access_token":"new",}"#,
+        "[1,",
+        r#""tok"#,
+    ] {
+        assert!(
+            matches!(
+                parse_refresh_response(StatusCode::OK, body.as_bytes(), now()),
+                Err(RefreshError::Transient(_))
+            ),
+            "{body}"
+        );
+    }
+}
+
+#[test]
+fn a_byte_order_mark_does_not_hide_a_new_token() {
+    let got = parse_refresh_response(StatusCode::OK, "\u{feff}{\"token\":\"new\"}".as_bytes(), now());
+    assert!(
+        matches!(&got, Ok(Refreshed::New { token, .. }) if token.expose() == "new"),
+        "{got:?}"
+    );
 }
