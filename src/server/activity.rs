@@ -17,6 +17,9 @@ use std::{
 
 use super::in_flight::InFlight;
 
+/// The largest HTTP/2 write, with no request in flight, taken for control frames rather than response data.
+const H2_CONTROL_WRITE: usize = 1024;
+
 /// What the watchdog should do with a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Verdict {
@@ -128,10 +131,12 @@ impl Activity {
         }
     }
 
-    /// Bytes went to the client.
-    pub(super) fn wrote(&self) {
-        if self.in_flight.load(Relaxed) == 0 && self.http2.load(Relaxed) {
-            return; // as in `read`: ping acks and settings
+    /// `n` bytes went to the client.
+    pub(super) fn wrote(&self, n: usize) {
+        // As in `read`: with no request in flight, small HTTP/2 writes are control frames (ping and settings
+        // acks). A large one is the tail of a response hyper had buffered for a slow reader: activity.
+        if n < H2_CONTROL_WRITE && self.in_flight.load(Relaxed) == 0 && self.http2.load(Relaxed) {
+            return;
         }
         self.moved.store(true, Relaxed);
     }
@@ -249,12 +254,17 @@ mod tests {
         let v: Vec<_> = (0..7)
             .map(|_| {
                 a.read();
-                a.wrote();
+                a.wrote(17);
                 w.tick(&a)
             })
             .collect();
         assert_eq!(&v[..6], &[Verdict::Keep; 6]);
         assert_eq!(v[6], Verdict::Idle);
+        // The tail of a response still going out to a slow reader keeps it.
+        for _ in 0..10 {
+            a.wrote(16 * 1024);
+            assert_eq!(w.tick(&a), Verdict::Keep);
+        }
     }
 
     #[test]
