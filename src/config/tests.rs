@@ -76,6 +76,8 @@ fn a_blank_list_entry_is_refused_not_read_as_no_restriction() {
         ("listen", "allowed_hosts"),
         ("listen", "allowed_origins"),
         ("policy", "allowed_path_prefixes"),
+        ("policy", "allowed_methods"),
+        ("policy", "retry_on_401"),
     ] {
         let text = format!("{MINIMAL}\n[{section}]\n{key} = [\" \"]\n");
         let err = load(Source::Toml(&text), &HashMap::new()).unwrap_err();

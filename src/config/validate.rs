@@ -57,10 +57,7 @@ fn method(key: &str, text: &str) -> Result<Method, ConfigError> {
 }
 
 fn methods(key: &str, list: &[String]) -> Result<Vec<Method>, ConfigError> {
-    list.iter()
-        .filter(|m| !m.trim().is_empty())
-        .map(|m| method(key, m))
-        .collect()
+    entries(key, list)?.into_iter().map(|m| method(key, m)).collect()
 }
 
 /// A list's entries, trimmed. A blank entry is refused: filtered out, `[""]` would silently mean "no
