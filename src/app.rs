@@ -1,11 +1,7 @@
 //! The only wiring: build the state from the configuration (token cell and refresher, clients, metrics), serve
 //! the proxy and admin ports on listeners the caller bound, and run the shutdown sequence.
 
-use std::{
-    future::Future,
-    os::unix::fs::{DirBuilderExt, PermissionsExt},
-    sync::Arc,
-};
+use std::{future::Future, os::unix::fs::PermissionsExt, sync::Arc};
 
 use tokio::net::{TcpListener, UnixListener};
 
@@ -81,35 +77,24 @@ pub fn bind_unix(path: &std::path::Path) -> Result<UnixListener, AppError> {
 }
 
 /// Checks `check-config` does beyond parsing: the TLS material loads, and `token.state_file` can be a file in a
-/// directory (a missing directory is fine: [`prepare_state_dir`] creates it).
+/// directory (a missing directory is fine: `run` creates it).
 pub fn check(cfg: &Config) -> Result<(), ConfigError> {
     client::tls_config(&cfg.upstream)?;
-    if let Some(path) = &cfg.token.state_file {
-        token::state_file::check_place(path).map_err(|reason| ConfigError::invalid("token.state_file", reason))?;
-    }
-    Ok(())
+    state_file_place(cfg, token::state_file::check_place)
 }
 
-/// Create `token.state_file`'s directory (mode 0700) if it is missing, so that the first refresh can be
-/// persisted; a path that cannot hold the file is a configuration error, before anything is served.
-fn prepare_state_dir(cfg: &Config) -> Result<(), ConfigError> {
-    let Some(path) = &cfg.token.state_file else {
-        return Ok(());
-    };
-    let invalid = |reason: String| ConfigError::invalid("token.state_file", reason);
-    token::state_file::check_place(path).map_err(invalid)?;
-    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        Some(dir) if !dir.exists() => std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| invalid(format!("cannot create the directory {}: {e}", dir.display()))),
-        _ => Ok(()),
+/// Apply `rule` to `token.state_file`, if set; its refusal is a configuration error naming the key.
+fn state_file_place(cfg: &Config, rule: fn(&std::path::Path) -> Result<(), String>) -> Result<(), ConfigError> {
+    match &cfg.token.state_file {
+        Some(path) => rule(path).map_err(|reason| ConfigError::invalid("token.state_file", reason)),
+        None => Ok(()),
     }
 }
 
 /// Bind the configured addresses and run until SIGTERM or SIGINT.
 pub async fn run_bound(cfg: Config) -> Result<(), AppError> {
+    // A state file that cannot be written is a configuration error before any socket is bound.
+    state_file_place(&cfg, token::state_file::prepare)?;
     // Handlers first: from here on SIGTERM means a graceful stop, even during start-up.
     let signal = shutdown::os_signal();
     let listeners = Listeners::bind(&cfg).await?;
@@ -118,7 +103,8 @@ pub async fn run_bound(cfg: Config) -> Result<(), AppError> {
 
 /// Run on `listeners` until `signal` completes (or `POST /quitquitquit`), then shut down gracefully.
 pub async fn run(cfg: Config, listeners: Listeners, signal: impl Future<Output = ()>) -> Result<(), AppError> {
-    prepare_state_dir(&cfg)?;
+    // Again for callers that bound their own listeners (tests, the demo); idempotent.
+    state_file_place(&cfg, token::state_file::prepare)?;
     let tls = client::tls_config(&cfg.upstream)?;
     let upstream = Arc::new(client::upstream_pool(&cfg.upstream, tls.clone()));
     let refresh_client = HttpRefreshClient::new(

@@ -3,7 +3,7 @@
 
 use std::{
     io::Write,
-    os::unix::fs::OpenOptionsExt,
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::Path,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -41,19 +41,60 @@ fn at(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
 
-/// Write atomically and durably, mode 0600. Blocking: call from `spawn_blocking`.
+/// The directory the state file lives in (`.` for a bare file name).
+fn dir_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
 /// Whether `path` can be the state file: not a directory, and its directory, if it exists, a directory. A
-/// missing directory is allowed (the app creates it). The reason, for `check-config` and start-up.
+/// missing directory is allowed ([`prepare`] creates it). The reason, for `check-config` and start-up.
 pub fn check_place(path: &Path) -> Result<(), String> {
     if path.is_dir() {
         return Err(format!("{} is a directory; name a file in it", path.display()));
     }
-    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        Some(dir) if dir.exists() && !dir.is_dir() => Err(format!("{} is not a directory", dir.display())),
-        _ => Ok(()),
+    let dir = dir_of(path);
+    if dir.exists() && !dir.is_dir() {
+        return Err(format!("{} is not a directory", dir.display()));
     }
+    Ok(())
 }
 
+/// Before the first write: [`check_place`], create a missing directory (mode 0700), and remove temporary files
+/// an interrupted write left behind (each holds a token). Blocking; at start only.
+pub fn prepare(path: &Path) -> Result<(), String> {
+    check_place(path)?;
+    let dir = dir_of(path);
+    if !dir.exists() {
+        return std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("cannot create the directory {}: {e}", dir.display()));
+    }
+    let name = file_name(path);
+    let (prefix, suffix) = (format!(".{name}."), ".tmp");
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let leftover = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.len() > prefix.len() + suffix.len() && n.starts_with(&prefix) && n.ends_with(suffix));
+        // Only regular files: removing a symlink would be harmless, but is none of our business.
+        if leftover && entry.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    Ok(())
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Write atomically and durably, mode 0600. Blocking: call from `spawn_blocking`.
 pub fn write(path: &Path, state: &Persisted) -> std::io::Result<()> {
     let record = Record {
         token: state.token.expose().to_owned(),
@@ -62,14 +103,8 @@ pub fn write(path: &Path, state: &Persisted) -> std::io::Result<()> {
         origin: state.origin.clone(),
     };
     let json = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let dir = dir_of(path);
+    let name = file_name(path);
     // A fresh temporary file, never one that is already there: in a directory others can write to, a file or
     // symlink planted under a predictable name would otherwise receive the token (or keep its wider mode).
     let (tmp, mut file) = create_fresh(dir, &name)?;
@@ -154,6 +189,31 @@ mod tests {
         let meta = std::fs::symlink_metadata(&path).unwrap();
         assert!(meta.file_type().is_file());
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn prepare_creates_the_directory_and_sweeps_leftover_temporary_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let nested = dir.path().join("a").join("b").join("token.state");
+        prepare(&nested).unwrap();
+        let mode = std::fs::metadata(nested.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o700);
+
+        let path = dir.path().join("token.state");
+        std::fs::write(dir.path().join(".token.state.0123456789abcdef.tmp"), "a token").unwrap();
+        std::fs::write(dir.path().join(".other.0123456789abcdef.tmp"), "kept").unwrap();
+        prepare(&path).unwrap();
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, [".other.0123456789abcdef.tmp", "a"]);
+        assert!(prepare(dir.path()).unwrap_err().contains("is a directory"));
     }
 
     #[test]
