@@ -605,7 +605,7 @@ async fn the_refresh_call_uses_the_configured_method_and_path_and_the_contract_s
 async fn a_refused_token_file_keeps_the_current_token_and_says_why() {
     use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
     let (upstream, dir, first, proxy) = on_a_mounted_secret().await;
-    let in_use = proxy.status().await["token"]["fingerprint"].clone();
+    let mut in_use = proxy.status().await["token"]["fingerprint"].clone();
 
     let expired = format!(
         "{}.{}.sig",
@@ -631,5 +631,12 @@ async fn a_refused_token_file_keeps_the_current_token_and_says_why() {
         let (code, _) = get_json(&proxy.url("/digital-accounts")).await;
         assert_eq!(code, 200, "{reason}");
         assert!(upstream.sim.requests().pop().unwrap().token_valid);
+        // A refresh that succeeds meanwhile does not hide it: the file is still refused.
+        let r = client().post(proxy.admin_url("/refresh")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let token = proxy.status().await["token"].clone();
+        let last = &token["last_error"];
+        assert!(last.as_str().is_some_and(|e| e.contains(reason)), "{reason}: {last}");
+        in_use = token["fingerprint"].clone();
     }
 }

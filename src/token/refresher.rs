@@ -110,6 +110,9 @@ pub struct Refresher<C> {
     unconfirmed: Option<Trigger>,
     /// Why the last state-file write failed, if it did (shown as `last_error`).
     persist_error: Option<String>,
+    /// Why the token file's current content was refused, until a file token is adopted (shown as `last_error`
+    /// while no refresh has failed since).
+    file_refused: Option<String>,
 }
 
 impl<C> std::fmt::Debug for Refresher<C> {
@@ -143,6 +146,7 @@ impl<C: RefreshClient> Refresher<C> {
             warnings_logged: 0,
             unconfirmed: None,
             persist_error: None,
+            file_refused: None,
         };
         (me, RefreshHandle { tx })
     }
@@ -264,12 +268,12 @@ impl<C: RefreshClient> Refresher<C> {
                 self.failures = 0;
                 self.retry_at = None;
                 self.metrics.token_refresh("success");
-                let persist_error = self.persist_error.clone();
+                let standing = self.standing_error();
                 self.cell.update_status(|s| {
                     s.refreshing = false;
                     s.revoked = false;
                     s.consecutive_failures = 0;
-                    s.last_error = persist_error;
+                    s.last_error = standing;
                     s.last_refresh_at = Some(SystemTime::now());
                 });
                 Ok(Outcome {

@@ -181,11 +181,12 @@ impl<C: RefreshClient> Refresher<C> {
         self.retry_at = Some(Instant::now());
         self.unconfirmed = Some(Trigger::File);
         self.warnings_logged = 0;
-        let persist_error = self.persist_error.clone();
+        self.file_refused = None;
+        let standing = self.standing_error();
         self.cell.update_status(|s| {
             s.revoked = false;
             s.consecutive_failures = 0;
-            s.last_error = persist_error;
+            s.last_error = standing;
         });
         self.publish_schedule();
         self.metrics.token_refresh("file");
@@ -201,7 +202,7 @@ impl<C: RefreshClient> Refresher<C> {
     }
 
     pub(super) fn log_file_refused(
-        &self,
+        &mut self,
         path: &str,
         e: &TokenError,
         refused: Option<String>,
@@ -214,9 +215,16 @@ impl<C: RefreshClient> Refresher<C> {
             current_fingerprint = current,
             "the token file {path} holds a token that cannot be used; keeping the current token"
         );
-        // Also in /status, where an operator checking a rotation looks first.
+        // Also in /status, where an operator checking a rotation looks first; it stays there until a file token
+        // is adopted (a refresh failure shows instead while there is one).
         let reason = format!("token.file {path} was refused ({e}); the current token stays");
+        self.file_refused = Some(reason.clone());
         self.cell.update_status(|s| s.last_error = Some(reason));
+    }
+
+    /// The `last_error` that stands while refreshes succeed: a failed state-file write, else a refused token file.
+    pub(super) fn standing_error(&self) -> Option<String> {
+        self.persist_error.clone().or_else(|| self.file_refused.clone())
     }
 
     pub(super) fn warn_if_skewed(&self, token: &Token, claims: &crate::token::jwt::Claims) {
