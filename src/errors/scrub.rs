@@ -133,11 +133,14 @@ mod tests {
     #[test]
     fn a_token_nested_or_escaped_twice_is_scrubbed_and_the_output_stays_json() {
         for (token, body) in [
-            (r#"abc"def"#, r#"{"code":{"t":"abc"def"}}"#),
-            (r#"abc"def"#, r#""abc"def""#),
-            (r#"abc"def"#, r#"["abc"def", {"abc"def": 1}]"#),
-            (r#"abc""#, r#"{"long_message":"token abc" refused","x":"abc""}"#),
-            (r#"a"#, r#"{"code":{"k":["a\b"]}}"#),
+            (r#"abc"def"#, r#"{"code":{"t":"abc\"def"}}"#),
+            (r#"abc"def"#, r#""abc\"def""#),
+            (r#"abc"def"#, r#"["abc\"def", {"abc\"def": 1}]"#),
+            (r#"abc""#, r#"{"long_message":"token abc\" refused","x":"abc\""}"#),
+            (r#"a\b"#, r#"{"code":{"k":["a\\b"]}}"#),
+            // Spelled with escapes the raw scrub cannot see, inside a field that becomes text.
+            (r#"abc"def"#, r#"{"code":{"t":"\u0061bc\u0022def"}}"#),
+            ("abc/def", r#"{"short_message":["abc\/def"],"x":{"abc\/def":true}}"#),
         ] {
             let out = written(body.as_bytes(), token);
             let parsed: serde_json::Value =
