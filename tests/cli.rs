@@ -232,6 +232,20 @@ async fn a_refused_env_token_is_logged_with_its_reason() {
     assert!(!logs.contains("secret with spaces"), "{logs}");
 }
 
+/// SIGINT (Ctrl-C on a laptop) stops it gracefully too: exit 0 with the same shutdown log.
+#[tokio::test]
+async fn sigint_stops_it_gracefully_with_exit_0() {
+    let upstream = common::Upstream::spawn().await;
+    let cfg = BinConfig::new(&upstream.url);
+    cfg.write_token(&upstream.token());
+    let mut running = cfg.start_ready().await;
+    running.signal("INT");
+    let status = running.wait(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", running.stderr());
+    let logs = running.stdout();
+    assert!(logs.contains("SIGINT") && logs.contains("stopped"), "{logs}");
+}
+
 #[tokio::test]
 async fn an_address_in_use_exits_1() {
     let upstream = common::Upstream::spawn().await;

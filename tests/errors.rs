@@ -105,6 +105,15 @@ async fn upstream_down_is_502_unreachable() {
     assert_eq!(body["code"], "UPSTREAM_UNREACHABLE");
     assert_eq!(body["service_name"], "issettled-proxy");
     assert_eq!(body["build_version"], env!("CARGO_PKG_VERSION"));
+    // Counted by its code, once per request (the start-up refresh's failure is the refresher's, not counted here).
+    let _ = get_json(&proxy.url("/digital-accounts")).await;
+    let metrics = proxy.metrics().await;
+    for line in [
+        "issettled_proxy_upstream_errors_total{code=\"UPSTREAM_UNREACHABLE\"} 2",
+        "issettled_proxy_upstream_errors_total{code=\"UPSTREAM_TIMEOUT\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line}\n{metrics}");
+    }
 }
 
 #[tokio::test]
