@@ -17,9 +17,6 @@ use std::{
 
 use super::in_flight::InFlight;
 
-/// The largest HTTP/2 write, with no request in flight, taken for control frames rather than response data.
-const H2_CONTROL_WRITE: usize = 1024;
-
 /// What the watchdog should do with a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Verdict {
@@ -45,6 +42,8 @@ pub(super) struct Activity {
     request_body_done: AtomicBool,
     /// HTTP/2: bytes that arrive with no request in flight are frames (pings, window updates), not a head.
     http2: AtomicBool,
+    /// A request began since the watchdog last looked (it may have ended too).
+    began: AtomicBool,
 }
 
 /// Marks a request in flight until its response is done (or abandoned).
@@ -84,6 +83,7 @@ impl Activity {
             park: AtomicBool::new(false),
             request_body_done: AtomicBool::new(true),
             http2: AtomicBool::new(false),
+            began: AtomicBool::new(false),
         }
     }
 
@@ -119,25 +119,14 @@ impl Activity {
 
     /// Bytes of the client arrived.
     pub(super) fn read(&self) {
-        let idle = self.in_flight.load(Relaxed) == 0;
-        if idle && self.http2.load(Relaxed) {
-            // HTTP/2 frames with no request in flight (pings, window updates, settings) are not activity: a
-            // client pinging every few seconds would otherwise hold its connection slot forever.
-            return;
-        }
         self.moved.store(true, Relaxed);
-        if idle {
+        if self.in_flight.load(Relaxed) == 0 && !self.http2.load(Relaxed) {
             self.head_pending.store(true, Relaxed);
         }
     }
 
-    /// `n` bytes went to the client.
-    pub(super) fn wrote(&self, n: usize) {
-        // As in `read`: with no request in flight, small HTTP/2 writes are control frames (ping and settings
-        // acks). A large one is the tail of a response hyper had buffered for a slow reader: activity.
-        if n < H2_CONTROL_WRITE && self.in_flight.load(Relaxed) == 0 && self.http2.load(Relaxed) {
-            return;
-        }
+    /// Bytes went to the client.
+    pub(super) fn wrote(&self) {
         self.moved.store(true, Relaxed);
     }
 
@@ -146,6 +135,7 @@ impl Activity {
         self.requests.begin();
         self.in_flight.fetch_add(1, Relaxed);
         self.head_pending.store(false, Relaxed);
+        self.began.store(true, Relaxed);
         InRequest(self.clone())
     }
 }
@@ -155,6 +145,8 @@ impl Activity {
 pub(super) struct Watchdog {
     head_ticks: u32,
     idle_ticks: u32,
+    /// Ticks since a request was last in flight.
+    since_request: u32,
     head_limit: u32,
     idle_limit: u32,
 }
@@ -167,6 +159,7 @@ impl Watchdog {
         Self {
             head_ticks: 0,
             idle_ticks: 0,
+            since_request: 0,
             // A head can start anywhere in the period before the first tick that counts it: one tick more, so
             // a head that started just before a tick still gets the whole header_read_timeout. (Idle ticks
             // count only after a quiet period, which already has that margin.)
@@ -181,8 +174,20 @@ impl Watchdog {
         if a.in_flight.load(Relaxed) > 0 {
             self.head_ticks = 0;
             self.idle_ticks = 0;
+            self.since_request = 0;
+            a.began.store(false, Relaxed);
             return Verdict::Keep;
         }
+        // A request that began and ended between two ticks counts as one in flight at this tick.
+        self.since_request = if a.began.swap(false, Relaxed) {
+            0
+        } else {
+            self.since_request.saturating_add(1)
+        };
+        // HTTP/2 frames with no request in flight count as activity only for one idle time-out after the last
+        // request: the tail of its response going out to a slow reader. After that they are pings and window
+        // updates, however many a client sends, and must not hold the connection (and its slot) open.
+        let moved = moved && !(a.is_http2() && self.since_request > self.idle_limit);
         if a.head_pending.load(Relaxed) {
             self.head_ticks += 1;
             if self.head_ticks >= self.head_limit {
@@ -244,27 +249,32 @@ mod tests {
     }
 
     #[test]
-    fn http2_frames_between_requests_are_neither_a_slow_head_nor_activity() {
+    fn http2_frames_between_requests_are_neither_a_slow_head_nor_activity_for_long() {
         let a = Arc::new(activity());
         a.serving_http2();
         drop(a.begin());
         let mut w = Watchdog::new(Duration::from_secs(1), Duration::from_secs(3), Duration::from_secs(6));
-        // Pings and window updates keep arriving (and being answered) with no request in flight: never a
-        // header time-out, and idle after the 6 s as if nothing came (the first tick sees the request's end).
-        let v: Vec<_> = (0..7)
+        // Frames keep coming and going with no request in flight (a response tail to a slow reader, or pings):
+        // never a header time-out; activity for the 6 s after the request (the first tick sees the request),
+        // then idle 6 s later, however busy.
+        let v: Vec<_> = (0..13)
             .map(|_| {
                 a.read();
-                a.wrote(17);
+                a.wrote();
                 w.tick(&a)
             })
             .collect();
-        assert_eq!(&v[..6], &[Verdict::Keep; 6]);
-        assert_eq!(v[6], Verdict::Idle);
-        // The tail of a response still going out to a slow reader keeps it.
-        for _ in 0..10 {
-            a.wrote(16 * 1024);
-            assert_eq!(w.tick(&a), Verdict::Keep);
-        }
+        assert_eq!(&v[..12], &[Verdict::Keep; 12]);
+        assert_eq!(v[12], Verdict::Idle);
+        // A request, even one that begins and ends between two ticks, starts the count again.
+        drop(a.begin());
+        let v: Vec<_> = (0..7)
+            .map(|_| {
+                a.wrote();
+                w.tick(&a)
+            })
+            .collect();
+        assert_eq!(v, [Verdict::Keep; 7]);
     }
 
     #[test]

@@ -75,8 +75,8 @@ impl<I: AsyncRead + Unpin> AsyncRead for ConnIo<I> {
 impl<I: AsyncWrite + Unpin> AsyncWrite for ConnIo<I> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n @ 1..)) = result {
-            self.activity.wrote(n);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.wrote();
         }
         result
     }
@@ -87,8 +87,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for ConnIo<I> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n @ 1..)) = result {
-            self.activity.wrote(n);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.wrote();
         }
         result
     }
