@@ -156,6 +156,11 @@ impl<C: RefreshClient> Refresher<C> {
             .as_ref()
             .is_some_and(|c| c.token() == &token || c.origin.as_deref() == Some(fp.as_str()))
         {
+            // A usable file again (a refused one put right): whatever was said about the file no longer holds.
+            if self.file_refused.take().is_some() {
+                let standing = self.standing_error();
+                self.cell.update_status(|s| s.last_error = standing);
+            }
             return;
         }
         self.warn_if_skewed(&token, &claims);
@@ -215,9 +220,14 @@ impl<C: RefreshClient> Refresher<C> {
             current_fingerprint = current,
             "the token file {path} holds a token that cannot be used; keeping the current token"
         );
-        // Also in /status, where an operator checking a rotation looks first; it stays there until a file token
-        // is adopted (a refresh failure shows instead while there is one).
-        let reason = format!("token.file {path} was refused ({e}); the current token stays");
+        // Also in /status, where an operator checking a rotation looks first; it stays there until the file
+        // holds a usable token again (a refresh failure shows instead while there is one).
+        let outcome = if self.cell.load().is_some() {
+            "the current token stays"
+        } else {
+            "there is still no usable token"
+        };
+        let reason = format!("token.file {path} was refused ({e}); {outcome}");
         self.file_refused = Some(reason.clone());
         self.cell.update_status(|s| s.last_error = Some(reason));
     }
