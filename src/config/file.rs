@@ -20,16 +20,17 @@ fn list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
 }
 
 /// A list written as one string: comma-separated (`GET,POST`), or as the file would write it, a JSON array
-/// (`["GET","POST"]`, `[]`). Without this, `[]` in an environment variable became the one entry `[]`.
+/// (`["GET","POST"]`, `[]`). Without this, `[]` in an environment variable became the one entry `[]`. Only a
+/// blank value is no entries; a blank piece (`GET,,POST`, `,`) is kept, for validation to refuse.
 pub(super) fn list_from_text(text: &str) -> Vec<String> {
     let text = text.trim();
+    if text.is_empty() {
+        return Vec::new();
+    }
     if let Ok(v) = serde_json::from_str::<Vec<String>>(text) {
         return v;
     }
-    text.split(',')
-        .map(|p| p.trim().to_owned())
-        .filter(|p| !p.is_empty())
-        .collect()
+    text.split(',').map(|p| p.trim().to_owned()).collect()
 }
 
 /// The whole file. Unknown keys anywhere are an error (`deny_unknown_fields`).

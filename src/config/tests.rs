@@ -85,6 +85,33 @@ fn a_blank_list_entry_is_refused_not_read_as_no_restriction() {
     }
     let e = env(&[("ISSETTLED_PROXY__LISTEN__ALLOWED_HOSTS", "[]x")]);
     assert!(load(Source::Toml(MINIMAL), &e).is_err(), "`[]x` is no host");
+    // In a variable: a blank piece is refused too; only a blank value is no entries.
+    for (var, value, key) in [
+        (
+            "ISSETTLED_PROXY__POLICY__ALLOWED_PATH_PREFIXES",
+            ",",
+            "policy.allowed_path_prefixes",
+        ),
+        (
+            "ISSETTLED_PROXY__POLICY__ALLOWED_METHODS",
+            "GET,,POST",
+            "policy.allowed_methods",
+        ),
+        (
+            "ISSETTLED_PROXY__LISTEN__ALLOWED_HOSTS",
+            "localhost, ",
+            "listen.allowed_hosts",
+        ),
+    ] {
+        let got = load(Source::Toml(MINIMAL), &env(&[(var, value)]));
+        assert_eq!(err_key(got), key, "{var}={value:?}");
+    }
+    let c = load(
+        Source::Toml(MINIMAL),
+        &env(&[("ISSETTLED_PROXY__LISTEN__ALLOWED_HOSTS", " ")]),
+    )
+    .unwrap();
+    assert!(c.listen.allowed_hosts.is_empty());
 }
 
 #[test]
