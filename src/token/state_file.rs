@@ -61,31 +61,51 @@ pub fn check_place(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Before the first write: [`check_place`], create a missing directory (mode 0700), and remove temporary files
-/// an interrupted write left behind (each holds a token). Blocking; at start only.
+/// Before the first write: [`check_place`], create a missing directory (mode 0700), remove temporary files an
+/// interrupted write left behind (each holds a token), and check that a file can be created there, so that a
+/// state file that cannot be written stops the start instead of every refresh. Blocking; at start only.
 pub fn prepare(path: &Path) -> Result<(), String> {
     check_place(path)?;
     let dir = dir_of(path);
     if !dir.exists() {
-        return std::fs::DirBuilder::new()
+        std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(|e| format!("cannot create the directory {}: {e}", dir.display()));
+            .map_err(|e| format!("cannot create the directory {}: {e}", dir.display()))?;
     }
     let name = file_name(path);
-    let (prefix, suffix) = (format!(".{name}."), ".tmp");
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let leftover = entry
-            .file_name()
-            .to_str()
-            .is_some_and(|n| n.len() > prefix.len() + suffix.len() && n.starts_with(&prefix) && n.ends_with(suffix));
-        // Only regular files: removing a symlink would be harmless, but is none of our business.
+        let leftover = entry.file_name().to_str().is_some_and(|n| is_tmp_name(n, &name));
+        // Only regular files: a symlink there is not ours to follow or remove.
         if leftover && entry.file_type().is_ok_and(|t| t.is_file()) {
             let _ = std::fs::remove_file(entry.path());
         }
     }
+    let (probe, _) = create_fresh(dir, &name).map_err(|e| format!("cannot write in {}: {e}", dir.display()))?;
+    let _ = std::fs::remove_file(probe);
     Ok(())
+}
+
+/// The temporary file a write of state file `name` uses: `.{name}.{16 hex digits}.tmp`.
+fn tmp_name(name: &str, random: u64) -> String {
+    format!(".{name}.{random:016x}.tmp")
+}
+
+/// Whether `file` is a temporary file of state file `name`: [`tmp_name`]'s shape, or `.{name}.tmp`, the fixed
+/// name earlier versions used.
+fn is_tmp_name(file: &str, name: &str) -> bool {
+    let Some(middle) = file
+        .strip_prefix('.')
+        .and_then(|f| f.strip_prefix(name))
+        .and_then(|f| f.strip_suffix(".tmp"))
+    else {
+        return false;
+    };
+    middle.is_empty()
+        || middle
+            .strip_prefix('.')
+            .is_some_and(|hex| hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 fn file_name(path: &Path) -> String {
@@ -124,7 +144,7 @@ pub fn write(path: &Path, state: &Persisted) -> std::io::Result<()> {
 fn create_fresh(dir: &Path, name: &str) -> std::io::Result<(std::path::PathBuf, std::fs::File)> {
     let mut attempts = 0;
     loop {
-        let tmp = dir.join(format!(".{name}.{:016x}.tmp", rand::random::<u64>()));
+        let tmp = dir.join(tmp_name(name, rand::random()));
         match std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -205,6 +225,7 @@ mod tests {
 
         let path = dir.path().join("token.state");
         std::fs::write(dir.path().join(".token.state.0123456789abcdef.tmp"), "a token").unwrap();
+        std::fs::write(dir.path().join(".token.state.tmp"), "an older version's").unwrap();
         std::fs::write(dir.path().join(".other.0123456789abcdef.tmp"), "kept").unwrap();
         prepare(&path).unwrap();
         let mut names: Vec<_> = std::fs::read_dir(dir.path())
@@ -214,6 +235,9 @@ mod tests {
         names.sort();
         assert_eq!(names, [".other.0123456789abcdef.tmp", "a"]);
         assert!(prepare(dir.path()).unwrap_err().contains("is a directory"));
+        assert!(is_tmp_name(&tmp_name("token.state", u64::MAX), "token.state"));
+        assert!(!is_tmp_name(".token.state.0123.tmp", "token.state"));
+        assert!(!is_tmp_name("token.state", "token.state"));
     }
 
     #[test]
