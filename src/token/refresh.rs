@@ -65,7 +65,7 @@ pub fn parse_refresh_response(status: StatusCode, body: &[u8], now: SystemTime) 
         200..=299 => {}
         other => return Err(RefreshError::Transient(format!("refresh answered {other}"))),
     }
-    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+    let body = without_bom(body);
     // Text that is not JSON (empty, or `OK`) carries no token: the contract counts that as refreshed. JSON that
     // does not parse (cut short, a trailing comma) may have carried one, so it is a failure, retried.
     if is_plain_text(body) {
@@ -90,9 +90,14 @@ pub fn parse_refresh_response(status: StatusCode, body: &[u8], now: SystemTime) 
 }
 
 /// Whether a refresh answer's body is text that is not JSON (nor meant to be): not starting with `{`, `[` or
-/// `"`. An empty body counts as text.
+/// `"`, after any byte order mark. An empty body counts as text.
 pub fn is_plain_text(body: &[u8]) -> bool {
-    !matches!(body.trim_ascii_start().first(), Some(b'{' | b'[' | b'"'))
+    !matches!(without_bom(body).trim_ascii_start().first(), Some(b'{' | b'[' | b'"'))
+}
+
+/// `body` without a leading UTF-8 byte order mark (which some servers write before JSON).
+fn without_bom(body: &[u8]) -> &[u8] {
+    body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body)
 }
 
 /// `expires_at` (RFC 3339 or epoch seconds/ms) or `expires_in` (seconds) of one JSON object.

@@ -100,6 +100,16 @@ fn failures_are_classified() {
 }
 
 #[test]
+fn plain_text_is_what_does_not_start_like_json() {
+    for text in ["", "  ", "OK", "<html>", "\u{feff}OK"] {
+        assert!(is_plain_text(text.as_bytes()), "{text:?}");
+    }
+    for json in ["{}", " [1]", "\"x\"", "\u{feff}{}", "\u{feff} {\"token\":"] {
+        assert!(!is_plain_text(json.as_bytes()), "{json:?}");
+    }
+}
+
+#[test]
 fn a_byte_order_mark_does_not_hide_a_new_token() {
     let got = parse_refresh_response(StatusCode::OK, "\u{feff}{\"token\":\"new\"}".as_bytes(), now());
     assert!(
