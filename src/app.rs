@@ -98,13 +98,17 @@ pub async fn run_bound(cfg: Config) -> Result<(), AppError> {
     // Handlers first: from here on SIGTERM means a graceful stop, even during start-up.
     let signal = shutdown::os_signal();
     let listeners = Listeners::bind(&cfg).await?;
-    run(cfg, listeners, signal).await
+    run_prepared(cfg, listeners, signal).await
 }
 
 /// Run on `listeners` until `signal` completes (or `POST /quitquitquit`), then shut down gracefully.
 pub async fn run(cfg: Config, listeners: Listeners, signal: impl Future<Output = ()>) -> Result<(), AppError> {
-    // Again for callers that bound their own listeners (tests, the demo); idempotent.
     state_file_place(&cfg, token::state_file::prepare)?;
+    run_prepared(cfg, listeners, signal).await
+}
+
+/// [`run`], once `token.state_file` is prepared.
+async fn run_prepared(cfg: Config, listeners: Listeners, signal: impl Future<Output = ()>) -> Result<(), AppError> {
     let tls = client::tls_config(&cfg.upstream)?;
     let upstream = Arc::new(client::upstream_pool(&cfg.upstream, tls.clone()));
     let refresh_client = HttpRefreshClient::new(
