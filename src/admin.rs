@@ -18,6 +18,7 @@ use axum::{
 use crate::{
     errors::{json_response, ErrorContext, ProxyError},
     metrics::{Metrics, TokenGauges},
+    server::FromElsewhere,
     shutdown::{Phase, Shutdown, ShutdownSignal},
     token::{self, refresh::RefreshError, RefreshHandle, TokenCell, Trigger},
 };
@@ -51,7 +52,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
-        .layer(middleware::from_fn(refuse_browser_posts))
+        .layer(middleware::from_fn(refuse_foreign_posts))
 }
 
 /// Whether a request is one a web page made a browser send: a state-changing method with an `Origin` header.
@@ -62,15 +63,33 @@ pub fn browser_post(method: &Method, headers: &HeaderMap) -> bool {
     !method.is_safe() && headers.contains_key(header::ORIGIN)
 }
 
-async fn refuse_browser_posts(request: Request, next: Next) -> Response {
-    if browser_post(request.method(), request.headers()) {
+/// State-changing admin requests (`POST /refresh`, `POST /quitquitquit`) are taken only from this machine or
+/// pod, and not from a browser: in Kubernetes the admin port listens on every interface for the kubelet's
+/// probes, and whatever else the NetworkPolicy lets in (a scraper, another pod) could otherwise force refreshes
+/// against IsSettled or stop the sidecar. Operators reach it through `kubectl port-forward` or `kubectl exec`
+/// into the app container, which are local. Reads (`GET`) are served to everyone the listener accepts.
+async fn refuse_foreign_posts(request: Request, next: Next) -> Response {
+    if let Some(error) = foreign_post(&request) {
         let ctx = ErrorContext {
             endpoint_url: Some(request.uri().path()),
             ..ErrorContext::default()
         };
-        return ProxyError::AdminCrossOrigin.to_response(&ctx);
+        return error.to_response(&ctx);
     }
     next.run(request).await
+}
+
+/// Why a request is refused before routing, if it is: a state-changing one from elsewhere, or from a browser.
+pub fn foreign_post<B>(request: &http::Request<B>) -> Option<ProxyError> {
+    if request.method().is_safe() {
+        None
+    } else if request.extensions().get::<FromElsewhere>().is_some() {
+        Some(ProxyError::AdminFromElsewhere)
+    } else if browser_post(request.method(), request.headers()) {
+        Some(ProxyError::AdminCrossOrigin)
+    } else {
+        None
+    }
 }
 
 /// Whether the proxy is ready, and if not, why, given a snapshot of the token.
@@ -184,5 +203,30 @@ mod tests {
         assert!(browser_post(&Method::DELETE, &with_origin));
         assert!(!browser_post(&Method::GET, &with_origin));
         assert!(!browser_post(&Method::POST, &HeaderMap::new()));
+    }
+
+    #[test]
+    fn state_changing_requests_from_elsewhere_are_refused_and_reads_are_not() {
+        let request = |method: Method, elsewhere: bool| {
+            let mut r = http::Request::builder()
+                .method(method)
+                .uri("/refresh")
+                .body(())
+                .unwrap();
+            if elsewhere {
+                r.extensions_mut().insert(FromElsewhere);
+            }
+            r
+        };
+        let code = |r: &http::Request<()>| foreign_post(r).map(|e| e.status_and_code().1);
+        assert_eq!(code(&request(Method::POST, true)), Some("ADMIN_LOCAL_ONLY"));
+        assert_eq!(code(&request(Method::DELETE, true)), Some("ADMIN_LOCAL_ONLY"));
+        assert_eq!(code(&request(Method::GET, true)), None, "reads are served to everyone");
+        assert_eq!(code(&request(Method::POST, false)), None, "local POSTs are served");
+        let mut from_a_page = request(Method::POST, false);
+        from_a_page
+            .headers_mut()
+            .insert(header::ORIGIN, HeaderValue::from_static("https://evil.example"));
+        assert_eq!(code(&from_a_page), Some("ORIGIN_NOT_ALLOWED"));
     }
 }

@@ -35,6 +35,9 @@ pub enum ProxyError {
     /// A state-changing request on the admin port that a browser sent for a web page (it carries `Origin`).
     #[error("the admin port refuses POST requests that carry an Origin header (sent by browsers)")]
     AdminCrossOrigin,
+    /// A state-changing request on the admin port from another machine or pod.
+    #[error("the admin port takes POST requests only from this machine or pod (use kubectl port-forward or exec)")]
+    AdminFromElsewhere,
     /// Request header block over the limits.
     #[error("request headers exceed the limits ({0})")]
     HeadersTooLarge(&'static str),
@@ -76,6 +79,7 @@ impl ProxyError {
             EndpointNotPermitted | RefreshEndpoint => (StatusCode::FORBIDDEN, "ENDPOINT_NOT_PERMITTED"),
             HostNotAllowed => (StatusCode::FORBIDDEN, "HOST_NOT_ALLOWED"),
             OriginNotAllowed | AdminCrossOrigin => (StatusCode::FORBIDDEN, "ORIGIN_NOT_ALLOWED"),
+            AdminFromElsewhere => (StatusCode::FORBIDDEN, "ADMIN_LOCAL_ONLY"),
             HeadersTooLarge(_) => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "HEADERS_TOO_LARGE"),
             MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
             PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),

@@ -32,13 +32,32 @@ use in_flight::InFlight;
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static {
     /// Ready when there are bytes (or end of stream) to read.
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+
+    /// Whether the peer is on another machine (or another pod): not a loopback address, not a Unix socket.
+    fn peer_elsewhere(&self) -> bool {
+        false
+    }
 }
 
 impl Stream for TcpStream {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         TcpStream::poll_read_ready(self, cx)
     }
+
+    fn peer_elsewhere(&self) -> bool {
+        self.peer_addr().is_ok_and(|peer| !is_local(peer.ip()))
+    }
 }
+
+/// Whether a peer address is this machine's (this pod's) loopback, IPv4-mapped IPv6 included.
+pub fn is_local(ip: std::net::IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
+}
+
+/// Marks a request whose connection came from elsewhere ([`Stream::peer_elsewhere`]); absent for local peers,
+/// which is every request on a loopback-bound port. The admin port refuses state-changing requests with it.
+#[derive(Debug, Clone, Copy)]
+pub struct FromElsewhere;
 
 impl Stream for UnixStream {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -216,6 +235,16 @@ pub async fn serve<A: Accept, H: Handler>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_peers_are_local_and_others_are_not() {
+        for local in ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"] {
+            assert!(is_local(local.parse().unwrap()), "{local}");
+        }
+        for elsewhere in ["10.0.0.7", "192.0.2.2", "::ffff:10.0.0.7", "fe80::1", "0.0.0.0"] {
+            assert!(!is_local(elsewhere.parse().unwrap()), "{elsewhere}");
+        }
+    }
 
     #[test]
     fn connections_park_only_beyond_a_share_of_the_limit() {

@@ -545,3 +545,53 @@ async fn admin_posts_from_a_browser_origin_are_refused() {
         "the quit POST without Origin stops the proxy: {ended:?}"
     );
 }
+
+/// This machine's address on its default route, if it has one (no packet is sent: a UDP socket is only pointed
+/// there to learn the source address the kernel would use).
+fn non_loopback_address() -> Option<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket
+        .connect("192.0.2.255:9")
+        .or_else(|_| socket.connect("8.8.8.8:53"))
+        .ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+/// With the admin port on every interface (Kubernetes), state-changing requests come only from this machine or
+/// pod: from another address `POST /refresh` is 403 `ADMIN_LOCAL_ONLY` and calls nothing upstream; reads are
+/// served to everyone; the same POST over loopback works.
+#[tokio::test]
+async fn admin_posts_from_another_machine_are_refused_and_local_ones_served() {
+    let upstream = Upstream::spawn().await;
+    let proxy = ProxyBuilder::new(&upstream.url, &upstream.token())
+        .admin_on_every_interface()
+        .spawn()
+        .await;
+    proxy.startup_refresh_done().await;
+    let c = client();
+    let calls = upstream.sim.refresh_calls().len();
+
+    // Over a real socket from this machine's other address, where there is one (the rule itself is unit-tested
+    // in `admin::tests`, which always runs).
+    if let Some(ip) = non_loopback_address() {
+        let url = format!("http://{ip}:{}/refresh", proxy.admin.port());
+        let r = c.post(&url).send().await.unwrap();
+        assert_eq!(r.status(), 403);
+        let body: Value = r.json().await.unwrap();
+        assert_schema(&body);
+        assert_eq!(body["code"], "ADMIN_LOCAL_ONLY", "{body}");
+        let r = c
+            .get(format!("http://{ip}:{}/readyz", proxy.admin.port()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "reads are served to everyone");
+        assert_eq!(upstream.sim.refresh_calls().len(), calls, "nothing was refreshed");
+    } else {
+        eprintln!("no non-loopback address here: the socket half of this test did not run");
+    }
+    let r = c.post(proxy.admin_url("/refresh")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "from loopback it works");
+    assert_eq!(upstream.sim.refresh_calls().len(), calls + 1);
+}

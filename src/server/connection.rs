@@ -40,7 +40,7 @@ use super::{
     conn_io::ConnIo,
     in_flight::InFlight,
     on_wake::Wakes,
-    Crowd, Handler, Limits, Stream, PARSER_MAX_BUFFER, PARSER_MAX_HEADERS,
+    Crowd, FromElsewhere, Handler, Limits, Stream, PARSER_MAX_BUFFER, PARSER_MAX_HEADERS,
 };
 use crate::shutdown::Phase;
 
@@ -57,7 +57,12 @@ pub(super) async fn serve<I: Stream, H: Handler>(io: I, handler: H, limits: Limi
         alarm = guard.next(true) => return alarm.log(),
         first = first_bytes(&mut io) => first,
     };
-    let service = Service { handler, activity };
+    let from_elsewhere = io.get_ref().peer_elsewhere();
+    let service = Service {
+        handler,
+        activity,
+        from_elsewhere,
+    };
     match sniffed {
         Ok(Some((first, http2))) => {
             io.unread(first);
@@ -286,6 +291,8 @@ fn response_keeps_alive<B: HttpBody>(res: &Response<B>, http10: bool) -> bool {
 struct Service<H> {
     handler: H,
     activity: Arc<Activity>,
+    /// The peer is not local: requests carry [`FromElsewhere`].
+    from_elsewhere: bool,
 }
 
 impl<H: Handler> hyper::service::Service<Request<Incoming>> for Service<H> {
@@ -299,12 +306,15 @@ impl<H: Handler> hyper::service::Service<Request<Incoming>> for Service<H> {
         let request = self.activity.begin();
         let bodiless = req.body().is_end_stream();
         self.activity.request_body(bodiless);
-        let req = if bodiless {
+        let mut req = if bodiless {
             req.map(Body::new)
         } else {
             let activity = self.activity.clone();
             req.map(|inner| Body::new(RequestBody { inner, activity }))
         };
+        if self.from_elsewhere {
+            req.extensions_mut().insert(FromElsewhere);
+        }
         Respond {
             call: self.handler.clone().oneshot(req),
             request: Some(request),

@@ -110,6 +110,8 @@ impl Drop for Upstream {
 pub struct ProxyBuilder {
     toml: String,
     env: HashMap<String, String>,
+    /// The admin listener binds every interface (as in Kubernetes), not only loopback.
+    admin_everywhere: bool,
 }
 
 impl ProxyBuilder {
@@ -121,7 +123,11 @@ impl ProxyBuilder {
         );
         let mut env = HashMap::new();
         env.insert("TEST_TOKEN".to_owned(), token.to_owned());
-        Self { toml, env }
+        Self {
+            toml,
+            env,
+            admin_everywhere: false,
+        }
     }
 
     /// With the token in a file instead (`token.file`); `token.env` is cleared.
@@ -136,6 +142,12 @@ impl ProxyBuilder {
         self
     }
 
+    /// The admin port on every interface (`0.0.0.0`), as the Kubernetes manifests bind it.
+    pub fn admin_on_every_interface(mut self) -> Self {
+        self.admin_everywhere = true;
+        self
+    }
+
     /// The validated configuration.
     pub fn config(&self) -> config::Config {
         config::load(Source::Toml(&self.toml), &self.env).expect("test configuration")
@@ -145,10 +157,16 @@ impl ProxyBuilder {
     pub async fn spawn(self) -> TestProxy {
         let cfg = self.config();
         let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = TcpListener::bind(if self.admin_everywhere {
+            "0.0.0.0:0"
+        } else {
+            "127.0.0.1:0"
+        })
+        .await
+        .unwrap();
         let unix = cfg.listen.unix_socket.as_ref().map(|p| app::bind_unix(p).unwrap());
         let addr = proxy.local_addr().unwrap();
-        let admin_addr = admin.local_addr().unwrap();
+        let admin_addr = SocketAddr::from(([127, 0, 0, 1], admin.local_addr().unwrap().port()));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(app::run(cfg, Listeners { proxy, admin, unix }, async move {
             let _ = stopped.await;
