@@ -172,7 +172,7 @@ impl ConfigError {
 
     /// Say so when the key's value came from its environment variable, which an operator reading the file
     /// would not see (the variable's name only, never its value).
-    fn naming_its_variable(self, env: &HashMap<String, String>) -> Self {
+    pub fn naming_its_variable(self, env: &HashMap<String, String>) -> Self {
         let ConfigError::Invalid { key, reason } = self else {
             return self;
         };

@@ -40,15 +40,18 @@ fn main() -> ExitCode {
             }
             Err(e) => config_error(&e),
         },
-        Command::CheckConfig { config } => match config::load(Source::File(&config), &config::process_env())
-            .and_then(|cfg| app::check(&cfg).map(|()| cfg))
-        {
-            Ok(cfg) => {
-                print!("{}", config::render_effective(&cfg));
-                ExitCode::SUCCESS
+        Command::CheckConfig { config } => {
+            let env = config::process_env();
+            match config::load(Source::File(&config), &env)
+                .and_then(|cfg| app::check(&cfg).map_err(|e| e.naming_its_variable(&env)).map(|()| cfg))
+            {
+                Ok(cfg) => {
+                    print!("{}", config::render_effective(&cfg));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => config_error(&e),
             }
-            Err(e) => config_error(&e),
-        },
+        }
         Command::Demo => exit(runtime.block_on(demo::run())),
         Command::Wait { admin, timeout } => {
             if runtime.block_on(wait::until_ready(&admin, timeout)) {

@@ -3,11 +3,9 @@
 //! HTTP/2 (TLS, ALPN): a connection the upstream shuts down (GOAWAY) loses no request, and one a request timed
 //! out on is replaced.
 
-mod common;
-
 use std::{sync::atomic::Ordering, time::Duration};
 
-use common::{client, keepalive::KeepAlive, tls::ServeOptions, tls_upstream_with, ProxyBuilder, TestProxy};
+use crate::support::{client, keepalive::KeepAlive, tls::ServeOptions, tls_upstream_with, ProxyBuilder, TestProxy};
 use issettled_proxy::sim::SimConfig;
 
 /// A keep-alive upstream that closes connections idle for `idle_close`, and a proxy in front of it.

@@ -13,14 +13,14 @@ use tokio::net::TcpListener;
 use tower::ServiceExt as _;
 
 /// A CA and a `localhost` server certificate it signed, as PEM.
-pub struct TestPki {
-    pub ca_pem: String,
-    pub server: Arc<rustls::ServerConfig>,
+pub(crate) struct TestPki {
+    pub(crate) ca_pem: String,
+    pub(crate) server: Arc<rustls::ServerConfig>,
 }
 
 impl TestPki {
     /// Generate a fresh CA and server certificate.
-    pub fn generate() -> Self {
+    pub(crate) fn generate() -> Self {
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -52,22 +52,17 @@ impl TestPki {
 
 /// How the TLS upstream treats its connections.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ServeOptions {
+pub(crate) struct ServeOptions {
     /// Shut each connection down gracefully (HTTP/2: GOAWAY) as soon as it has received this many requests;
     /// those finish, later ones must go to a new connection.
-    pub goaway_after: Option<usize>,
+    pub(crate) goaway_after: Option<usize>,
     /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` (hyper's default without it): a small one keeps further requests
     /// waiting in the client, unsent, when a GOAWAY arrives.
-    pub max_concurrent_streams: Option<u32>,
+    pub(crate) max_concurrent_streams: Option<u32>,
 }
 
-/// Serve `router` over TLS on `listener`, HTTP/1.1 or HTTP/2 by ALPN.
-pub async fn serve_tls(listener: TcpListener, config: Arc<rustls::ServerConfig>, router: axum::Router) {
-    serve_tls_with(listener, config, router, ServeOptions::default(), Arc::default()).await;
-}
-
-/// [`serve_tls`] with `options`, counting the TLS connections it accepts in `connections`.
-pub async fn serve_tls_with(
+/// Serve `router` over TLS on `listener`, HTTP/1.1 or HTTP/2 by ALPN, with `options`, counting the TLS connections it accepts in `connections`.
+pub(crate) async fn serve_tls_with(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
     router: axum::Router,

@@ -14,8 +14,8 @@ use tokio::{
 };
 
 /// The keep-alive upstream.
-pub struct KeepAlive {
-    pub addr: SocketAddr,
+pub(crate) struct KeepAlive {
+    pub(crate) addr: SocketAddr,
     /// (connection number, request line) of each request, in arrival order.
     log: Arc<Mutex<Vec<(usize, String)>>>,
     task: tokio::task::JoinHandle<()>,
@@ -23,7 +23,7 @@ pub struct KeepAlive {
 
 impl KeepAlive {
     /// Listen on `127.0.0.1:0`; close connections idle for `idle_close`.
-    pub async fn spawn(idle_close: Duration) -> Self {
+    pub(crate) async fn spawn(idle_close: Duration) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -40,17 +40,17 @@ impl KeepAlive {
     }
 
     /// `http://127.0.0.1:port`.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.addr.port())
     }
 
     /// How many connections carried requests for `path` (query excluded).
-    pub fn connections_for(&self, path: &str) -> usize {
+    pub(crate) fn connections_for(&self, path: &str) -> usize {
         self.connection_ids_for(path).len()
     }
 
     /// The numbers of the connections that carried requests for `path`, ascending.
-    pub fn connection_ids_for(&self, path: &str) -> Vec<usize> {
+    pub(crate) fn connection_ids_for(&self, path: &str) -> Vec<usize> {
         let log = self.log.lock().unwrap();
         let mut seen: Vec<usize> = log
             .iter()
@@ -63,7 +63,7 @@ impl KeepAlive {
     }
 
     /// How many requests for `path` arrived.
-    pub fn requests_for(&self, path: &str) -> usize {
+    pub(crate) fn requests_for(&self, path: &str) -> usize {
         let log = self.log.lock().unwrap();
         log.iter()
             .filter(|(_, line)| line.split(' ').nth(1).and_then(|t| t.split('?').next()) == Some(path))

@@ -4,14 +4,12 @@
 //!
 //! Acceptance point 8 (the token in no log line) is covered by the CLI tests, which capture the logs.
 
-mod common;
-
 use std::{
     os::unix::fs::PermissionsExt,
     time::{Duration, Instant, SystemTime},
 };
 
-use common::{assert_schema, client, get_json, publish_secret, readyz, wait_for, ProxyBuilder, Upstream};
+use crate::support::{assert_schema, client, get_json, publish_secret, readyz, wait_for, ProxyBuilder, Upstream};
 use issettled_proxy::{
     sim::{RefreshShape, ScriptedResponse, SimConfig},
     token::secret::fingerprint,
@@ -99,7 +97,7 @@ async fn one_second_refreshes_under_200_clients_fail_no_request_and_send_only_va
 
 /// The simulated upstream and a proxy whose token file is a mounted Secret (published as the kubelet does, in
 /// `dir`) holding `first`, past its start-up refresh.
-async fn on_a_mounted_secret() -> (Upstream, tempfile::TempDir, String, common::TestProxy) {
+async fn on_a_mounted_secret() -> (Upstream, tempfile::TempDir, String, crate::support::TestProxy) {
     let upstream = Upstream::spawn().await;
     let dir = tempfile::tempdir().unwrap();
     let first = upstream.token();
@@ -321,7 +319,7 @@ async fn concurrent_upstream_401s_cause_one_refresh_and_gets_succeed_while_a_pos
 /// Point 5: every refresh response shape of the contract.
 #[tokio::test]
 async fn every_refresh_response_shape_yields_a_working_token() {
-    let (upstream, proxy) = common::refreshed_proxy().await;
+    let (upstream, proxy) = crate::support::refreshed_proxy().await;
     let c = client();
 
     for shape in [
@@ -534,7 +532,7 @@ async fn a_token_expiring_in_60s_is_refreshed_before_exp_minus_refresh_before_ex
 /// Point 9: 50 upstream 401s on a token refreshed a second ago cause no refresh (`min_refresh_gap` 5 s).
 #[tokio::test]
 async fn upstream_401s_within_min_refresh_gap_cause_no_refresh() {
-    let (upstream, proxy) = common::refreshed_proxy().await;
+    let (upstream, proxy) = crate::support::refreshed_proxy().await;
     assert_eq!(upstream.sim.refresh_calls().len(), 1);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let token = upstream.newest_token();
@@ -580,7 +578,7 @@ async fn a_token_lifetime_shorter_than_refresh_before_expiry_causes_no_refresh_s
 /// prefix), the current token as Bearer, `Accept: application/json`, an empty body.
 #[tokio::test]
 async fn the_refresh_call_uses_the_configured_method_and_path_and_the_contract_shape() {
-    use common::faulty::{Fault, Faulty};
+    use crate::support::faulty::{Fault, Faulty};
     let upstream = Faulty::spawn(Fault::Hang).await;
     let _proxy = ProxyBuilder::new(&format!("{}/v1", upstream.url()), "opaque-token")
         .set("TOKEN__REFRESH_PATH", "/custom/refresh")

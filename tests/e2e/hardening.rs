@@ -2,14 +2,12 @@
 //! faults, token leaks, browser-borne requests and the Unix socket. Each test checks the status, the error `code`
 //! and what the upstream received.
 
-mod common;
-
 use std::{
     net::SocketAddr,
     time::{Duration, Instant},
 };
 
-use common::{
+use crate::support::{
     assert_schema, client, closed_within,
     faulty::{Fault, Faulty},
     get_json, raw, raw_json, raw_status, read_response,
@@ -555,7 +553,7 @@ async fn bodies_over_the_limit_are_413_with_or_without_a_length() {
 async fn with_an_http2_upstream_a_body_too_large_is_413_and_a_broken_one_400() {
     // hyper's HTTP/2 client only logs a request body's error and resets the stream: the answer must still
     // blame the app's body, as it does over HTTP/1.1.
-    let (upstream, builder, _ca) = common::tls_upstream(SimConfig::default()).await;
+    let (upstream, builder, _ca) = crate::support::tls_upstream(SimConfig::default()).await;
     let proxy = builder.set("POLICY__MAX_BODY_BYTES", "1024").spawn().await;
     let too_large = format!(
         "POST /echo HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
@@ -741,7 +739,7 @@ async fn at_max_connections_a_new_connection_waits_while_requests_in_flight_fini
         .map(|_| tokio::spawn(request_on_new_connection(addr, "/slow?ms=1500")))
         .collect();
     assert!(
-        common::wait_for(|| async { upstream.sim.requests().len() == 2 }).await,
+        crate::support::wait_for(|| async { upstream.sim.requests().len() == 2 }).await,
         "both slow requests in flight"
     );
     // The third connection is accepted by the kernel, but the proxy does not take it while two are open.
@@ -790,7 +788,7 @@ async fn max_connections_is_shared_by_the_tcp_port_and_the_unix_socket() {
         .await;
     let held = tokio::spawn(request_on_new_connection(proxy.addr, "/slow?ms=1500"));
     assert!(
-        common::wait_for(|| async { upstream.sim.requests().len() == 1 }).await,
+        crate::support::wait_for(|| async { upstream.sim.requests().len() == 1 }).await,
         "the slow request in flight"
     );
     let mut unix = tokio::net::UnixStream::connect(&socket).await.unwrap();

@@ -6,11 +6,9 @@
 //! depend on the connection's state run in both: parked (`max_connections = 16`: every idle connection parks)
 //! and kept active (the default 10,000: none of these tests' few connections park).
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{client, closed_within, raw_status, read_response, ProxyBuilder, TestProxy, Upstream};
+use crate::support::{client, closed_within, raw_status, read_response, ProxyBuilder, TestProxy, Upstream};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,

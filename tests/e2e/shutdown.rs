@@ -2,16 +2,14 @@
 //! enabled) turns `/readyz` 503 at once, keeps serving for `shutdown.delay`, then refuses new connections, lets
 //! all 50 finish with 200 and exits 0 within `shutdown.delay` + `shutdown.grace`.
 
-mod common;
-
 use std::{
     net::SocketAddr,
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
-use common::binary::{BinConfig, Running};
-use common::{client, ProxyBuilder, TestProxy, Upstream};
+use crate::support::binary::{BinConfig, Running};
+use crate::support::{client, ProxyBuilder, TestProxy, Upstream};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tokio::{io::AsyncWriteExt, net::TcpStream, task::JoinHandle};
@@ -54,7 +52,7 @@ fn slow_seen(upstream: &Upstream) -> usize {
 /// Wait until the sim has received `n` slow requests (so they are truly in flight).
 async fn until_in_flight(upstream: &Upstream, n: usize) {
     assert!(
-        common::wait_for(|| async { slow_seen(upstream) >= n }).await,
+        crate::support::wait_for(|| async { slow_seen(upstream) >= n }).await,
         "only {} of {n} slow requests reached the upstream",
         slow_seen(upstream)
     );
@@ -120,7 +118,7 @@ async fn spawn_draining(upstream: &Upstream, quit: bool) -> TestProxy {
 async fn drains_after_the_delay(proxy: &mut TestProxy, t0: Instant, tasks: Vec<JoinHandle<Result<u16, String>>>) {
     tokio::time::sleep_until((t0 + DELAY + Duration::from_millis(150)).into()).await;
     refuses_connections(proxy.addr).await;
-    assert_eq!(common::readyz(proxy).await, 503);
+    assert_eq!(crate::support::readyz(proxy).await, 503);
     all_ok(tasks).await;
     let ended = tokio::time::timeout(DELAY + GRACE, proxy.join()).await;
     assert!(matches!(ended, Ok(Ok(()))), "{ended:?}");
@@ -154,7 +152,7 @@ async fn quit_endpoint_is_404_unless_enabled() {
     let r = client().post(proxy.admin_url("/quitquitquit")).send().await.unwrap();
     assert_eq!(r.status(), 404);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(common::readyz(&proxy).await, 200);
+    assert_eq!(crate::support::readyz(&proxy).await, 200);
     let r = client().get(proxy.url("/digital-accounts")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(proxy.stop().await.is_ok());
@@ -215,7 +213,7 @@ async fn late_request_on_a_kept_alive_connection(max_connections: &str) {
     idle.write_all(b"GET /digital-accounts HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
-    assert_eq!(common::raw_status(&common::read_response(&mut idle, GRACE).await), 200);
+    assert_eq!(crate::support::raw_status(&crate::support::read_response(&mut idle, GRACE).await), 200);
 
     // Something in flight keeps the proxy in its stopping phase for a while.
     let slow = fire(&proxy.url("/slow?ms=1500"), 1);
@@ -245,7 +243,7 @@ async fn late_request_on_a_kept_alive_connection(max_connections: &str) {
     assert_eq!(r.headers()[http::header::CONNECTION], "close", "{max_connections}");
     let body = r.into_body().collect().await.unwrap().to_bytes();
     let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    common::assert_schema(&body);
+    crate::support::assert_schema(&body);
     assert_eq!(body["code"], "SHUTTING_DOWN");
     assert_eq!(
         upstream.sim.requests().len(),
@@ -253,14 +251,14 @@ async fn late_request_on_a_kept_alive_connection(max_connections: &str) {
         "a late request was forwarded"
     );
     assert!(
-        !common::closed_within(&mut idle, Duration::from_millis(100)).await,
+        !crate::support::closed_within(&mut idle, Duration::from_millis(100)).await,
         "{max_connections}: an idle connection closed while a request was still in flight"
     );
 
     all_ok(slow).await;
     let drained_at = Instant::now();
     assert!(
-        common::closed_within(&mut idle, Duration::from_secs(2)).await,
+        crate::support::closed_within(&mut idle, Duration::from_secs(2)).await,
         "{max_connections}: the idle connection stayed open after the drain"
     );
     let ended = tokio::time::timeout(DELAY + GRACE, proxy.join()).await;
@@ -335,7 +333,7 @@ async fn a_hanging_refresh_does_not_hold_the_exit_past_the_grace() {
     let refresh = client().post(proxy.admin_url("/refresh")).send();
     let refresh = tokio::spawn(refresh);
     assert!(
-        common::wait_for(|| async { upstream.sim.refresh_calls().len() > calls }).await,
+        crate::support::wait_for(|| async { upstream.sim.refresh_calls().len() > calls }).await,
         "the refresh call did not reach the upstream"
     );
 

@@ -1,10 +1,8 @@
 //! Errors end to end: every upstream error normalized into the nine-field schema, and the proxy's own codes.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{
+use crate::support::{
     assert_schema, client,
     faulty::{Fault, Faulty},
     get_json, raw, raw_json, raw_status,

@@ -2,8 +2,6 @@
 //! the proxy on ephemeral ports ([`TestProxy`]), and a client that follows no redirects and reads no proxy
 //! variables. Configurations are built from TOML text plus an environment map; the process env is untouched.
 
-#![allow(dead_code, unreachable_pub)]
-
 use std::{
     collections::HashMap,
     net::SocketAddr,
@@ -18,30 +16,29 @@ use issettled_proxy::{
 };
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
-pub mod binary;
-pub mod faulty;
-pub mod keepalive;
-pub mod tls;
+pub(crate) mod binary;
+pub(crate) mod faulty;
+pub(crate) mod keepalive;
+pub(crate) mod tls;
 
 /// The simulated IsSettled, serving on `127.0.0.1:0`.
-pub struct Upstream {
-    pub addr: SocketAddr,
-    pub sim: Sim,
+pub(crate) struct Upstream {
+    pub(crate) sim: Sim,
     /// `http://127.0.0.1:port` (or `https://localhost:port`), plus the sim's prefix.
-    pub url: String,
+    pub(crate) url: String,
     /// TLS connections accepted so far (always 0 without TLS).
-    pub connections: Arc<AtomicUsize>,
+    pub(crate) connections: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
 impl Upstream {
     /// Default simulation.
-    pub async fn spawn() -> Self {
+    pub(crate) async fn spawn() -> Self {
         Self::spawn_with(SimConfig::default()).await
     }
 
     /// With a custom simulation.
-    pub async fn spawn_with(cfg: SimConfig) -> Self {
+    pub(crate) async fn spawn_with(cfg: SimConfig) -> Self {
         let prefix = cfg.prefix.clone();
         let sim = Sim::new(cfg);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -51,7 +48,6 @@ impl Upstream {
             axum::serve(listener, router).await.unwrap();
         });
         Self {
-            addr,
             sim,
             url: format!("http://127.0.0.1:{}{prefix}", addr.port()),
             connections: Arc::default(),
@@ -60,12 +56,12 @@ impl Upstream {
     }
 
     /// Over TLS with a certificate from `tls::TestPki` (served as `localhost`).
-    pub async fn spawn_tls(cfg: SimConfig, server: Arc<rustls::ServerConfig>) -> Self {
+    pub(crate) async fn spawn_tls(cfg: SimConfig, server: Arc<rustls::ServerConfig>) -> Self {
         Self::spawn_tls_with(cfg, server, tls::ServeOptions::default()).await
     }
 
     /// Over TLS, with `options` for its connections.
-    pub async fn spawn_tls_with(cfg: SimConfig, server: Arc<rustls::ServerConfig>, options: tls::ServeOptions) -> Self {
+    pub(crate) async fn spawn_tls_with(cfg: SimConfig, server: Arc<rustls::ServerConfig>, options: tls::ServeOptions) -> Self {
         let prefix = cfg.prefix.clone();
         let sim = Sim::new(cfg);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -80,7 +76,6 @@ impl Upstream {
             connections.clone(),
         ));
         Self {
-            addr,
             sim,
             url: format!("https://localhost:{}{prefix}", addr.port()),
             connections,
@@ -89,12 +84,12 @@ impl Upstream {
     }
 
     /// The newest token the sim minted (after a refresh that returned one: the proxy's current token).
-    pub fn newest_token(&self) -> String {
+    pub(crate) fn newest_token(&self) -> String {
         self.sim.issued_tokens().pop().expect("a token was minted")
     }
 
     /// A fresh administrator-issued token.
-    pub fn token(&self) -> String {
+    pub(crate) fn token(&self) -> String {
         self.sim.mint_admin_token()
     }
 }
@@ -107,7 +102,7 @@ impl Drop for Upstream {
 
 /// Builds a proxy configuration: TOML text for the upstream and token source, plus `ISSETTLED_PROXY__*`
 /// overrides for everything else.
-pub struct ProxyBuilder {
+pub(crate) struct ProxyBuilder {
     toml: String,
     env: HashMap<String, String>,
     /// The admin listener binds every interface (as in Kubernetes), not only loopback.
@@ -116,7 +111,7 @@ pub struct ProxyBuilder {
 
 impl ProxyBuilder {
     /// Proxy in front of `upstream_url`, with the token handed over in the `TEST_TOKEN` variable.
-    pub fn new(upstream_url: &str, token: &str) -> Self {
+    pub(crate) fn new(upstream_url: &str, token: &str) -> Self {
         let toml = format!(
             "[upstream]\nbase_url = \"{upstream_url}\"\nmember_id = \"testBank\"\nrequest_timeout = \"5s\"\n\
              [token]\nenv = \"TEST_TOKEN\"\n[log]\nformat = \"json\"\nlevel = \"warn\"\n"
@@ -131,30 +126,30 @@ impl ProxyBuilder {
     }
 
     /// With the token in a file instead (`token.file`); `token.env` is cleared.
-    pub fn token_file(self, path: &std::path::Path) -> Self {
+    pub(crate) fn token_file(self, path: &std::path::Path) -> Self {
         self.set("TOKEN__FILE", &path.display().to_string())
             .set("TOKEN__ENV", "")
     }
 
     /// Override `section.key` (given as `SECTION__KEY`).
-    pub fn set(mut self, key: &str, value: &str) -> Self {
+    pub(crate) fn set(mut self, key: &str, value: &str) -> Self {
         self.env.insert(format!("ISSETTLED_PROXY__{key}"), value.to_owned());
         self
     }
 
     /// The admin port on every interface (`0.0.0.0`), as the Kubernetes manifests bind it.
-    pub fn admin_on_every_interface(mut self) -> Self {
+    pub(crate) fn admin_on_every_interface(mut self) -> Self {
         self.admin_everywhere = true;
         self
     }
 
     /// The validated configuration.
-    pub fn config(&self) -> config::Config {
+    pub(crate) fn config(&self) -> config::Config {
         config::load(Source::Toml(&self.toml), &self.env).expect("test configuration")
     }
 
     /// Bind ephemeral ports and run the app.
-    pub async fn spawn(self) -> TestProxy {
+    pub(crate) async fn spawn(self) -> TestProxy {
         let cfg = self.config();
         let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind(if self.admin_everywhere {
@@ -183,21 +178,21 @@ impl ProxyBuilder {
 }
 
 /// A running proxy on ephemeral ports.
-pub struct TestProxy {
-    pub addr: SocketAddr,
-    pub admin: SocketAddr,
+pub(crate) struct TestProxy {
+    pub(crate) addr: SocketAddr,
+    pub(crate) admin: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), AppError>>>,
 }
 
 impl TestProxy {
     /// `http://127.0.0.1:port{path}` on the proxy port.
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.addr.port())
     }
 
     /// `http://127.0.0.1:port{path}` on the admin port.
-    pub fn admin_url(&self, path: &str) -> String {
+    pub(crate) fn admin_url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.admin.port())
     }
 
@@ -213,12 +208,12 @@ impl TestProxy {
     }
 
     /// `GET /status` on the admin port.
-    pub async fn status(&self) -> serde_json::Value {
+    pub(crate) async fn status(&self) -> serde_json::Value {
         get_json(&self.admin_url("/status")).await.1
     }
 
     /// `GET /metrics` on the admin port: the Prometheus text.
-    pub async fn metrics(&self) -> String {
+    pub(crate) async fn metrics(&self) -> String {
         client()
             .get(self.admin_url("/metrics"))
             .send()
@@ -230,7 +225,7 @@ impl TestProxy {
     }
 
     /// Wait until the refresh the proxy makes at start-up has succeeded (the token then comes from a refresh).
-    pub async fn startup_refresh_done(&self) {
+    pub(crate) async fn startup_refresh_done(&self) {
         let done = wait_for(|| async {
             let s = self.status().await;
             s["token"]["source"] == "refresh" && s["token"]["state"] == "valid"
@@ -240,25 +235,25 @@ impl TestProxy {
     }
 
     /// Wait until `/readyz` answers 200 (bounded).
-    pub async fn wait_ready(&self) {
+    pub(crate) async fn wait_ready(&self) {
         assert!(wait_for(|| async { readyz(self).await == 200 }).await, "not ready");
     }
 
     /// Trigger the shutdown and wait for the app to end; re-raises a panic of the app task.
-    pub async fn stop(mut self) -> Result<(), AppError> {
+    pub(crate) async fn stop(mut self) -> Result<(), AppError> {
         self.trigger_stop();
         self.join().await
     }
 
     /// Start the shutdown (like SIGTERM) without waiting.
-    pub fn trigger_stop(&mut self) {
+    pub(crate) fn trigger_stop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
     }
 
     /// Wait for the app task to end.
-    pub async fn join(&mut self) -> Result<(), AppError> {
+    pub(crate) async fn join(&mut self) -> Result<(), AppError> {
         let task = self.task.take().expect("joined once");
         match task.await {
             Ok(result) => result,
@@ -277,7 +272,7 @@ impl Drop for TestProxy {
 }
 
 /// The default simulated upstream and a default proxy in front of it, past its start-up refresh.
-pub async fn refreshed_proxy() -> (Upstream, TestProxy) {
+pub(crate) async fn refreshed_proxy() -> (Upstream, TestProxy) {
     let upstream = Upstream::spawn().await;
     let proxy = ProxyBuilder::new(&upstream.url, &upstream.token()).spawn().await;
     proxy.startup_refresh_done().await;
@@ -286,12 +281,12 @@ pub async fn refreshed_proxy() -> (Upstream, TestProxy) {
 
 /// The simulated IsSettled over TLS (HTTP/2 by ALPN, as `tls::serve_tls` offers it) and a proxy builder that
 /// trusts its test CA. Keep the directory: it holds the CA file.
-pub async fn tls_upstream(cfg: SimConfig) -> (Upstream, ProxyBuilder, tempfile::TempDir) {
+pub(crate) async fn tls_upstream(cfg: SimConfig) -> (Upstream, ProxyBuilder, tempfile::TempDir) {
     tls_upstream_with(cfg, tls::ServeOptions::default()).await
 }
 
 /// [`tls_upstream`] with `options` for the upstream's connections.
-pub async fn tls_upstream_with(
+pub(crate) async fn tls_upstream_with(
     cfg: SimConfig,
     options: tls::ServeOptions,
 ) -> (Upstream, ProxyBuilder, tempfile::TempDir) {
@@ -306,7 +301,7 @@ pub async fn tls_upstream_with(
 }
 
 /// A client that follows no redirects and ignores proxy variables.
-pub fn client() -> reqwest::Client {
+pub(crate) fn client() -> reqwest::Client {
     issettled_proxy::proxy::client::install_crypto_provider();
     reqwest::Client::builder()
         .no_proxy()
@@ -317,7 +312,7 @@ pub fn client() -> reqwest::Client {
 }
 
 /// `/readyz` status (0 if unreachable).
-pub async fn readyz(proxy: &TestProxy) -> u16 {
+pub(crate) async fn readyz(proxy: &TestProxy) -> u16 {
     client()
         .get(proxy.admin_url("/readyz"))
         .send()
@@ -326,7 +321,7 @@ pub async fn readyz(proxy: &TestProxy) -> u16 {
 }
 
 /// Poll `check` every 20 ms for up to 10 s.
-pub async fn wait_for<F, Fut>(mut check: F) -> bool
+pub(crate) async fn wait_for<F, Fut>(mut check: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -341,10 +336,10 @@ where
 }
 
 /// The nine fields of the IsSettled error schema.
-pub const FIELDS: [&str; 9] = issettled_proxy::errors::schema::FIELDS;
+pub(crate) const FIELDS: [&str; 9] = issettled_proxy::errors::schema::FIELDS;
 
 /// Assert that `body` is a schema error with `code`, and return it.
-pub fn assert_schema(body: &serde_json::Value) {
+pub(crate) fn assert_schema(body: &serde_json::Value) {
     let obj = body.as_object().unwrap_or_else(|| panic!("not an object: {body}"));
     for f in FIELDS {
         let v = obj.get(f).unwrap_or_else(|| panic!("{f} missing in {body}"));
@@ -357,7 +352,7 @@ pub fn assert_schema(body: &serde_json::Value) {
 }
 
 /// GET through the proxy and return (status, JSON body).
-pub async fn get_json(url: &str) -> (u16, serde_json::Value) {
+pub(crate) async fn get_json(url: &str) -> (u16, serde_json::Value) {
     let r = client().get(url).send().await.unwrap();
     let status = r.status().as_u16();
     let body = r.json().await.unwrap_or(serde_json::Value::Null);
@@ -365,7 +360,7 @@ pub async fn get_json(url: &str) -> (u16, serde_json::Value) {
 }
 
 /// The Bearer token the upstream saw on a recorded request.
-pub fn bearer(headers: &http::HeaderMap) -> Option<String> {
+pub(crate) fn bearer(headers: &http::HeaderMap) -> Option<String> {
     headers
         .get(http::header::AUTHORIZATION)?
         .to_str()
@@ -376,7 +371,7 @@ pub fn bearer(headers: &http::HeaderMap) -> Option<String> {
 
 /// Send raw bytes on a new connection and read until the server closes it (or 10 s pass). Returns the raw
 /// response text.
-pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+pub(crate) async fn raw(addr: SocketAddr, request: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream.write_all(request).await.unwrap();
@@ -387,7 +382,7 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
 
 /// Read one response (head, then a `Content-Length` body) or until the peer closes, within `limit`. Any stream:
 /// TCP or the Unix socket.
-pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, limit: Duration) -> String {
+pub(crate) async fn read_response<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, limit: Duration) -> String {
     let mut out = Vec::new();
     let read = async {
         let mut buf = [0u8; 8192];
@@ -420,7 +415,7 @@ pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, limi
 }
 
 /// Whether the peer closes `stream` within `limit` (bytes still arriving are read and dropped).
-pub async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+pub(crate) async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> bool {
     let mut buf = [0u8; 1024];
     let closed = async {
         loop {
@@ -434,7 +429,7 @@ pub async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) 
 }
 
 /// The status code of a raw response text (0 if none).
-pub fn raw_status(response: &str) -> u16 {
+pub(crate) fn raw_status(response: &str) -> u16 {
     response
         .split_whitespace()
         .nth(1)
@@ -443,14 +438,14 @@ pub fn raw_status(response: &str) -> u16 {
 }
 
 /// The JSON body of a raw `Connection: close` response.
-pub fn raw_json(response: &str) -> serde_json::Value {
+pub(crate) fn raw_json(response: &str) -> serde_json::Value {
     let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
 }
 
 /// Publish `token` the way the kubelet updates a mounted Secret: write a new timestamped directory, point a
 /// temporary `..data_tmp` symlink at it and rename that over `..data`; `token` itself links to `..data/token`.
-pub fn publish_secret(dir: &std::path::Path, version: &str, token: &str) {
+pub(crate) fn publish_secret(dir: &std::path::Path, version: &str, token: &str) {
     let versioned = dir.join(version);
     std::fs::create_dir(&versioned).unwrap();
     std::fs::write(versioned.join("token"), format!("{token}\n")).unwrap();

@@ -1,16 +1,14 @@
 //! Issue 2 point 9: the running binary driven end to end by curl and by Python's standard library, checked
 //! against what the simulated IsSettled received (the proxy's Bearer token, never the app's).
 
-mod common;
-
 use std::time::Duration;
 
-use common::binary::{output, quote, BinConfig, Running};
+use crate::support::binary::{output, quote, BinConfig, Running};
 use tokio::process::Command;
 
 /// Start the binary in front of a fresh sim, the proxy also on a Unix socket.
-async fn start() -> (common::Upstream, BinConfig, Running) {
-    let upstream = common::Upstream::spawn().await;
+async fn start() -> (crate::support::Upstream, BinConfig, Running) {
+    let upstream = crate::support::Upstream::spawn().await;
     let cfg = BinConfig::new(&upstream.url);
     let socket = cfg.dir.path().join("proxy.sock").display().to_string();
     let cfg = cfg.set("listen", "unix_socket", &quote(&socket));
@@ -36,9 +34,9 @@ async fn curl(args: &[&str]) -> (u16, String) {
 }
 
 /// The Bearer token the sim saw on its last request, checked to be a valid token it issued (not the app's).
-fn last_bearer(upstream: &common::Upstream) -> (issettled_proxy::sim::RecordedRequest, String) {
+fn last_bearer(upstream: &crate::support::Upstream) -> (issettled_proxy::sim::RecordedRequest, String) {
     let last = upstream.sim.requests().pop().expect("a request reached the sim");
-    let token = common::bearer(&last.headers).expect("a Bearer token upstream");
+    let token = crate::support::bearer(&last.headers).expect("a Bearer token upstream");
     assert!(
         upstream.sim.issued_tokens().contains(&token),
         "not a token the sim issued"
@@ -100,12 +98,12 @@ async fn curl_end_to_end() {
     let (status, body) = curl(&["-H", "Accept: application/json", &cfg.url("/errors/404")]).await;
     assert_eq!(status, 404, "{body}");
     let error: serde_json::Value = serde_json::from_str(&body).unwrap();
-    common::assert_schema(&error);
+    crate::support::assert_schema(&error);
     // And one of the proxy's own.
     let (status, body) = curl(&["-X", "PUT", &cfg.url("/payments/1")]).await;
     assert_eq!(status, 405, "{body}");
     let error: serde_json::Value = serde_json::from_str(&body).unwrap();
-    common::assert_schema(&error);
+    crate::support::assert_schema(&error);
     assert_eq!(error["code"], "METHOD_NOT_ALLOWED");
 
     // The same proxy on its Unix socket.
@@ -170,7 +168,7 @@ async fn python_standard_library_end_to_end() {
         .as_str()
         .is_some_and(|ct| ct.starts_with("application/json")));
     let error = &result["error_body"];
-    common::assert_schema(error);
+    crate::support::assert_schema(error);
     assert!(error.as_object().unwrap().len() >= 9);
     assert_eq!(error["code"], "PAYMENT_CONFLICT");
 
@@ -181,7 +179,7 @@ async fn python_standard_library_end_to_end() {
     let sent: serde_json::Value = serde_json::from_slice(&requests[1].body).unwrap();
     assert_eq!(sent["amount"], "9.99");
     for r in &requests {
-        let token = common::bearer(&r.headers).expect("Bearer upstream");
+        let token = crate::support::bearer(&r.headers).expect("Bearer upstream");
         assert_ne!(token, "py-app-token");
         assert!(upstream.sim.issued_tokens().contains(&token));
         assert!(r.token_valid);

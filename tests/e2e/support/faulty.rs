@@ -18,7 +18,7 @@ use tokio::{
 
 /// How the upstream misbehaves.
 #[derive(Debug, Clone, Copy)]
-pub enum Fault {
+pub(crate) enum Fault {
     /// Reads the request, never answers.
     Hang,
     /// 200 with a Content-Length of 1000, sends 10 bytes, then resets.
@@ -44,13 +44,12 @@ pub enum Fault {
 }
 
 /// The JSON error [`Fault::GzipError`] gzips; it echoes the token the faulty tests use (`opaque-token`).
-pub const GZIP_ERROR_JSON: &str =
+pub(crate) const GZIP_ERROR_JSON: &str =
     r#"{"code":"PAYMENT_CONFLICT","short_message":"Conflict","long_message":"token opaque-token already used"}"#;
 
 /// The faulty upstream.
-pub struct Faulty {
-    pub addr: SocketAddr,
-    pub requests: Arc<AtomicUsize>,
+pub(crate) struct Faulty {
+    pub(crate) addr: SocketAddr,
     /// The head of each request received (request line and header lines), refresh calls included.
     heads: Arc<Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
@@ -58,7 +57,7 @@ pub struct Faulty {
 
 impl Faulty {
     /// Listen on `127.0.0.1:0` with `fault`.
-    pub async fn spawn(fault: Fault) -> Self {
+    pub(crate) async fn spawn(fault: Fault) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(AtomicUsize::new(0));
@@ -77,24 +76,18 @@ impl Faulty {
         });
         Self {
             addr,
-            requests,
             heads,
             task,
         }
     }
 
     /// `http://127.0.0.1:port`.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.addr.port())
     }
 
-    /// Requests received so far.
-    pub fn count(&self) -> usize {
-        self.requests.load(Ordering::SeqCst)
-    }
-
     /// The request lines received so far, in order (the proxy's start-up refresh call included).
-    pub fn request_lines(&self) -> Vec<String> {
+    pub(crate) fn request_lines(&self) -> Vec<String> {
         let heads = self.heads.lock().unwrap();
         heads
             .iter()
@@ -103,12 +96,12 @@ impl Faulty {
     }
 
     /// The request heads received so far, in order (the proxy's start-up refresh call included).
-    pub fn request_heads(&self) -> Vec<String> {
+    pub(crate) fn request_heads(&self) -> Vec<String> {
         self.heads.lock().unwrap().clone()
     }
 
     /// How many requests for exactly this path (query excluded) arrived.
-    pub fn count_path(&self, path: &str) -> usize {
+    pub(crate) fn count_path(&self, path: &str) -> usize {
         self.request_lines()
             .iter()
             .filter(|l| l.split(' ').nth(1).and_then(|t| t.split('?').next()) == Some(path))

@@ -2,11 +2,9 @@
 //! `/status` field of the contract, `/metrics` as valid Prometheus text that counts requests by status, no token in
 //! either, `POST /refresh` answering the token object, and the error schema on unknown paths.
 
-mod common;
-
 use std::{collections::HashMap, time::SystemTime};
 
-use common::{assert_schema, client, get_json, readyz, wait_for, ProxyBuilder, TestProxy, Upstream};
+use crate::support::{assert_schema, client, get_json, readyz, wait_for, ProxyBuilder, TestProxy, Upstream};
 use issettled_proxy::token::secret::fingerprint;
 use serde_json::Value;
 
@@ -276,7 +274,7 @@ async fn readyz_goes_200_503_200_through_a_revoked_token_and_a_new_token_file() 
 
 #[tokio::test]
 async fn status_has_every_field_the_contract_lists() {
-    let (upstream, proxy) = common::refreshed_proxy().await;
+    let (upstream, proxy) = crate::support::refreshed_proxy().await;
 
     let s = proxy.status().await;
     let top: Vec<&str> = s.as_object().unwrap().keys().map(String::as_str).collect();
@@ -323,7 +321,7 @@ async fn status_has_every_field_the_contract_lists() {
 
 #[tokio::test]
 async fn metrics_parse_as_prometheus_text_and_count_requests_by_status() {
-    let (_upstream, proxy) = common::refreshed_proxy().await;
+    let (_upstream, proxy) = crate::support::refreshed_proxy().await;
     let c = client();
     for _ in 0..3 {
         assert_eq!(get_json(&proxy.url("/digital-accounts")).await.0, 200);
@@ -403,7 +401,7 @@ async fn metrics_parse_as_prometheus_text_and_count_requests_by_status() {
 
 #[tokio::test]
 async fn the_token_appears_in_neither_status_nor_metrics() {
-    let (upstream, proxy) = common::refreshed_proxy().await;
+    let (upstream, proxy) = crate::support::refreshed_proxy().await;
     let c = client();
     assert_eq!(get_json(&proxy.url("/digital-accounts")).await.0, 200);
     let refreshed = c
@@ -437,7 +435,7 @@ async fn the_token_appears_in_neither_status_nor_metrics() {
 
 #[tokio::test]
 async fn post_refresh_answers_the_status_token_object() {
-    let (upstream, proxy) = common::refreshed_proxy().await;
+    let (upstream, proxy) = crate::support::refreshed_proxy().await;
     let calls = upstream.sim.refresh_calls().len();
 
     let r = client().post(proxy.admin_url("/refresh")).send().await.unwrap();

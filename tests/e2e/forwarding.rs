@@ -1,11 +1,9 @@
 //! Forwarding end to end: methods, paths and bodies intact, the token injected, streaming, hop-by-hop headers,
 //! the one upstream only, redirects passed back, request ids.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{bearer, client, raw, raw_json, raw_status, ProxyBuilder, Upstream};
+use crate::support::{bearer, client, raw, raw_json, raw_status, ProxyBuilder, Upstream};
 use issettled_proxy::sim::SimConfig;
 
 #[tokio::test]
@@ -289,7 +287,7 @@ async fn the_token_refresh_endpoint_is_refused_with_nothing_sent() {
             let r = c.request(method.clone(), proxy.url(path)).send().await.unwrap();
             assert_eq!(r.status(), 403, "{method} {path}");
             let body: serde_json::Value = r.json().await.unwrap();
-            common::assert_schema(&body);
+            crate::support::assert_schema(&body);
             assert_eq!(body["code"], "ENDPOINT_NOT_PERMITTED", "{method} {path}");
         }
     }
@@ -312,7 +310,7 @@ async fn the_token_refresh_endpoint_is_refused_with_nothing_sent() {
 
 #[tokio::test]
 async fn request_trailers_never_reach_an_http2_upstream() {
-    let (upstream, builder, _ca) = common::tls_upstream(SimConfig::default()).await;
+    let (upstream, builder, _ca) = crate::support::tls_upstream(SimConfig::default()).await;
     let proxy = builder.spawn().await;
     let response = raw(
         proxy.addr,

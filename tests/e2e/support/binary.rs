@@ -17,17 +17,17 @@ use tokio::{
 };
 
 /// The binary under test.
-pub const BIN: &str = env!("CARGO_BIN_EXE_issettled-proxy");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_issettled-proxy");
 
 /// A port that was free a moment ago (bound on `127.0.0.1:0`, then released).
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
 }
 
 /// A `Command` for the binary with an empty environment except `PATH` (nothing from the test process leaks in,
 /// such as `RUST_LOG` or `ISSETTLED_PROXY__*`).
-pub fn command() -> Command {
+pub(crate) fn command() -> Command {
     let mut cmd = Command::new(BIN);
     cmd.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -40,11 +40,11 @@ pub fn command() -> Command {
 
 /// A configuration file for the binary, built section by section (values are TOML literals).
 #[derive(Debug)]
-pub struct BinConfig {
-    pub dir: tempfile::TempDir,
-    pub address: SocketAddr,
-    pub admin: SocketAddr,
-    pub token_file: PathBuf,
+pub(crate) struct BinConfig {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) address: SocketAddr,
+    pub(crate) admin: SocketAddr,
+    pub(crate) token_file: PathBuf,
     sections: BTreeMap<String, BTreeMap<String, String>>,
     env: BTreeMap<String, String>,
 }
@@ -52,7 +52,7 @@ pub struct BinConfig {
 impl BinConfig {
     /// In front of `upstream_url`, on free ports, the token read from `<dir>/token` (not written yet: see
     /// [`BinConfig::write_token`]), JSON logs at `info`.
-    pub fn new(upstream_url: &str) -> Self {
+    pub(crate) fn new(upstream_url: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -78,7 +78,7 @@ impl BinConfig {
     }
 
     /// Set `section.key` to a TOML literal (`"\"5s\""`, `"true"`, `"[\"GET\"]"`).
-    pub fn set(mut self, section: &str, key: &str, literal: &str) -> Self {
+    pub(crate) fn set(mut self, section: &str, key: &str, literal: &str) -> Self {
         self.sections
             .entry(section.to_owned())
             .or_default()
@@ -87,18 +87,18 @@ impl BinConfig {
     }
 
     /// An environment variable for the child only.
-    pub fn env(mut self, key: &str, value: &str) -> Self {
+    pub(crate) fn env(mut self, key: &str, value: &str) -> Self {
         self.env.insert(key.to_owned(), value.to_owned());
         self
     }
 
     /// Write the token file (with the trailing newline a Secret file has).
-    pub fn write_token(&self, token: &str) {
+    pub(crate) fn write_token(&self, token: &str) {
         std::fs::write(&self.token_file, format!("{token}\n")).unwrap();
     }
 
     /// The TOML text.
-    pub fn toml(&self) -> String {
+    pub(crate) fn toml(&self) -> String {
         let mut out = String::new();
         for (section, keys) in &self.sections {
             out.push_str(&format!("[{section}]\n"));
@@ -110,24 +110,24 @@ impl BinConfig {
     }
 
     /// Write `config.toml` into the directory and return its path.
-    pub fn write(&self) -> PathBuf {
+    pub(crate) fn write(&self) -> PathBuf {
         let path = self.dir.path().join("config.toml");
         std::fs::write(&path, self.toml()).unwrap();
         path
     }
 
     /// `http://127.0.0.1:port{path}` on the proxy port.
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.address)
     }
 
     /// `http://127.0.0.1:port{path}` on the admin port.
-    pub fn admin_url(&self, path: &str) -> String {
+    pub(crate) fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin)
     }
 
     /// Write the file and start `issettled-proxy run --config FILE` (not waiting for it).
-    pub fn start(&self) -> Running {
+    pub(crate) fn start(&self) -> Running {
         let path = self.write();
         let mut cmd = command();
         cmd.arg("run").arg("--config").arg(&path).envs(&self.env);
@@ -135,7 +135,7 @@ impl BinConfig {
     }
 
     /// Start and wait until `/readyz` answers 200.
-    pub async fn start_ready(&self) -> Running {
+    pub(crate) async fn start_ready(&self) -> Running {
         let mut running = self.start();
         running.wait_ready(&self.admin_url("/readyz")).await;
         running
@@ -143,14 +143,14 @@ impl BinConfig {
 }
 
 /// A TOML string literal.
-pub fn quote(s: &str) -> String {
+pub(crate) fn quote(s: &str) -> String {
     toml::Value::String(s.to_owned()).to_string()
 }
 
 /// A running child with its output collected in the background (so a chatty child never blocks on a pipe).
 #[derive(Debug)]
-pub struct Running {
-    pub child: Child,
+pub(crate) struct Running {
+    pub(crate) child: Child,
     stdout: Arc<Mutex<Vec<u8>>>,
     stderr: Arc<Mutex<Vec<u8>>>,
     readers: Vec<tokio::task::JoinHandle<()>>,
@@ -158,7 +158,7 @@ pub struct Running {
 
 impl Running {
     /// Spawn `cmd` (which must have piped stdout and stderr).
-    pub fn spawn(mut cmd: Command) -> Self {
+    pub(crate) fn spawn(mut cmd: Command) -> Self {
         let mut child = cmd.spawn().expect("spawn the binary");
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
@@ -174,22 +174,22 @@ impl Running {
         }
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id().expect("still running")
     }
 
     /// Everything on stdout so far.
-    pub fn stdout(&self) -> String {
+    pub(crate) fn stdout(&self) -> String {
         String::from_utf8_lossy(&self.stdout.lock().unwrap()).into_owned()
     }
 
     /// Everything on stderr so far.
-    pub fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
     }
 
     /// Send a signal with `kill -SIG pid`.
-    pub fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         let status = std::process::Command::new("kill")
             .arg(format!("-{sig}"))
             .arg(self.pid().to_string())
@@ -199,12 +199,12 @@ impl Running {
     }
 
     /// SIGTERM.
-    pub fn term(&self) {
+    pub(crate) fn term(&self) {
         self.signal("TERM");
     }
 
     /// Wait for the exit (bounded), then for the rest of its output.
-    pub async fn wait(&mut self, limit: Duration) -> ExitStatus {
+    pub(crate) async fn wait(&mut self, limit: Duration) -> ExitStatus {
         let status = match tokio::time::timeout(limit, self.child.wait()).await {
             Ok(status) => status.unwrap(),
             Err(_) => panic!(
@@ -220,7 +220,7 @@ impl Running {
     }
 
     /// Poll `url` until it answers 200 (10 s at most); panic with the child's output if it exits first.
-    pub async fn wait_ready(&mut self, url: &str) {
+    pub(crate) async fn wait_ready(&mut self, url: &str) {
         let client = super::client();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -257,7 +257,7 @@ async fn collect(mut pipe: impl AsyncRead + Unpin, into: Arc<Mutex<Vec<u8>>>) {
 }
 
 /// The last 4000 characters of `s`, for panic messages.
-pub fn tail(s: &str) -> &str {
+pub(crate) fn tail(s: &str) -> &str {
     let mut start = s.len().saturating_sub(4000);
     while !s.is_char_boundary(start) {
         start += 1;
@@ -266,7 +266,7 @@ pub fn tail(s: &str) -> &str {
 }
 
 /// Run a short command (the binary's one-shot commands, curl, python) to completion, bounded.
-pub async fn output(mut cmd: Command, limit: Duration) -> std::process::Output {
+pub(crate) async fn output(mut cmd: Command, limit: Duration) -> std::process::Output {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -278,7 +278,7 @@ pub async fn output(mut cmd: Command, limit: Duration) -> std::process::Output {
 }
 
 /// `sha256:` and the first 8 hex digits of the token's SHA-256: the only form a token may appear in.
-pub fn fingerprint(token: &str) -> String {
+pub(crate) fn fingerprint(token: &str) -> String {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(token.as_bytes());
     let hex: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();

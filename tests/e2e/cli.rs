@@ -2,11 +2,9 @@
 //! named, the token never printed), exit 1 on an address in use, no token in trace-level logs (issue 3 point 8),
 //! `wait` (issue 6 point 2) and a `demo` smoke test.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::binary::{command, fingerprint, output, quote, tail, BinConfig, Running};
+use crate::support::binary::{command, fingerprint, output, quote, tail, BinConfig, Running};
 use issettled_proxy::sim::{Sim, SimConfig};
 
 /// Run `check-config --config <text>` and return (exit code, stdout, stderr).
@@ -97,6 +95,21 @@ async fn check_config_refuses_a_state_file_that_cannot_be_a_file() {
     )
     .await;
     assert_eq!(code, Some(0), "{stderr}");
+}
+
+/// A CA bundle from the environment that holds no certificate: the check after loading names the variable too.
+#[tokio::test]
+async fn check_config_names_the_variable_of_an_unusable_ca_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("ca.pem");
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    let var = "ISSETTLED_PROXY__UPSTREAM__CA_FILE";
+    let (code, _, stderr) = check_config(&minimal(""), &[(var, garbage.to_str().unwrap())]).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("upstream.ca_file") && stderr.contains(&format!("(set by {var})")),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
@@ -214,7 +227,7 @@ async fn check_config_refuses_a_token_in_place_of_a_name_without_printing_it() {
 /// An environment token that is refused is logged with the reason, never with its value.
 #[tokio::test]
 async fn a_refused_env_token_is_logged_with_its_reason() {
-    let upstream = common::Upstream::spawn().await;
+    let upstream = crate::support::Upstream::spawn().await;
     let cfg = BinConfig::new(&upstream.url)
         .set("token", "file", "\"\"")
         .set("token", "env", "\"MY_ISSETTLED_TOKEN\"")
@@ -235,7 +248,7 @@ async fn a_refused_env_token_is_logged_with_its_reason() {
 /// SIGINT (Ctrl-C on a laptop) stops it gracefully too: exit 0 with the same shutdown log.
 #[tokio::test]
 async fn sigint_stops_it_gracefully_with_exit_0() {
-    let upstream = common::Upstream::spawn().await;
+    let upstream = crate::support::Upstream::spawn().await;
     let cfg = BinConfig::new(&upstream.url);
     cfg.write_token(&upstream.token());
     let mut running = cfg.start_ready().await;
@@ -248,7 +261,7 @@ async fn sigint_stops_it_gracefully_with_exit_0() {
 
 #[tokio::test]
 async fn an_address_in_use_exits_1() {
-    let upstream = common::Upstream::spawn().await;
+    let upstream = crate::support::Upstream::spawn().await;
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let cfg = BinConfig::new(&upstream.url).set("listen", "address", &quote(&taken.local_addr().unwrap().to_string()));
     cfg.write_token(&upstream.token());
@@ -263,7 +276,7 @@ async fn an_address_in_use_exits_1() {
 /// upstream 401) and a SIGTERM, no token the upstream ever issued appears in the output.
 #[tokio::test]
 async fn no_token_in_trace_logs() {
-    let upstream = common::Upstream::spawn().await;
+    let upstream = crate::support::Upstream::spawn().await;
     let first = upstream.token();
     let cfg = BinConfig::new(&upstream.url)
         .set("token", "min_refresh_gap", "\"100ms\"")
@@ -272,7 +285,7 @@ async fn no_token_in_trace_logs() {
         .env("RUST_LOG", "trace");
     cfg.write_token(&first);
     let mut running = cfg.start_ready().await;
-    let c = common::client();
+    let c = crate::support::client();
 
     for _ in 0..3 {
         let r = c.get(cfg.url("/digital-accounts?limit=2")).send().await.unwrap();
@@ -329,7 +342,7 @@ async fn no_token_in_trace_logs() {
     // Let the scheduled refresh run once too.
     let before = upstream.sim.refresh_calls().len();
     assert!(
-        common::wait_for(|| async { upstream.sim.refresh_calls().len() > before }).await,
+        crate::support::wait_for(|| async { upstream.sim.refresh_calls().len() > before }).await,
         "no scheduled refresh"
     );
     let r = c.get(cfg.url("/digital-accounts/DA-1001")).send().await.unwrap();
@@ -393,7 +406,7 @@ async fn exits_0_once_ready(cfg: &BinConfig, proxy: &mut Running, waiting: &mut 
 /// `wait` against a sidecar that starts later: exit 0 within about a second of it becoming ready.
 #[tokio::test]
 async fn wait_returns_once_the_sidecar_starts() {
-    let upstream = common::Upstream::spawn().await;
+    let upstream = crate::support::Upstream::spawn().await;
     let cfg = BinConfig::new(&upstream.url);
     cfg.write_token(&upstream.token());
     let mut waiting = start_waiting(&cfg, "before the sidecar started").await;
@@ -404,11 +417,11 @@ async fn wait_returns_once_the_sidecar_starts() {
 /// `wait` against a sidecar that runs without a token until its token file appears.
 #[tokio::test]
 async fn wait_returns_once_the_token_file_appears() {
-    let upstream = common::Upstream::spawn().await;
+    let upstream = crate::support::Upstream::spawn().await;
     let cfg = BinConfig::new(&upstream.url);
     let mut proxy = cfg.start();
     proxy.wait_ready(&cfg.admin_url("/healthz")).await;
-    let c = common::client();
+    let c = crate::support::client();
     assert_eq!(c.get(cfg.admin_url("/readyz")).send().await.unwrap().status(), 503);
 
     let mut waiting = start_waiting(&cfg, "while the sidecar had no token").await;
@@ -419,7 +432,7 @@ async fn wait_returns_once_the_token_file_appears() {
 /// `wait` with nothing listening: exit 1 at its time-out, not before and not much after.
 #[tokio::test]
 async fn wait_exits_1_at_its_timeout() {
-    let port = common::binary::free_port();
+    let port = crate::support::binary::free_port();
     let started = Instant::now();
     let mut cmd = command();
     cmd.args([
@@ -475,7 +488,7 @@ async fn demo_serves_and_stops() {
     cmd.arg("demo");
     let mut demo = Running::spawn(cmd);
     demo.wait_ready("http://127.0.0.1:8081/readyz").await;
-    let c = common::client();
+    let c = crate::support::client();
     let r = c.get("http://127.0.0.1:8080/digital-accounts").send().await.unwrap();
     assert_eq!(r.status(), 200);
     let accounts: serde_json::Value = r.json().await.unwrap();

@@ -1,0 +1,17 @@
+//! The end-to-end tests: one binary, one shared harness ([`support`]), one file per subject.
+//!
+//! Every test drives the proxy through real sockets on `127.0.0.1:0` (in process, or the built binary as a child
+//! process where the command line, signals or a kill are the point) against in-process fakes of the upstream.
+
+mod support;
+
+mod admin;
+mod cli;
+mod connections;
+mod errors;
+mod forwarding;
+mod hardening;
+mod interop;
+mod shutdown;
+mod token;
+mod upstream;
