@@ -155,6 +155,56 @@ async fn an_update_with_a_stale_resource_version_gets_409_conflict_and_one_witho
 }
 
 #[tokio::test]
+async fn a_lease_needs_a_resource_version_and_a_put_creates_it_a_secret_is_not_created_and_no_op_updates_write_nothing()
+{
+    let (api, dir) = (KubeApi::spawn().await, tempfile::tempdir().unwrap());
+    api.seed_secret("state", &[("state", "1")]);
+    let client = client(&api, dir.path()).await;
+    let (secrets, leases) = (
+        Api::<Secret>::default_namespaced(client.clone()),
+        Api::<Lease>::default_namespaced(client),
+    );
+    let named = |name: &str| ObjectMeta {
+        name: Some(name.to_owned()),
+        ..ObjectMeta::default()
+    };
+
+    let lease = Lease {
+        metadata: named("lock"),
+        spec: Some(LeaseSpec::default()),
+    };
+    leases.replace("lock", &PostParams::default(), &lease).await.unwrap();
+    let invalid = api_error(
+        leases
+            .replace("lock", &PostParams::default(), &lease)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((invalid.code, invalid.reason.as_str()), (422, "Invalid"));
+    assert!(invalid
+        .message
+        .ends_with("metadata.resourceVersion: Invalid value: 0x0: must be specified for an update"));
+    let secret = Secret {
+        metadata: named("missing"),
+        ..Secret::default()
+    };
+    let missing = api_error(
+        secrets
+            .replace("missing", &PostParams::default(), &secret)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(missing.code, 404);
+
+    let before = api.resource_version();
+    let read = secrets.get("state").await.unwrap();
+    let same = secrets.replace("state", &PostParams::default(), &read).await.unwrap();
+    api.set_secret_key("state", "state", "1");
+    assert_eq!(same.metadata.resource_version, read.metadata.resource_version);
+    assert_eq!(api.resource_version(), before);
+}
+
+#[tokio::test]
 async fn creating_an_existing_name_gets_409_already_exists() {
     let (api, dir) = (KubeApi::spawn().await, tempfile::tempdir().unwrap());
     let secrets = secrets(&api, dir.path()).await;

@@ -332,6 +332,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         }
     }
     let mut store = shared.store.lock().unwrap();
+    let existed = path_name.as_ref().is_some_and(|name| store.get(&target, name).is_ok());
     let result = match (&method, path_name) {
         (&Method::GET, Some(name)) => store.get(&target, &name),
         (&Method::GET, None) => Ok(store.list(&target)),
@@ -344,19 +345,15 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         }
     };
     drop(store);
-    match result {
-        Ok(object) if method == Method::GET => Json(object).into_response(),
-        Ok(object) => {
-            shared.changes.send_replace(());
-            let code = if method == Method::POST {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            };
-            (code, Json(object)).into_response()
-        }
-        Err(failure) => fail(failure),
+    let object = match result {
+        Ok(object) => object,
+        Err(failure) => return fail(failure),
+    };
+    if method != Method::GET {
+        shared.changes.send_replace(());
     }
+    let created = method == Method::POST || method == Method::PUT && !existed;
+    (if created { StatusCode::CREATED } else { StatusCode::OK }, Json(object)).into_response()
 }
 
 /// A watch's `resourceVersion` (none or `0`: start with the current objects), bookmarks, timeout (default 30 min).
