@@ -150,18 +150,12 @@ impl KubeApi {
             .map(|(key, value)| ((*key).to_owned(), json!(STANDARD.encode(value))))
             .collect();
         let secret = json!({ "metadata": { "name": name }, "type": "Opaque", "data": data });
-        self.write(|store, target| store.create(target, secret), Kind::Secret);
+        self.write(Kind::Secret, |store, target| store.create(target, secret));
     }
 
     /// A Secret's key, decoded; `None` when the Secret or the key is missing.
     pub(crate) fn secret_key(&self, name: &str, key: &str) -> Option<String> {
-        let secret = self
-            .shared
-            .store
-            .lock()
-            .unwrap()
-            .get(&target(Kind::Secret), name)
-            .ok()?;
+        let secret = self.object(Kind::Secret, name)?;
         let decoded = STANDARD.decode(secret["data"][key].as_str()?).expect("base64 data");
         Some(String::from_utf8(decoded).expect("UTF-8 data"))
     }
@@ -169,26 +163,22 @@ impl KubeApi {
     /// Set one key of an existing Secret, as a person (`kubectl apply`) or a secret store would: a new
     /// resourceVersion, and the watchers see it.
     pub(crate) fn set_secret_key(&self, name: &str, key: &str, value: &str) {
-        self.write(
-            |store, target| {
-                let mut secret = store.get(target, name)?;
-                secret["data"][key] = json!(STANDARD.encode(value));
-                store.update(target, name, secret)
-            },
-            Kind::Secret,
-        );
+        self.write(Kind::Secret, |store, target| {
+            let mut secret = store.get(target, name)?;
+            secret["data"][key] = json!(STANDARD.encode(value));
+            store.update(target, name, secret)
+        });
     }
 
     /// Create a Lease.
     pub(crate) fn seed_lease(&self, name: &str, spec: LeaseSpec) {
         let lease = json!({ "metadata": { "name": name }, "spec": spec });
-        self.write(|store, target| store.create(target, lease), Kind::Lease);
+        self.write(Kind::Lease, |store, target| store.create(target, lease));
     }
 
     /// A Lease as stored.
     pub(crate) fn lease(&self, name: &str) -> Option<Lease> {
-        let lease = self.shared.store.lock().unwrap().get(&target(Kind::Lease), name).ok()?;
-        Some(serde_json::from_value(lease).expect("a Lease"))
+        Some(serde_json::from_value(self.object(Kind::Lease, name)?).expect("a Lease"))
     }
 
     /// Down: open connections (watches included) are cut, new ones accepted and closed at once. Up again: served.
@@ -216,7 +206,12 @@ impl KubeApi {
         self.shared.store.lock().unwrap().compact();
     }
 
-    fn write(&self, change: impl FnOnce(&mut Store, &Target) -> Result<Value, Failure>, kind: Kind) {
+    fn object(&self, kind: Kind, name: &str) -> Option<Value> {
+        self.shared.store.lock().unwrap().get(&target(kind), name).ok()
+    }
+
+    /// A helper's write: straight to the store (not logged as a request), and the watchers told.
+    fn write(&self, kind: Kind, change: impl FnOnce(&mut Store, &Target) -> Result<Value, Failure>) {
         let result = change(&mut self.shared.store.lock().unwrap(), &target(kind));
         if let Err(failure) = result {
             panic!("the fake API refused a helper's write: {}", failure.status);

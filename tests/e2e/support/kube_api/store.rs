@@ -28,9 +28,7 @@ pub(crate) struct Target {
 #[derive(Debug, Clone)]
 pub(crate) struct Event {
     resource_version: u64,
-    kind: Kind,
-    namespace: String,
-    name: String,
+    key: Key,
     pub(crate) kind_of_change: &'static str,
     pub(crate) object: Value,
 }
@@ -42,11 +40,14 @@ pub(crate) struct Failure {
     pub(crate) status: Value,
 }
 
+/// An object's kind, namespace and name.
+type Key = (Kind, String, String);
+
 /// Objects, resourceVersion, history.
 #[derive(Debug)]
 pub(crate) struct Store {
     resource_version: u64,
-    objects: BTreeMap<(Kind, String, String), Value>,
+    objects: BTreeMap<Key, Value>,
     history: VecDeque<Event>,
     /// A watch from a resourceVersion below this one cannot be served from the history (410 Gone).
     oldest_resumable: u64,
@@ -98,22 +99,14 @@ impl Target {
             }
             _ => return None,
         };
-        match rest {
-            [namespace, _] => Some(Target {
-                kind,
-                namespace: (*namespace).to_owned(),
-                name: None,
-            }),
-            [namespace, _, name] => Some(Target {
-                kind,
-                namespace: (*namespace).to_owned(),
-                name: Some((*name).to_owned()),
-            }),
-            _ => None,
-        }
+        let [namespace, _, name @ ..] = rest else {
+            return None;
+        };
+        let (namespace, name) = ((*namespace).to_owned(), name.first().map(|name| (*name).to_owned()));
+        (rest.len() <= 3).then_some(Target { kind, namespace, name })
     }
 
-    fn key(&self, name: &str) -> (Kind, String, String) {
+    fn key(&self, name: &str) -> Key {
         (self.kind, self.namespace.clone(), name.to_owned())
     }
 
@@ -123,10 +116,9 @@ impl Target {
         json!({ "kind": kind, "apiVersion": api_version, "metadata": { "resourceVersion": resource_version.to_string() } })
     }
 
-    fn matches(&self, event: &Event) -> bool {
-        event.kind == self.kind
-            && event.namespace == self.namespace
-            && self.name.as_ref().is_none_or(|name| *name == event.name)
+    /// Whether the object is of this target's kind and namespace (and has its name, if it names one).
+    fn covers(&self, (kind, namespace, name): &Key) -> bool {
+        *kind == self.kind && *namespace == self.namespace && self.name.as_ref().is_none_or(|n| n == name)
     }
 }
 
@@ -202,9 +194,7 @@ impl Store {
         let items: Vec<Value> = self
             .objects
             .iter()
-            .filter(|((kind, ns, name), _)| {
-                *kind == target.kind && *ns == target.namespace && target.name.as_ref().is_none_or(|n| n == name)
-            })
+            .filter(|(key, _)| target.covers(key))
             .map(|(_, object)| object.clone())
             .collect();
         let (api_version, kind) = target.kind.type_meta();
@@ -296,7 +286,7 @@ impl Store {
         let events = self
             .history
             .iter()
-            .filter(|e| e.resource_version > after && target.matches(e))
+            .filter(|e| e.resource_version > after && target.covers(&e.key))
             .cloned();
         Ok((events.collect(), self.resource_version))
     }
@@ -324,9 +314,7 @@ impl Store {
         }
         self.history.push_back(Event {
             resource_version: self.resource_version,
-            kind: target.kind,
-            namespace: target.namespace.clone(),
-            name: name.to_owned(),
+            key: target.key(name),
             kind_of_change,
             object: object.clone(),
         });
