@@ -37,7 +37,7 @@ mod watch;
 /// The namespace of every object, and of the kubeconfig's context.
 pub(crate) const NAMESPACE: &str = "payments";
 /// The bearer token the kubeconfig carries; requests without it get 401.
-const TOKEN: &str = "fake-service-account-token";
+pub(crate) const TOKEN: &str = "fake-service-account-token";
 
 /// How the API answers every request, whatever it asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
