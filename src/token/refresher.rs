@@ -133,6 +133,8 @@ pub struct Refresher<C> {
     offered: Option<Offer>,
     /// When a follower last re-read the store on demand (at most once per `min_refresh_gap`).
     last_resync: Option<Instant>,
+    /// How long the last refresh call took: a last-resort refresh must start this much earlier.
+    last_latency: Duration,
 }
 
 /// A new administrator token, checked locally, waiting for the upstream to accept it.
@@ -190,6 +192,7 @@ impl<C: RefreshClient> Refresher<C> {
             unsaved: None,
             offered: None,
             last_resync: None,
+            last_latency: Duration::ZERO,
         };
         (me, RefreshHandle { tx })
     }
@@ -261,7 +264,10 @@ impl<C: RefreshClient> Refresher<C> {
     fn due_in(&self, now: &Stamp) -> Option<Duration> {
         let current = self.cell.load()?;
         if !self.authority.may_refresh() {
-            let remaining = current.revoke_after.saturating_sub(current.confirmed.elapsed(now));
+            let remaining = current
+                .revoke_after
+                .saturating_sub(current.confirmed.elapsed(now))
+                .saturating_sub(self.last_latency);
             if !(self.authority.last_resort(remaining) && current.check(now).is_ok()) {
                 return None;
             }
@@ -333,6 +339,7 @@ impl<C: RefreshClient> Refresher<C> {
             }
         };
         let latency = started.elapsed();
+        self.last_latency = latency;
         let result = match result {
             Ok(Refreshed::New { token, expires_at }) => self.adopt_refreshed(&old, token, expires_at).await,
             Ok(Refreshed::Kept) => self.confirm(&old).await,
