@@ -30,6 +30,9 @@ use crate::{
     },
 };
 
+/// The longest pause between two attempts to list or watch: a replica learns of the API's return this soon.
+const MAX_PAUSE: Duration = Duration::from_secs(2);
+
 /// The key of the chain in the state Secret, and of the administrator's token in its Secret.
 pub(crate) const STATE_KEY: &str = "state";
 pub(crate) const TOKEN_KEY: &str = "token";
@@ -284,7 +287,7 @@ async fn watch_named(
                 metrics.cluster_api_error("watch");
                 tracing::warn!(event = "cluster_api_error", op = "list", secret = %name, error = %api_error(&e), "cannot list the Secret; retrying");
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(5));
+                pause = (pause * 2).min(MAX_PAUSE);
                 continue;
             }
         };
@@ -304,7 +307,7 @@ async fn watch_named(
                     metrics.cluster_api_error("watch");
                     tracing::warn!(event = "cluster_api_error", op = "watch", secret = %name, error = %api_error(&e), "cannot watch the Secret; retrying");
                     tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(5));
+                    pause = (pause * 2).min(MAX_PAUSE);
                     break 'watch;
                 }
             };

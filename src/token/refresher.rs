@@ -399,6 +399,24 @@ impl<C: RefreshClient> Refresher<C> {
     }
 
     fn fail(&mut self, old: &Current, e: &RefreshError) {
+        if let (RefreshError::Revoked(_), true) = (e, self.authority.shared()) {
+            // Someone else may have refreshed the shared chain (a new leader, a last-resort refresh): not usable
+            // here, but not revoked either, until the store says more.
+            self.cell.store(None);
+            self.failures = 0;
+            self.retry_at = None;
+            tracing::error!(
+                event = "token_refused",
+                fingerprint = %old.token().fingerprint(),
+                "the upstream refused the token; waiting for the chain's newest link in the state Secret"
+            );
+            self.cell.update_status(|s| {
+                s.refreshing = false;
+                s.last_error = Some(format!("{e}; waiting for a newer link in the state Secret"));
+                s.last_fingerprint = Some(old.token().fingerprint());
+            });
+            return;
+        }
         if let RefreshError::Revoked(_) = e {
             self.cell.store(None);
             self.failures = 0;

@@ -47,6 +47,11 @@ impl Fixture {
             ..SimConfig::default()
         })
         .await;
+        Self::on(upstream).await
+    }
+
+    /// In front of `upstream`.
+    async fn on(upstream: Upstream) -> Self {
         let api = KubeApi::spawn().await;
         let admin_token = upstream.token();
         api.seed_secret(ADMIN_SECRET, &[("token", &admin_token)]);
@@ -517,4 +522,63 @@ async fn a_chain_from_mode_off_starts_from_the_state_file_and_an_emptied_state_i
         f.state()
     );
     assert_eq!(a.get().await, 200);
+}
+
+#[tokio::test]
+async fn an_api_outage_longer_than_revoke_after_keeps_the_leader_serving_and_state_catches_up() {
+    // An IsSettled that lets a refreshed-away token live on (so followers serve until their deadline).
+    let upstream = Upstream::spawn_with(SimConfig {
+        revoke_after: Duration::from_secs(8),
+        ..SimConfig::default()
+    })
+    .await;
+    let f = Fixture::on(upstream).await;
+    let a = f.start("replica-a").await;
+    let b = f.start("replica-b").await;
+    let leader_id = the_leader(&[&a, &b]).await.id.clone();
+    let (leader, follower) = if a.id == leader_id { (&a, &b) } else { (&b, &a) };
+    f.api.set_down(true);
+    let outage = Instant::now();
+    let (mut leader_failed, mut follower_503) = (0, 0);
+    while outage.elapsed() < Duration::from_secs(12) {
+        if leader.get().await != 200 {
+            leader_failed += 1;
+        }
+        match follower.get().await {
+            200 => {}
+            503 => follower_503 += 1,
+            other => panic!("the follower answered {other} (200 while its token lasts, then 503)"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        leader_failed, 0,
+        "the last leader kept the chain alive by last-resort refreshes"
+    );
+    assert!(
+        follower_503 > 0,
+        "the follower answered 503 TOKEN_UNAVAILABLE once its token's deadline passed"
+    );
+    let logs = leader.run.stdout();
+    assert!(
+        logs.contains("last_resort_refresh"),
+        "the last-resort refresh is logged at warn"
+    );
+    f.api.set_down(false);
+    let caught_up = within(Duration::from_secs(5), async || {
+        let Some(state) = f.state() else { return false };
+        let (sl, sf) = (leader.status().await, follower.status().await);
+        let fp = |s: &Value| s["token"]["fingerprint"].clone();
+        sl["cluster"]["state_generation"] == state["generation"]
+            && fp(&sl) == fp(&sf)
+            && sf["token"]["state"] == "valid"
+    })
+    .await;
+    assert!(
+        caught_up.is_some(),
+        "state caught up and every replica uses it within 5 s: {:?} / {}",
+        f.state(),
+        follower.status().await
+    );
+    assert_eq!(follower.get().await, 200);
 }
