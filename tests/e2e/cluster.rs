@@ -277,7 +277,7 @@ async fn a_killed_leader_is_replaced_within_the_lease_and_the_chain_goes_on() {
     let b = f.start("replica-b").await;
     let c = f.start("replica-c").await;
     let leader = the_leader(&[&a, &b, &c]).await.id.clone();
-    let (mut dead, rest): (Vec<Replica>, Vec<Replica>) = [a, b, c].into_iter().partition(|r| r.id == leader);
+    let (dead, rest): (Vec<Replica>, Vec<Replica>) = [a, b, c].into_iter().partition(|r| r.id == leader);
     let generation = f.generation();
     dead[0].run.signal("KILL");
     let bound = LEASE_DURATION + 3 * RETRY_PERIOD + Duration::from_secs(1);
