@@ -125,7 +125,8 @@ class Pod:
     def __init__(self, name, objects):
         self.name = name
         self.kinds = by_kind(objects)
-        self.deployment = self.kinds["Deployment"][0]
+        self.deployment = next(d for d in self.kinds["Deployment"]
+                               if any(c["name"] == SIDECAR for c in d["spec"]["template"]["spec"].get("initContainers", [])))
         self.template = self.deployment["spec"]["template"]
         self.spec = self.template["spec"]
         self.labels = self.template["metadata"].get("labels", {})
@@ -135,8 +136,12 @@ class Pod:
         self.apps = [c for c in self.spec.get("initContainers", []) + self.spec.get("containers", [])
                      if c["name"] != SIDECAR]
         self.env = {e["name"]: e for e in self.sidecar.get("env", [])}
-        cm = self.kinds.get("ConfigMap", [{}])[0]
-        self.config_text = cm.get("data", {}).get("config.toml", "")
+        # The ConfigMap behind the volume mounted at the configuration's directory.
+        config_mount = next((m for m in self.sidecar.get("volumeMounts", [])
+                             if m["mountPath"] == os.path.dirname(CONFIG_PATH)), {})
+        config_map = self.volumes.get(config_mount.get("name"), {}).get("configMap", {}).get("name")
+        self.configmap = next((c for c in self.kinds.get("ConfigMap", []) if c["metadata"]["name"] == config_map), {})
+        self.config_text = self.configmap.get("data", {}).get("config.toml", "")
         self.file_config = tomllib.loads(self.config_text)
         # The effective configuration: the file, then ISSETTLED_PROXY__SECTION__KEY variables.
         self.config = dict(flatten(self.file_config))
@@ -213,11 +218,20 @@ def check_networkpolicy(where, pod, policy, admin_port):
 
 def check_overlay(name, objects, source_config, allowed_keys, binary, shipped):
     kinds = by_kind(objects)
-    for kind in ("Deployment", "ServiceAccount", "ConfigMap", "Service"):
-        if not check(len(kinds.get(kind, [])) == 1, f"{name}: expected one {kind}, rendered {len(kinds.get(kind, []))}"):
-            return
-    check(len(kinds.get("NetworkPolicy", [])) <= 1, f"{name}: more than one NetworkPolicy")
+    with_sidecar = [d for d in kinds.get("Deployment", [])
+                    if any(c["name"] == SIDECAR for c in d["spec"]["template"]["spec"].get("initContainers", []))]
+    if not check(len(with_sidecar) == 1, f"{name}: expected one Deployment with the {SIDECAR} sidecar, rendered {len(with_sidecar)}"):
+        return
     pod = Pod(name, objects)
+    if not check(bool(pod.configmap), f"{name}: the ConfigMap mounted at {os.path.dirname(CONFIG_PATH)} is not rendered"):
+        return
+    accounts = [a for a in kinds.get("ServiceAccount", []) if a["metadata"]["name"] == pod.spec.get("serviceAccountName")]
+    if not check(len(accounts) == 1, f"{name}: the pod's ServiceAccount is not rendered"):
+        return
+    services = [s for s in kinds.get("Service", []) if pod.selects(s["spec"].get("selector", {}))]
+    check(len(services) == 1, f"{name}: expected one Service for the app, rendered {len(services)}")
+    policies = [p for p in kinds.get("NetworkPolicy", []) if pod.selects(p["spec"].get("podSelector", {}).get("matchLabels", {}))]
+    check(len(policies) == len(kinds.get("NetworkPolicy", [])) <= 1, f"{name}: expected at most one NetworkPolicy, selecting the pod")
     config, spec, proxy = pod.config, pod.spec, pod.sidecar
     where = f"{name}: {SIDECAR}"
 
@@ -246,7 +260,7 @@ def check_overlay(name, objects, source_config, allowed_keys, binary, shipped):
             failures.append(f"{name}: {key}: {error}")
 
     # --- the pod and the sidecar ----------------------------------------------------------
-    sa = kinds["ServiceAccount"][0]
+    sa = accounts[0]
     check(spec.get("automountServiceAccountToken") is False, f"{name}: pod automountServiceAccountToken must be false")
     check(sa.get("automountServiceAccountToken") is False, f"{name}: ServiceAccount automountServiceAccountToken must be false")
     check(spec.get("serviceAccountName") == sa["metadata"]["name"], f"{name}: pod serviceAccountName must name the ServiceAccount")
@@ -275,7 +289,7 @@ def check_overlay(name, objects, source_config, allowed_keys, binary, shipped):
 
     configmap = mounted(CONFIG_PATH, "configMap")
     if configmap:
-        check(configmap["name"] == kinds["ConfigMap"][0]["metadata"]["name"], f"{name}: config volume must use the generated ConfigMap")
+        check(configmap["name"].startswith("issettled-proxy-config"), f"{name}: config volume must use the generated ConfigMap")
     if config.get("token.state_file"):
         mounted(config["token.state_file"], "emptyDir")
         check(not mounts.get(os.path.dirname(config["token.state_file"]), {}).get("readOnly"),
@@ -306,14 +320,13 @@ def check_overlay(name, objects, source_config, allowed_keys, binary, shipped):
     check(annotations.get("prometheus.io/path") == "/metrics", f"{name}: prometheus.io/path must be /metrics")
 
     # --- the app's Service: the app's ports only -------------------------------------------
-    service = kinds["Service"][0]["spec"]
-    check(pod.selects(service.get("selector", {})), f"{name}: Service does not select the pod")
     app_ports = {p.get("name"): p["containerPort"] for c in pod.apps for p in c.get("ports", [])}
-    for port in service.get("ports", []):
-        target = port.get("targetPort", port.get("port"))
-        check(target in app_ports or target in app_ports.values(),
-              f"{name}: Service port {port.get('name')} targets {target!r}, not a port of the app container")
-        check(target not in ("admin", admin_port, 8080), f"{name}: Service must not expose the sidecar's ports")
+    for service in services:
+        for port in service["spec"].get("ports", []):
+            target = port.get("targetPort", port.get("port"))
+            check(target in app_ports or target in app_ports.values(),
+                  f"{name}: Service port {port.get('name')} targets {target!r}, not a port of the app container")
+            check(target not in ("admin", admin_port, 8080), f"{name}: Service must not expose the sidecar's ports")
 
     # --- the variant ----------------------------------------------------------------------
     if pod.mode == "kubernetes":
@@ -324,7 +337,7 @@ def check_overlay(name, objects, source_config, allowed_keys, binary, shipped):
 
     # --- NetworkPolicy (optional) ---------------------------------------------------------
     cidrs = []
-    for policy in kinds.get("NetworkPolicy", []):
+    for policy in policies:
         cidrs = check_networkpolicy(name, pod, policy, admin_port)
 
     # --- example values are marked, marked values are examples -----------------------------
@@ -347,8 +360,8 @@ def check_overlay(name, objects, source_config, allowed_keys, binary, shipped):
                         f"annotation {MARKER} to keep it as an example)")
     for key in sorted(marked - found):
         failures.append(f"{name}: annotation {MARKER} lists {key}, which holds no example value: remove it from the list")
-    if found:
-        log(f"{name}: example values, marked as such: {' '.join(sorted(found))}")
+    if found & marked:
+        log(f"{name}: example values, marked as such: {' '.join(sorted(found & marked))}")
 
     check_config(name, pod, binary)
 

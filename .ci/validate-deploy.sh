@@ -44,7 +44,8 @@ DOCKERFILE_PARSER_VERSION=3.4.0
 K8S_VERSIONS=(1.29.0 1.37.0)
 # Shipped overlays, each with the configuration its ConfigMap must hold (DIR=CONFIG).
 SHIPPED_OVERLAYS=(deploy/overlays/example=deploy/base/config.toml
-                  deploy/overlays/cluster=deploy/components/cluster/config.toml)
+                  deploy/overlays/cluster=deploy/components/cluster/config.toml
+                  deploy/manual-check=deploy/components/cluster/config.toml)
 EXTRA_MANIFESTS=(deploy/base/secret-token.example.yaml)
 
 VENV=${ISSETTLED_DEPLOY_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/issettled-proxy/validate-deploy-venv}
