@@ -522,27 +522,30 @@ def check_base(objects, text):
     check("issettled.example" not in text, "deploy/base: renders an example host")
 
 
-def check_networkpolicy_component(path):
-    name = "deploy/base + components/networkpolicy"
-    objects = load(path)
+def the_policy(name, objects):
+    """The pod and the one NetworkPolicy of a component's render, or (None, None)."""
     policies = by_kind(objects).get("NetworkPolicy", [])
     if not check(len(policies) == 1, f"{name}: expected one NetworkPolicy"):
+        return None, None
+    return Pod(name, objects), policies[0]["spec"]
+
+
+def check_networkpolicy_component(objects):
+    name = "deploy/base + components/networkpolicy"
+    pod, spec = the_policy(name, objects)
+    if not pod:
         return
-    pod = Pod(name, objects)
-    spec = policies[0]["spec"]
     check(pod.selects(spec.get("podSelector", {}).get("matchLabels", {})), f"{name}: podSelector does not select the pod")
     # Exactly the rules deploy/README.md documents, nothing more.
     check(spec.get("ingress") == [SIDECAR_INGRESS], f"{name}: ingress must be exactly {SIDECAR_INGRESS}")
     check(spec.get("egress") == [SIDECAR_DNS, SIDECAR_HTTPS], f"{name}: egress must be exactly DNS and TCP 443")
 
 
-def check_outbound_proxy_component(path):
+def check_outbound_proxy_component(objects):
     name = "deploy/base + components/networkpolicy + components/outbound-proxy"
-    objects = load(path)
-    policies = by_kind(objects).get("NetworkPolicy", [])
-    if not check(len(policies) == 1, f"{name}: expected one NetworkPolicy"):
+    pod, spec = the_policy(name, objects)
+    if not pod:
         return
-    pod = Pod(name, objects)
     proxy = proxy_url(pod)
     url = urllib.parse.urlsplit(proxy)
     if not check(url.scheme == "http" and url.hostname and url.port, f"{name}: HTTPS_PROXY must be http://HOST:PORT, is {proxy!r}"):
@@ -550,7 +553,7 @@ def check_outbound_proxy_component(path):
     check(not url.username and not url.password, f"{name}: no credentials in HTTPS_PROXY (use upstream.proxy_auth_file)")
     no_proxy = {h.strip() for h in pod.env.get("NO_PROXY", {}).get("value", "").split(",")}
     check({"127.0.0.1", "localhost"} <= no_proxy, f"{name}: NO_PROXY must hold 127.0.0.1 and localhost")
-    egress = policies[0]["spec"].get("egress", [])
+    egress = spec.get("egress", [])
     check(not any(("TCP", 443) in ports_of(r) for r in egress), f"{name}: the TCP 443 rule must give way to the proxy's")
     check(any(ports_of(r) == {("TCP", url.port)} and r.get("to") for r in egress),
           f"{name}: no egress rule to the proxy (TCP {url.port} with `to`)")
@@ -663,13 +666,20 @@ MUTATIONS = [
      lambda o: find(o, "Deployment")["spec"].update(replicas=2), "replicas"),
     ("a NetworkPolicy in the base", "base",
      lambda o: o.append({"kind": "NetworkPolicy", "metadata": {"name": "x"}, "spec": {}}), "NetworkPolicy"),
+    ("the component opens the database too", "networkpolicy",
+     lambda o: find(o, "NetworkPolicy")["spec"]["egress"].append({"ports": [{"protocol": "TCP", "port": 5432}]}), "egress must be"),
+    ("the component drops DNS", "networkpolicy",
+     lambda o: find(o, "NetworkPolicy")["spec"]["egress"].pop(0), "egress must be"),
+    ("HTTPS to the world beside the proxy", "outbound-proxy",
+     lambda o: find(o, "NetworkPolicy")["spec"]["egress"].append(SIDECAR_HTTPS), "give way"),
+    ("the proxy's password in HTTPS_PROXY", "outbound-proxy",
+     lambda o: sidecar(o)["env"][0].update(value="http://u:p@proxy.example:3128"), "credentials"),
 ]
 
 
-def self_test(base, example, cluster, allowed):
+def self_test(renders, allowed):
     """Each check above fails on the breakage it exists for (a check that cannot fail is no check)."""
     global failures, quiet
-    renders = {"base": base, "example": example, "cluster": cluster}
     missed = []
     for what, render, mutate, phrase in MUTATIONS:
         objects = copy.deepcopy(renders[render])
@@ -677,6 +687,10 @@ def self_test(base, example, cluster, allowed):
         failures, quiet = [], True
         if render == "base":
             check_base(objects, "")
+        elif render == "networkpolicy":
+            check_networkpolicy_component(objects)
+        elif render == "outbound-proxy":
+            check_outbound_proxy_component(objects)
         else:
             check_overlay(f"self-test {render}", objects, None, allowed, None, shipped=True)
         if not any(phrase in f for f in failures):
@@ -701,8 +715,9 @@ def main():
     allowed = contract_keys(args.contract)
     base = load(args.base)
     check_base(base, open(args.base, encoding="utf-8").read())
-    check_networkpolicy_component(args.networkpolicy)
-    check_outbound_proxy_component(args.outbound_proxy)
+    components = {"networkpolicy": load(args.networkpolicy), "outbound-proxy": load(args.outbound_proxy)}
+    check_networkpolicy_component(components["networkpolicy"])
+    check_outbound_proxy_component(components["outbound-proxy"])
     check_podmonitor(args.podmonitor, "deploy/components/podmonitor/podmonitor.yaml")
     shipped = {}
     for overlay in args.overlay:
@@ -715,7 +730,8 @@ def main():
     if failures:
         print("\n".join(f"validate-deploy: FAIL: {m}" for m in failures), file=sys.stderr)
         sys.exit(1)
-    self_test(base, shipped["deploy/overlays/example"], shipped["deploy/overlays/cluster"], allowed)
+    self_test({"base": base, "example": shipped["deploy/overlays/example"],
+               "cluster": shipped["deploy/overlays/cluster"], **components}, allowed)
 
     if failures:
         print("\n".join(f"validate-deploy: FAIL: {m}" for m in failures), file=sys.stderr)
