@@ -446,6 +446,7 @@ def check_cluster(name, pod, kinds, shipped):
             check(binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": roles[0]["metadata"]["name"]},
                   f"{name}: RoleBinding must refer to the Role")
             namespace = pod.deployment["metadata"].get("namespace")
+            check(bool(namespace), f"{name}: cluster mode: set `namespace:` in the overlay (it fills in the RoleBinding's subject)")
             check(binding.get("subjects") == [{"kind": "ServiceAccount", "name": spec.get("serviceAccountName"), "namespace": namespace}],
                   f"{name}: RoleBinding's only subject must be the pod's ServiceAccount")
 
