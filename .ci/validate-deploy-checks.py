@@ -669,6 +669,8 @@ MUTATIONS = [
      lambda o: find(o, "Deployment")["metadata"]["annotations"].pop(MARKER), "example value"),
     ("the example host unmarked", "example",
      lambda o: find(o, "Deployment")["metadata"]["annotations"].update({MARKER: "image networkpolicy.cidr"}), "example value"),
+    ("a replaced value still listed as an example", "example",
+     lambda o: sidecar(o)["env"][0].update(value="https://api.issettled.com"), "holds no example value"),
     ("ingress to the proxy port", "example",
      lambda o: find(o, "NetworkPolicy")["spec"]["ingress"].append(
          {"from": [{"podSelector": {}}], "ports": [{"protocol": "TCP", "port": 8080}]}), "proxy port"),
