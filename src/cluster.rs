@@ -3,5 +3,6 @@
 
 mod kube;
 mod lease;
+mod lease;
 #[cfg(test)]
 mod test_api;
