@@ -3,6 +3,5 @@
 
 mod kube;
 mod lease;
-mod lease;
 #[cfg(test)]
 mod test_api;
