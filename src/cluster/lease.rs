@@ -88,10 +88,6 @@ impl Election {
         }
     }
 
-    pub(crate) fn identity(&self) -> &str {
-        &self.identity
-    }
-
     pub(crate) fn is_leader(&self) -> bool {
         self.renewed_at.is_some()
     }

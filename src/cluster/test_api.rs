@@ -1,7 +1,8 @@
 //! A Lease-only fake of the Kubernetes API for the cluster unit tests, served over a real socket on 127.0.0.1:
 //! get and update (resourceVersion that only grows, 409 Conflict on a stale update, 404 for a missing Lease),
-//! Status bodies as the API writes them, fault knobs, and a kubeconfig that points at it over plain http.
-//! (The end-to-end tests have their own, fuller fake.)
+//! Status bodies as the API writes them, fault knobs, and a kubeconfig that points at it over plain http. The same
+//! routes also serve a client in memory, for tests on tokio's paused clock. (The end-to-end tests have their own,
+//! fuller fake.)
 
 use std::{
     collections::HashMap,
@@ -51,6 +52,7 @@ pub(crate) struct FakeApi {
     state: Shared,
     server: tokio::task::JoinHandle<()>,
     dir: tempfile::TempDir,
+    app: Router,
 }
 
 // === impl FakeApi ===
@@ -75,15 +77,22 @@ impl FakeApi {
             .await
             .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr");
+        let served = app.clone();
         let server = tokio::spawn(async move {
-            axum::serve(listener, app).await.expect("fake API serves");
+            axum::serve(listener, served).await.expect("fake API serves");
         });
         FakeApi {
             addr,
             state,
             server,
             dir: tempfile::tempdir().expect("temp dir"),
+            app,
         }
+    }
+
+    /// A client that calls the routes in memory, with no socket: the paused clock then runs the whole test.
+    pub(crate) fn client_in_memory(&self) -> kube::Client {
+        kube::Client::new(self.app.clone(), Self::NAMESPACE)
     }
 
     /// A kubeconfig whose current context points at the fake over http, namespace [`Self::NAMESPACE`].
@@ -113,6 +122,17 @@ impl FakeApi {
         lease.metadata.name = Some(name.to_owned());
         lease.metadata.namespace = Some(Self::NAMESPACE.to_owned());
         lease.spec = Some(LeaseSpec::default());
+        inner.store(lease);
+    }
+
+    /// Another writer (a replica outside the test) takes the Lease `name` for `holder`.
+    pub(crate) fn take_lease(&self, name: &str, holder: &str) {
+        let mut inner = self.state.lock().expect("fake API lock");
+        let mut lease = inner.leases.get(name).cloned().expect("the lease exists");
+        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+        spec.holder_identity = Some(holder.to_owned());
+        spec.lease_duration_seconds = Some(15);
+        spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
         inner.store(lease);
     }
 
