@@ -1,9 +1,9 @@
 //! Builds the Kubernetes API client as kubectl finds the API: the current context of `KUBECONFIG`, else the pod's
-//! service account. The environment comes in as a map; nothing here reads the process environment, so the proxy
-//! variables meant for IsSettled (`HTTPS_PROXY`, `ALL_PROXY`, `NO_PROXY`) never reach the API connection.
+//! service account. The environment comes in through the settings; nothing here reads the process environment (as
+//! kube's own loaders would), so the proxy variables meant for IsSettled (`HTTPS_PROXY`, `ALL_PROXY`, `NO_PROXY`)
+//! never reach the API connection.
 
 use std::{
-    collections::HashMap,
     net::IpAddr,
     path::{Path, PathBuf},
     time::Duration,
@@ -66,22 +66,16 @@ pub(crate) enum ClusterError {
 
 // === impl ApiSettings ===
 
+#[cfg(test)]
 impl ApiSettings {
-    /// The settings kubectl would use in `env`; `namespace` is `cluster.namespace` (empty: not set).
-    pub(crate) fn from_env(namespace: &str, call_timeout: Duration, env: &HashMap<String, String>) -> Self {
-        let non_empty = |key: &str| env.get(key).filter(|v| !v.is_empty()).cloned();
-        let kubeconfig = non_empty("KUBECONFIG")
-            .map(|list| list.split(':').filter(|p| !p.is_empty()).map(PathBuf::from).collect())
-            .unwrap_or_default();
-        let namespace = Some(namespace.to_owned())
-            .filter(|n| !n.is_empty())
-            .or_else(|| non_empty("POD_NAMESPACE"));
+    /// Only a kubeconfig, as with `KUBECONFIG` set and nothing else.
+    pub(crate) fn with_kubeconfig(kubeconfig: Vec<PathBuf>, call_timeout: Duration) -> Self {
         ApiSettings {
             kubeconfig,
-            service_host: non_empty("KUBERNETES_SERVICE_HOST"),
-            service_port: non_empty("KUBERNETES_SERVICE_PORT"),
+            service_host: None,
+            service_port: None,
             service_account_dir: PathBuf::from(SERVICE_ACCOUNT_DIR),
-            namespace,
+            namespace: None,
             call_timeout,
         }
     }

@@ -111,8 +111,7 @@ impl FakeApi {
 
     /// Settings that reach the fake through [`Self::kubeconfig`].
     pub(crate) fn settings(&self, call_timeout: Duration) -> ApiSettings {
-        let env = HashMap::from([("KUBECONFIG".to_owned(), self.kubeconfig().display().to_string())]);
-        ApiSettings::from_env("", call_timeout, &env)
+        ApiSettings::with_kubeconfig(vec![self.kubeconfig()], call_timeout)
     }
 
     /// Creates (or replaces) the Lease `name`, as deploy ships it: no holder.

@@ -14,10 +14,6 @@ use crate::cluster::test_api::{FakeApi, Fault};
 
 const CALL: Duration = Duration::from_secs(2);
 
-fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
-}
-
 #[tokio::test]
 async fn a_kubeconfig_with_a_plain_http_server_reaches_it_in_the_contexts_namespace() {
     let api = FakeApi::start().await;
@@ -32,20 +28,6 @@ async fn a_kubeconfig_with_a_plain_http_server_reaches_it_in_the_contexts_namesp
     assert_eq!(api.requests(), ["GET issettled-proxy"]);
 }
 
-#[test]
-fn the_namespace_is_the_setting_else_pod_namespace_else_the_clients() {
-    let env = env(&[("POD_NAMESPACE", "from-pod")]);
-    assert_eq!(
-        ApiSettings::from_env("configured", CALL, &env).namespace.as_deref(),
-        Some("configured")
-    );
-    assert_eq!(
-        ApiSettings::from_env("", CALL, &env).namespace.as_deref(),
-        Some("from-pod")
-    );
-    assert_eq!(ApiSettings::from_env("", CALL, &HashMap::new()).namespace, None);
-}
-
 #[tokio::test]
 async fn the_namespace_setting_overrides_the_contexts() {
     let api = FakeApi::start().await;
@@ -57,39 +39,24 @@ async fn the_namespace_setting_overrides_the_contexts() {
     );
 }
 
-#[test]
-fn kubeconfig_lists_are_split_and_service_variables_read_from_the_map() {
-    let env = env(&[
-        ("KUBECONFIG", "/a/config:/b/config"),
-        ("KUBERNETES_SERVICE_HOST", "10.0.0.1"),
-        ("KUBERNETES_SERVICE_PORT", "443"),
-    ]);
-    let settings = ApiSettings::from_env("", CALL, &env);
-    assert_eq!(
-        settings.kubeconfig,
-        [PathBuf::from("/a/config"), PathBuf::from("/b/config")]
-    );
-    assert_eq!(settings.service_host.as_deref(), Some("10.0.0.1"));
-}
-
 #[tokio::test]
-async fn proxy_variables_in_the_environment_are_not_used() {
-    // A proxy that would answer every request with 502: reaching it would fail the call.
-    let proxy = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let proxy_url = format!("http://{}", proxy.local_addr().expect("addr"));
+async fn kubeconfig_files_are_merged_as_kubectl_merges_them() {
     let api = FakeApi::start().await;
     api.create_lease("issettled-proxy");
-    let mut env = env(&[
-        ("HTTPS_PROXY", &proxy_url),
-        ("HTTP_PROXY", &proxy_url),
-        ("ALL_PROXY", &proxy_url),
-    ]);
-    env.insert("KUBECONFIG".to_owned(), api.kubeconfig().display().to_string());
-    let client = client(&ApiSettings::from_env("", CALL, &env)).await.expect("client");
+    let whole = std::fs::read_to_string(api.kubeconfig()).expect("read kubeconfig");
+    let (head, users) = whole.split_once("users:").expect("a users section");
+    let first = api.kubeconfig().with_file_name("first");
+    let second = api.kubeconfig().with_file_name("second");
+    std::fs::write(&first, head).expect("write");
+    std::fs::write(&second, format!("apiVersion: v1\nkind: Config\nusers:{users}")).expect("write");
+    let client = client(&ApiSettings::with_kubeconfig(vec![first, second], CALL))
+        .await
+        .expect("client");
+    assert_eq!(client.default_namespace(), FakeApi::NAMESPACE);
     Api::<Lease>::default_namespaced(client)
         .get("issettled-proxy")
         .await
-        .expect("reached the API directly");
+        .expect("get");
 }
 
 /// Run by [`the_process_proxy_variables_are_not_used`] in a child process whose environment has them.
@@ -97,8 +64,9 @@ async fn proxy_variables_in_the_environment_are_not_used() {
 #[ignore = "run as a child process with HTTPS_PROXY set"]
 async fn child_reaches_the_api_directly() {
     let kubeconfig = std::env::var("ISSETTLED_TEST_KUBECONFIG").expect("set by the parent test");
-    let env = env(&[("KUBECONFIG", &kubeconfig)]);
-    let client = client(&ApiSettings::from_env("", CALL, &env)).await.expect("client");
+    let client = client(&ApiSettings::with_kubeconfig(vec![kubeconfig.into()], CALL))
+        .await
+        .expect("client");
     Api::<Lease>::default_namespaced(client)
         .get("issettled-proxy")
         .await
@@ -212,12 +180,12 @@ async fn in_a_pod_the_service_account_is_used() {
     std::fs::write(dir.path().join("ca.crt"), ca.cert.pem()).expect("ca.crt");
     std::fs::write(dir.path().join("token"), "sa-credential").expect("token");
     std::fs::write(dir.path().join("namespace"), "payments\n").expect("namespace");
-    let env = env(&[
-        ("KUBERNETES_SERVICE_HOST", "127.0.0.1"),
-        ("KUBERNETES_SERVICE_PORT", "6443"),
-    ]);
-    let mut settings = ApiSettings::from_env("", CALL, &env);
-    settings.service_account_dir = dir.path().to_owned();
+    let mut settings = ApiSettings {
+        service_host: Some("127.0.0.1".to_owned()),
+        service_port: Some("6443".to_owned()),
+        service_account_dir: dir.path().to_owned(),
+        ..ApiSettings::with_kubeconfig(Vec::new(), CALL)
+    };
     let config = in_cluster(&settings).expect("in-cluster config");
     assert_eq!(config.cluster_url.to_string(), "https://127.0.0.1:6443/");
     assert_eq!(config.default_namespace, "payments");
@@ -233,7 +201,7 @@ async fn in_a_pod_the_service_account_is_used() {
 
 #[tokio::test]
 async fn without_kubeconfig_or_service_variables_there_is_no_api() {
-    let result = client(&ApiSettings::from_env("", CALL, &HashMap::new())).await;
+    let result = client(&ApiSettings::with_kubeconfig(Vec::new(), CALL)).await;
     assert!(matches!(result, Err(ClusterError::NoApi)), "{:?}", result.err());
 }
 
@@ -242,8 +210,7 @@ async fn a_broken_kubeconfig_is_reported_without_quoting_it() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("kubeconfig");
     std::fs::write(&path, "users:\n- name: x\n  user: {token: secret-credential-1234\n").expect("write");
-    let env = env(&[("KUBECONFIG", &path.display().to_string())]);
-    let Err(error) = client(&ApiSettings::from_env("", CALL, &env)).await else {
+    let Err(error) = client(&ApiSettings::with_kubeconfig(vec![path], CALL)).await else {
         panic!("accepted")
     };
     let error = error.to_string();
