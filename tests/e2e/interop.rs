@@ -1,4 +1,4 @@
-//! Issue 2 point 9: the running binary driven end to end by curl and by Python's standard library, checked
+//! Interoperability: the running binary driven end to end by curl and by Python's standard library, checked
 //! against what the simulated IsSettled received (the proxy's Bearer token, never the app's).
 
 use std::time::Duration;

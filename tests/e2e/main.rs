@@ -6,12 +6,18 @@
 mod support;
 
 mod admin;
+mod bodies;
 mod cli;
 mod connections;
 mod errors;
 mod forwarding;
-mod hardening;
+mod framing;
+mod headers;
 mod interop;
+mod limits;
+mod origins;
+mod paths;
 mod shutdown;
 mod token;
 mod upstream;
+mod upstream_faults;
