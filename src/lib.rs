@@ -28,6 +28,7 @@ pub mod config;
 pub mod demo;
 pub mod errors;
 pub mod metrics;
+pub mod path;
 pub mod proxy;
 pub mod server;
 pub mod shutdown;

@@ -34,7 +34,7 @@ pub struct Rules {
     pub allowed_methods: Vec<Method>,
     pub allowed_path_prefixes: Vec<String>,
     /// `token.refresh_path`: the proxy's own endpoint, never forwarded for an app.
-    pub refresh_path: policy::RefreshPath,
+    pub refresh_path: crate::path::RefreshPath,
     pub max_body_bytes: u64,
     pub inbound_authorization: InboundAuthorization,
     pub retry_on_401: Vec<Method>,
@@ -50,7 +50,7 @@ impl Rules {
             allowed_origins: cfg.listen.allowed_origins.clone(),
             allowed_methods: cfg.policy.allowed_methods.clone(),
             allowed_path_prefixes: cfg.policy.allowed_path_prefixes.clone(),
-            refresh_path: policy::RefreshPath::new(&cfg.token.refresh_path),
+            refresh_path: crate::path::RefreshPath::new(&cfg.token.refresh_path),
             max_body_bytes: cfg.policy.max_body_bytes,
             inbound_authorization: cfg.policy.inbound_authorization,
             retry_on_401: cfg.policy.retry_on_401.clone(),

@@ -97,7 +97,7 @@ pub(crate) fn base_url(text: &str) -> Result<BaseUrl, ConfigError> {
         return Err(invalid(KEY, "must not have a query or fragment"));
     }
     let prefix = uri.path().trim_end_matches('/').to_owned();
-    if crate::proxy::policy::check_path(if prefix.is_empty() { "/" } else { &prefix }).is_err() {
+    if crate::path::check_path(if prefix.is_empty() { "/" } else { &prefix }).is_err() {
         return Err(invalid(
             KEY,
             "path prefix must not contain dot-segments, backslashes or `//`",
@@ -282,7 +282,7 @@ fn policy(f: &super::file::Policy) -> Result<PolicyConfig, ConfigError> {
         if !p.starts_with('/') {
             return Err(invalid(PREFIXES, format!("`{p}` must start with `/`")));
         }
-        if crate::proxy::policy::check_path(p).is_err() {
+        if crate::path::check_path(p).is_err() {
             return Err(invalid(
                 PREFIXES,
                 format!("`{p}` has dot-segments, backslashes or `//`"),

@@ -8,7 +8,7 @@ use crate::support::{
     ProxyBuilder, Upstream,
 };
 use issettled_proxy::{
-    proxy::policy::{check_path, prefix_allowed},
+    path::{check_path, prefix_allowed},
     sim::SimConfig,
 };
 
