@@ -1,6 +1,10 @@
 //! The only wiring: build the state from the configuration (token cell and refresher, clients, metrics), serve
 //! the proxy and admin ports on listeners the caller bound, and run the shutdown sequence.
 
+mod check;
+
+pub use check::{check, render_effective};
+
 use std::{future::Future, os::unix::fs::PermissionsExt, sync::Arc};
 
 use tokio::net::{TcpListener, UnixListener};
@@ -76,25 +80,10 @@ pub fn bind_unix(path: &std::path::Path) -> Result<UnixListener, AppError> {
     Ok(listener)
 }
 
-/// Checks `check-config` does beyond parsing: the TLS material loads, and `token.state_file` can be a file in a
-/// directory (a missing directory is fine: `run` creates it).
-pub fn check(cfg: &Config) -> Result<(), ConfigError> {
-    client::tls_config(&cfg.upstream)?;
-    state_file_place(cfg, token::state_file::check_place)
-}
-
-/// Apply `rule` to `token.state_file`, if set; its refusal is a configuration error naming the key.
-fn state_file_place(cfg: &Config, rule: fn(&std::path::Path) -> Result<(), String>) -> Result<(), ConfigError> {
-    match &cfg.token.state_file {
-        Some(path) => rule(path).map_err(|reason| ConfigError::invalid("token.state_file", reason)),
-        None => Ok(()),
-    }
-}
-
 /// Bind the configured addresses and run until SIGTERM or SIGINT.
 pub async fn run_bound(cfg: Config) -> Result<(), AppError> {
     // A state file that cannot be written is a configuration error before any socket is bound.
-    state_file_place(&cfg, token::state_file::prepare)?;
+    check::state_file_place(&cfg, token::state_file::prepare)?;
     // Handlers first: from here on SIGTERM means a graceful stop, even during start-up.
     let signal = shutdown::os_signal();
     let listeners = Listeners::bind(&cfg).await?;
@@ -103,7 +92,7 @@ pub async fn run_bound(cfg: Config) -> Result<(), AppError> {
 
 /// Run on `listeners` until `signal` completes (or `POST /quitquitquit`), then shut down gracefully.
 pub async fn run(cfg: Config, listeners: Listeners, signal: impl Future<Output = ()>) -> Result<(), AppError> {
-    state_file_place(&cfg, token::state_file::prepare)?;
+    check::state_file_place(&cfg, token::state_file::prepare)?;
     run_prepared(cfg, listeners, signal).await
 }
 

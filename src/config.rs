@@ -15,8 +15,6 @@ use http::{uri::Authority, uri::Scheme, Method};
 pub use file::FileConfig;
 pub use redact::render_effective;
 
-use crate::token::{Token, TokenError};
-
 /// Prefix of the environment variables that override file values.
 pub const ENV_PREFIX: &str = "ISSETTLED_PROXY";
 
@@ -76,30 +74,52 @@ pub struct UpstreamConfig {
     pub client_key_file: Option<PathBuf>,
 }
 
-/// Where the initial token comes from.
-#[derive(Debug, Clone)]
-pub struct EnvToken {
+/// `token.env`: the variable's name, and its value as it was when the configuration was loaded (the environment
+/// of a process does not change). The value is kept here unread: the token module parses it
+/// (`token::source::EnvToken`), and no `Debug` or error ever shows it.
+#[derive(Clone)]
+pub struct TokenEnv {
     /// Name of the variable (checked to be a variable name, so it is safe to print).
     pub name: String,
-    /// Its value when the configuration was loaded (the environment of a process does not change), or why there
-    /// is none to use.
-    pub value: Result<Token, EnvTokenError>,
+    value: Option<String>,
 }
 
-/// Why `token.env` gives no token. Never carries the value.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum EnvTokenError {
-    #[error("not set")]
-    NotSet,
-    #[error("refused: {0}")]
-    Refused(TokenError),
+// === impl TokenEnv ===
+
+impl TokenEnv {
+    /// The variable `name` as `env` has it.
+    pub(crate) fn read(name: &str, env: &HashMap<String, String>) -> Self {
+        Self {
+            name: name.to_owned(),
+            value: env.get(name).cloned(),
+        }
+    }
+
+    /// The variable's value, `None` when it was not set. A secret: parse it, never print it.
+    pub fn value(&self) -> Option<&str> {
+        self.value.as_deref()
+    }
+}
+
+impl std::fmt::Debug for TokenEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let value = if self.value.is_some() {
+            "<set, not shown>"
+        } else {
+            "<not set>"
+        };
+        f.debug_struct("TokenEnv")
+            .field("name", &self.name)
+            .field("value", &value)
+            .finish()
+    }
 }
 
 /// `[token]`, validated.
 #[derive(Debug, Clone)]
 pub struct TokenConfig {
     pub file: Option<PathBuf>,
-    pub env: Option<EnvToken>,
+    pub env: Option<TokenEnv>,
     pub state_file: Option<PathBuf>,
     pub refresh_path: String,
     pub refresh_method: Method,

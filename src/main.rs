@@ -46,7 +46,7 @@ fn main() -> ExitCode {
                 .and_then(|cfg| app::check(&cfg).map_err(|e| e.naming_its_variable(&env)).map(|()| cfg))
             {
                 Ok(cfg) => {
-                    print!("{}", config::render_effective(&cfg));
+                    print!("{}", app::render_effective(&cfg));
                     ExitCode::SUCCESS
                 }
                 Err(e) => config_error(&e),

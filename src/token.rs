@@ -17,9 +17,9 @@ pub use cell::{Current, Stamp, TokenCell, Unusable};
 pub use refresher::{RefreshHandle, Refresher, Settings, Trigger};
 pub use secret::{Token, TokenError};
 
-use crate::config::{EnvTokenError, TokenConfig};
+use crate::config::TokenConfig;
 use cell::Source;
-use source::Candidate;
+use source::{Candidate, EnvToken, EnvTokenError};
 
 /// The token's state as `/status` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,7 +151,7 @@ pub fn initial_candidate(cfg: &TokenConfig) -> Option<Candidate> {
         }
     });
     let configured = configured.or_else(|| {
-        let env = cfg.env.as_ref()?;
+        let env = EnvToken::parse(cfg.env.as_ref()?);
         let token = match &env.value {
             Ok(token) => token.clone(),
             Err(EnvTokenError::NotSet) => {

@@ -7,10 +7,9 @@ use std::{collections::HashMap, net::SocketAddr, path::PathBuf, str::FromStr, ti
 use http::{Method, Uri};
 
 use super::{
-    BaseUrl, Config, ConfigError, EnvToken, EnvTokenError, FileConfig, InboundAuthorization, ListenConfig, LogConfig,
-    LogFormat, PolicyConfig, ShutdownConfig, TokenConfig, UpstreamConfig,
+    BaseUrl, Config, ConfigError, FileConfig, InboundAuthorization, ListenConfig, LogConfig, LogFormat, PolicyConfig,
+    ShutdownConfig, TokenConfig, TokenEnv, UpstreamConfig,
 };
-use crate::token::Token;
 
 fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::invalid(key, reason)
@@ -238,13 +237,7 @@ fn token(f: &super::file::Token, env: &HashMap<String, String>) -> Result<TokenC
             ),
         ));
     }
-    let env_token = (!env_name.is_empty()).then(|| EnvToken {
-        name: env_name.to_owned(),
-        value: match env.get(env_name) {
-            Some(v) => Token::parse(v).map_err(EnvTokenError::Refused),
-            None => Err(EnvTokenError::NotSet),
-        },
-    });
+    let env_token = (!env_name.is_empty()).then(|| TokenEnv::read(env_name, env));
     let refresh_path = f.refresh_path.trim().to_owned();
     if !refresh_path.starts_with('/') {
         return Err(invalid("token.refresh_path", "must start with `/`"));
