@@ -40,7 +40,7 @@ The token is refreshed every 30 s (the simulated upstream revokes it after 60 s 
 
 /// Run the demo until Ctrl-C.
 pub async fn run() -> Result<(), AppError> {
-    let signal = shutdown::os_signal();
+    let signals = shutdown::OsSignals::install();
     let sim = Sim::new(SimConfig {
         revoke_after: Duration::from_secs(60),
         token_ttl: Duration::from_secs(15 * 60),
@@ -68,5 +68,5 @@ pub async fn run() -> Result<(), AppError> {
         "{}",
         curl_lines(&cfg.listen.address.to_string(), &cfg.listen.admin_address.to_string())
     );
-    app::run(cfg, listeners, signal).await
+    app::run_until_signals(cfg, listeners, signals).await
 }

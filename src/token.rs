@@ -102,19 +102,6 @@ pub fn snapshot(cell: &TokenCell) -> Snapshot {
     }
 }
 
-/// The refresher's settings from the configuration.
-pub fn settings(cfg: &TokenConfig) -> Settings {
-    Settings {
-        refresh_interval: cfg.refresh_interval,
-        revoke_after: cfg.revoke_after,
-        refresh_before_expiry: cfg.refresh_before_expiry,
-        session_ttl: cfg.session_ttl,
-        min_refresh_gap: cfg.min_refresh_gap,
-        token_file: cfg.file.clone(),
-        state_file: cfg.state_file.clone(),
-    }
-}
-
 /// Find the token to start with: the newest usable one among the state file and the configured source
 /// (the token file if it holds a usable token, else the environment). Refusals are logged with a reason.
 pub fn initial_candidate(cfg: &TokenConfig) -> Option<Candidate> {
