@@ -14,6 +14,7 @@ mod forwarding;
 mod framing;
 mod headers;
 mod interop;
+mod kube_api_fake;
 mod limits;
 mod origins;
 mod paths;

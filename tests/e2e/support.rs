@@ -19,6 +19,7 @@ use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 pub(crate) mod binary;
 pub(crate) mod faulty;
 pub(crate) mod keepalive;
+pub(crate) mod kube_api;
 pub(crate) mod refusals;
 pub(crate) mod tls;
 
