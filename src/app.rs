@@ -18,7 +18,7 @@ use crate::{
     config::{Config, ConfigError, ShutdownConfig},
     metrics::Metrics,
     proxy::{self, client, target::Target, ProxyState},
-    server::{self, Crowd, Limits},
+    server::{self, Limits, ListenerGroup},
     shutdown::{OsSignals, Phase, Shutdown},
     token::{self, refresh::HttpRefreshClient, RefreshHandle, Refresher, TokenCell},
 };
@@ -206,7 +206,7 @@ impl App {
                 .run(async move { refresher_stop.reached(Phase::Stopping).await }),
         );
         let handler = proxy::handler(self.proxy);
-        let crowd = Crowd::new(self.limits.max_connections, self.proxy_phase.signal());
+        let crowd = ListenerGroup::new(self.limits.max_connections, self.proxy_phase.signal());
         let mut proxies = vec![tokio::spawn(serve(
             listeners.proxy,
             handler.clone(),
@@ -216,7 +216,7 @@ impl App {
         if let Some(unix) = listeners.unix {
             proxies.push(tokio::spawn(serve(unix, handler, self.limits, crowd)));
         }
-        let admin_crowd = Crowd::new(self.limits.max_connections, self.admin_phase.signal());
+        let admin_crowd = ListenerGroup::new(self.limits.max_connections, self.admin_phase.signal());
         let admin = tokio::spawn(serve(
             listeners.admin,
             admin::router(self.admin),
@@ -269,7 +269,7 @@ fn token_keeper(
 }
 
 /// Serve until the crowd's phase reaches stopping, then wait for the connections to close.
-async fn serve<A: server::Accept, H: server::Handler>(listener: A, handler: H, limits: Limits, crowd: Crowd) {
+async fn serve<A: server::Accept, H: server::Handler>(listener: A, handler: H, limits: Limits, crowd: ListenerGroup) {
     let drain = server::serve(listener, handler, limits, crowd).await;
     drain.await;
 }

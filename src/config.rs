@@ -206,11 +206,11 @@ impl ConfigError {
     }
 }
 
-/// Where the file part of the configuration comes from.
+/// The configuration file: a path, or its text.
 #[derive(Debug, Clone, Copy)]
-pub enum Source<'a> {
+pub enum ConfigFile<'a> {
     /// A file; YAML if it ends in `.yaml`/`.yml`, TOML otherwise.
-    File(&'a std::path::Path),
+    Path(&'a std::path::Path),
     /// TOML text (tests, the demo).
     Toml(&'a str),
     /// YAML text.
@@ -218,7 +218,7 @@ pub enum Source<'a> {
 }
 
 /// Load, merge the environment overrides, and validate.
-pub fn load(source: Source<'_>, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+pub fn load(source: ConfigFile<'_>, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
     use config::{Environment, File, FileFormat};
     let overrides = env::overrides(env)?;
     let environment = Environment::with_prefix(ENV_PREFIX)
@@ -227,7 +227,7 @@ pub fn load(source: Source<'_>, env: &HashMap<String, String>) -> Result<Config,
         .source(Some(overrides));
     let builder = config::Config::builder();
     let builder = match source {
-        Source::File(path) => {
+        ConfigFile::Path(path) => {
             if !path.is_file() {
                 return Err(ConfigError::Load(format!("{}: no such file", path.display())));
             }
@@ -238,8 +238,8 @@ pub fn load(source: Source<'_>, env: &HashMap<String, String>) -> Result<Config,
             let format = if yaml { FileFormat::Yaml } else { FileFormat::Toml };
             builder.add_source(File::from(path).format(format).required(true))
         }
-        Source::Toml(text) => builder.add_source(File::from_str(text, FileFormat::Toml)),
-        Source::Yaml(text) => builder.add_source(File::from_str(text, FileFormat::Yaml)),
+        ConfigFile::Toml(text) => builder.add_source(File::from_str(text, FileFormat::Toml)),
+        ConfigFile::Yaml(text) => builder.add_source(File::from_str(text, FileFormat::Yaml)),
     };
     let merged = builder
         .add_source(environment)

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::{
     app::{self, AppError},
-    config::{self, Source},
+    config::{self, ConfigFile},
     shutdown,
     sim::{Sim, SimConfig},
     telemetry,
@@ -48,7 +48,7 @@ pub async fn run() -> Result<(), AppError> {
     });
     let mut env = config::process_env();
     env.insert("ISSETTLED_DEMO_TOKEN".into(), sim.mint_admin_token());
-    let cfg = config::load(Source::Toml(DEMO_CONFIG), &env)?;
+    let cfg = config::load(ConfigFile::Toml(DEMO_CONFIG), &env)?;
     let _log = telemetry::init(cfg.log.format, &cfg.log.level);
     let sim_listener = tokio::net::TcpListener::bind(SIM_ADDRESS)
         .await

@@ -7,7 +7,7 @@ use clap::Parser;
 use issettled_proxy::{
     app,
     cli::{Cli, Command},
-    config::{self, ConfigError, Source},
+    config::{self, ConfigError, ConfigFile},
     demo, telemetry, wait,
 };
 
@@ -33,7 +33,7 @@ fn main() -> ExitCode {
         }
     };
     match command {
-        Command::Run { config } => match config::load(Source::File(&config), &config::process_env()) {
+        Command::Run { config } => match config::load(ConfigFile::Path(&config), &config::process_env()) {
             Ok(cfg) => {
                 let _log = telemetry::init(cfg.log.format, &cfg.log.level);
                 exit(runtime.block_on(app::run_bound(cfg)))
@@ -42,7 +42,7 @@ fn main() -> ExitCode {
         },
         Command::CheckConfig { config } => {
             let env = config::process_env();
-            match config::load(Source::File(&config), &env)
+            match config::load(ConfigFile::Path(&config), &env)
                 .and_then(|cfg| app::check(&cfg).map_err(|e| e.naming_its_variable(&env)).map(|()| cfg))
             {
                 Ok(cfg) => {

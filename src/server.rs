@@ -26,7 +26,7 @@ use tokio::{
 };
 
 use crate::shutdown::{Phase, ShutdownSignal};
-use in_flight::InFlight;
+use in_flight::RequestsInFlight;
 
 /// An accepted connection: bytes both ways, and a readiness check for while it is parked.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static {
@@ -93,7 +93,7 @@ impl Accept for UnixListener {
 /// Connection-level limits from `[listen]`.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Connections beyond this are not served until one closes ([`Crowd`]).
+    /// Connections beyond this are not served until one closes ([`ListenerGroup`]).
     pub max_connections: usize,
     /// A request head not complete after this long closes the connection.
     pub header_read_timeout: Duration,
@@ -115,20 +115,20 @@ const PARK_SHARE: usize = 32;
 /// a few dozen connections from its app should not pay. Below the share, at most `max_connections / PARK_SHARE`
 /// connections keep their buffers (5 MiB at the default).
 #[derive(Debug, Clone)]
-pub struct Crowd {
+pub struct ListenerGroup {
     slots: Arc<Semaphore>,
     max: usize,
-    requests: InFlight,
+    requests: RequestsInFlight,
 }
 
-impl Crowd {
+impl ListenerGroup {
     /// A limit of `max_connections` (at least 1) for the listeners that will share it, which stop on `stop`.
     pub fn new(max_connections: usize, stop: ShutdownSignal) -> Self {
         let max = max_connections.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
         Self {
             slots: Arc::new(Semaphore::new(max)),
             max,
-            requests: InFlight::new(stop),
+            requests: RequestsInFlight::new(stop),
         }
     }
 
@@ -194,7 +194,7 @@ pub async fn serve<A: Accept, H: Handler>(
     mut listener: A,
     handler: H,
     limits: Limits,
-    crowd: Crowd,
+    crowd: ListenerGroup,
 ) -> impl Future<Output = ()> {
     let slots = crowd.slots.clone();
     let stop = crowd.requests.signal().clone();
@@ -258,7 +258,7 @@ mod tests {
 
     #[test]
     fn the_crowd_counts_open_connections() {
-        let crowd = Crowd::new(32, crate::shutdown::Shutdown::new().signal());
+        let crowd = ListenerGroup::new(32, crate::shutdown::Shutdown::new().signal());
         assert!(!crowd.parks());
         let _one = crowd.slots.clone().try_acquire_owned().unwrap();
         assert!(!crowd.parks());

@@ -44,7 +44,7 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::config::{load, Source};
+    use crate::config::{load, ConfigFile};
 
     const WITH_ENV_TOKEN: &str = r#"
 [upstream]
@@ -56,7 +56,7 @@ env = "MY_TOKEN"
 
     fn rendered(value: &str) -> String {
         let env: HashMap<String, String> = [("MY_TOKEN".to_owned(), value.to_owned())].into();
-        render_effective(&load(Source::Toml(WITH_ENV_TOKEN), &env).unwrap())
+        render_effective(&load(ConfigFile::Toml(WITH_ENV_TOKEN), &env).unwrap())
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The shutdown sequence, one named step at a time: wait for the stop signal, drain (not ready, still serving
 //! for `shutdown.delay`), stop (listeners closed, in-flight requests get `shutdown.grace`), then the admin port,
 //! the refresher and the [`Flush`] hook get their last words. A second signal cuts the sequence short: what is
-//! left of the delay and the grace is skipped, the refresher and the flush get at most [`HURRIED_LAST_WORDS`],
+//! left of the delay and the grace is skipped, the refresher and the flush get at most [`HURRIED_BACKGROUND_GRACE`],
 //! and the app ends with [`AppError::SecondSignal`] (exit 1).
 
 use std::{future::Future, pin::Pin, time::Duration};
@@ -15,15 +15,15 @@ use crate::{
 };
 
 /// How long the admin server and the refresher get to finish once the proxy has drained.
-const LAST_WORDS: Duration = Duration::from_secs(1);
+const BACKGROUND_GRACE: Duration = Duration::from_secs(1);
 
 /// After a second signal: the most the refresher (a refresh in flight reaching the state file) and the flush
 /// may still take.
-const HURRIED_LAST_WORDS: Duration = Duration::from_secs(2);
+const HURRIED_BACKGROUND_GRACE: Duration = Duration::from_secs(2);
 
 /// Work that must end before the process exits, after the refresher has stopped: the hook for what outlives a
 /// refresh, such as releasing the cluster mode's Lease. It gets the same last words as the refresher (at most
-/// [`HURRIED_LAST_WORDS`] after a second signal); the exit does not wait for it past them.
+/// [`HURRIED_BACKGROUND_GRACE`] after a second signal); the exit does not wait for it past them.
 pub type Flush = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// The running servers and tasks, as [`super::App::serve`] left them.
@@ -69,9 +69,9 @@ impl Serving {
         let grace_ends = Instant::now() + self.timing.grace;
         let result = stop_proxy(&self.proxy_phase, self.proxies, grace_ends, &hurry).await;
         self.admin_phase.advance(Phase::Stopping);
-        let _ = tokio::time::timeout(LAST_WORDS, self.admin).await;
-        let end = grace_ends.max(Instant::now() + LAST_WORDS);
-        last_words(self.refresher, self.flush, hurry.clone().deadline(end)).await;
+        let _ = tokio::time::timeout(BACKGROUND_GRACE, self.admin).await;
+        let end = grace_ends.max(Instant::now() + BACKGROUND_GRACE);
+        finish_background(self.refresher, self.flush, hurry.clone().deadline(end)).await;
         if hurry.now() {
             tracing::error!(event = "stopped_early", "issettled-proxy stopped by a second signal");
             return Err(AppError::SecondSignal);
@@ -122,7 +122,7 @@ async fn stop_proxy(
 
 /// The refresher stops (a refresh call in flight may finish, so a token the upstream has just issued reaches the
 /// state file), then the flush runs; both only until `deadline`: an upstream that hangs must not hold the exit.
-async fn last_words(refresher: JoinHandle<()>, flush: Option<Flush>, deadline: impl Future<Output = ()>) {
+async fn finish_background(refresher: JoinHandle<()>, flush: Option<Flush>, deadline: impl Future<Output = ()>) {
     tokio::pin!(deadline);
     tokio::select! {
         _ = refresher => {},
@@ -162,11 +162,11 @@ impl Hurry {
         *self.0.borrow()
     }
 
-    /// Resolves at `end`, or [`HURRIED_LAST_WORDS`] after the second signal if that is sooner.
+    /// Resolves at `end`, or [`HURRIED_BACKGROUND_GRACE`] after the second signal if that is sooner.
     async fn deadline(self, end: Instant) {
         let hurried = async {
             self.requested().await;
-            tokio::time::sleep(HURRIED_LAST_WORDS).await;
+            tokio::time::sleep(HURRIED_BACKGROUND_GRACE).await;
         };
         tokio::select! {
             () = tokio::time::sleep_until(end) => {},

@@ -137,7 +137,7 @@ fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() == b.port() && a.port() != 0 && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
-fn listen(f: &super::file::Listen) -> Result<ListenConfig, ConfigError> {
+fn listen(f: &super::file::ListenSection) -> Result<ListenConfig, ConfigError> {
     if f.max_connections == 0 {
         return Err(invalid("listen.max_connections", "must be at least 1"));
     }
@@ -169,7 +169,7 @@ fn listen(f: &super::file::Listen) -> Result<ListenConfig, ConfigError> {
     })
 }
 
-fn upstream(f: &super::file::Upstream) -> Result<UpstreamConfig, ConfigError> {
+fn upstream(f: &super::file::UpstreamSection) -> Result<UpstreamConfig, ConfigError> {
     let client_cert_file = readable_file("upstream.client_cert_file", &f.client_cert_file)?;
     let client_key_file = readable_file("upstream.client_key_file", &f.client_key_file)?;
     if client_cert_file.is_some() != client_key_file.is_some() {
@@ -209,7 +209,7 @@ fn is_env_name(name: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-fn token(f: &super::file::Token, env: &HashMap<String, String>) -> Result<TokenConfig, ConfigError> {
+fn token(f: &super::file::TokenSection, env: &HashMap<String, String>) -> Result<TokenConfig, ConfigError> {
     let file = optional_path(&f.file);
     let env_name = f.env.trim();
     for (key, value) in [("token.file", &f.file), ("token.state_file", &f.state_file)] {
@@ -268,7 +268,7 @@ fn token(f: &super::file::Token, env: &HashMap<String, String>) -> Result<TokenC
     })
 }
 
-fn policy(f: &super::file::Policy) -> Result<PolicyConfig, ConfigError> {
+fn policy(f: &super::file::PolicySection) -> Result<PolicyConfig, ConfigError> {
     const PREFIXES: &str = "policy.allowed_path_prefixes";
     let mut allowed_path_prefixes = Vec::new();
     for p in entries(PREFIXES, &f.allowed_path_prefixes)? {
@@ -306,7 +306,7 @@ fn policy(f: &super::file::Policy) -> Result<PolicyConfig, ConfigError> {
     })
 }
 
-fn log(f: &super::file::Log) -> Result<LogConfig, ConfigError> {
+fn log(f: &super::file::LogSection) -> Result<LogConfig, ConfigError> {
     let format = match f.format.trim() {
         "json" => LogFormat::Json,
         "pretty" => LogFormat::Pretty,
@@ -323,7 +323,7 @@ fn log(f: &super::file::Log) -> Result<LogConfig, ConfigError> {
     Ok(LogConfig { format, level })
 }
 
-fn shutdown(f: &super::file::Shutdown) -> Result<ShutdownConfig, ConfigError> {
+fn shutdown(f: &super::file::ShutdownSection) -> Result<ShutdownConfig, ConfigError> {
     Ok(ShutdownConfig {
         delay: duration("shutdown.delay", &f.delay)?,
         grace: duration("shutdown.grace", &f.grace)?,

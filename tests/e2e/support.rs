@@ -11,7 +11,7 @@ use std::{
 
 use issettled_proxy::{
     app::{self, AppError, Listeners},
-    config::{self, Source},
+    config::{self, ConfigFile},
     sim::{Sim, SimConfig},
 };
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
@@ -151,7 +151,7 @@ impl ProxyBuilder {
 
     /// The validated configuration.
     pub(crate) fn config(&self) -> config::Config {
-        config::load(Source::Toml(&self.toml), &self.env).expect("test configuration")
+        config::load(ConfigFile::Toml(&self.toml), &self.env).expect("test configuration")
     }
 
     /// Bind ephemeral ports and run the app.
