@@ -25,6 +25,7 @@ pub mod app;
 pub mod cli;
 pub mod clock;
 pub mod config;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod errors;
 pub mod metrics;
@@ -32,6 +33,7 @@ pub mod path;
 pub mod proxy;
 pub mod server;
 pub mod shutdown;
+#[cfg(feature = "demo")]
 pub mod sim;
 pub mod telemetry;
 pub mod token;

@@ -8,7 +8,7 @@ use issettled_proxy::{
     app,
     cli::{Cli, Command},
     config::{self, ConfigError, ConfigFile},
-    demo, telemetry, wait,
+    telemetry, wait,
 };
 
 /// mimalloc: see bench/README.md for the measurements behind it.
@@ -52,7 +52,8 @@ fn main() -> ExitCode {
                 Err(e) => config_error(&e),
             }
         }
-        Command::Demo => exit(runtime.block_on(demo::run())),
+        #[cfg(feature = "demo")]
+        Command::Demo => exit(runtime.block_on(issettled_proxy::demo::run())),
         Command::Wait { admin, timeout } => {
             if runtime.block_on(wait::until_ready(&admin, timeout)) {
                 ExitCode::SUCCESS
