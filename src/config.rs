@@ -249,8 +249,9 @@ pub fn load(source: ConfigFile<'_>, env: &HashMap<String, String>) -> Result<Con
     validate::validate(raw, env).map_err(|e| e.naming_its_variable(env))
 }
 
-/// Parse an upstream base URL as `upstream.base_url` is parsed.
-pub fn parse_base_url(text: &str) -> Result<BaseUrl, ConfigError> {
+/// Parse an upstream base URL as `upstream.base_url` is parsed (for the unit tests of its users).
+#[cfg(test)]
+pub(crate) fn parse_base_url(text: &str) -> Result<BaseUrl, ConfigError> {
     validate::base_url(text)
 }
 
