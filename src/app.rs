@@ -15,6 +15,7 @@ use tokio::net::{TcpListener, UnixListener};
 
 use crate::{
     admin::{self, AdminState},
+    cluster::{self, Cluster},
     config::{Config, ConfigError, ShutdownConfig},
     metrics::Metrics,
     proxy::{self, client, target::Target, ProxyState},
@@ -37,6 +38,9 @@ pub enum AppError {
     },
     #[error("a server task failed: {0}")]
     Task(String),
+    /// Cluster mode could not reach or use the Kubernetes API at start.
+    #[error("cluster mode: {0}")]
+    Cluster(String),
     #[error("stopped by a second signal before the shutdown finished")]
     SecondSignal,
 }
@@ -99,7 +103,7 @@ pub async fn run_bound(cfg: Config) -> Result<(), AppError> {
 
 /// Run on `listeners` until the first of `signals` (or `POST /quitquitquit`); a second one cuts the shutdown short.
 pub(crate) async fn run_until_signals(cfg: Config, listeners: Listeners, signals: OsSignals) -> Result<(), AppError> {
-    let app = App::build(&cfg)?;
+    let app = App::build(&cfg).await?;
     app.serve(listeners)
         .until(signals.nth(1))
         .await
@@ -110,7 +114,7 @@ pub(crate) async fn run_until_signals(cfg: Config, listeners: Listeners, signals
 /// Run on `listeners` until `signal` completes (or `POST /quitquitquit`), then shut down gracefully.
 pub async fn run(cfg: Config, listeners: Listeners, signal: impl Future<Output = ()>) -> Result<(), AppError> {
     check::state_file_place(&cfg, token::state_file::prepare)?;
-    let app = App::build(&cfg)?;
+    let app = App::build(&cfg).await?;
     app.serve(listeners)
         .until(signal)
         .await
@@ -128,8 +132,9 @@ pub struct App {
     proxy_phase: Shutdown,
     admin_phase: Shutdown,
     timing: ShutdownConfig,
-    /// Work that must end before the process exits (see [`Flush`]).
-    flush: Option<Flush>,
+    /// Cluster mode's elector and watches, and the cell whose refresh in flight it waits for before releasing
+    /// the Lease.
+    cluster: Option<(Cluster, Arc<TokenCell>)>,
     /// What the `started` log line says.
     started: Started,
 }
@@ -153,13 +158,14 @@ impl std::fmt::Debug for App {
 }
 
 impl App {
-    /// Build every part: clients (TLS material loaded), the token cell with its initial token, the refresher,
-    /// the proxy's and the admin port's state.
-    pub fn build(cfg: &Config) -> Result<Self, AppError> {
+    /// Build every part: clients (TLS material loaded), the token cell with its initial token, the refresher
+    /// (joined to the Kubernetes API in cluster mode), the proxy's and the admin port's state.
+    pub async fn build(cfg: &Config) -> Result<Self, AppError> {
         let tls = client::tls_config(&cfg.upstream)?;
         let upstream = Arc::new(client::upstream_pool(&cfg.upstream, tls.clone()));
         let metrics = Arc::new(Metrics::new());
         let (refresher, cell, refresh) = token_keeper(cfg, tls, &metrics)?;
+        let (refresher, cluster) = join_the_cluster(cfg, refresher, &metrics).await?;
         let (proxy_phase, admin_phase) = (Shutdown::new(), Shutdown::new());
         let proxy = Arc::new(ProxyState {
             rules: settings::proxy_rules(cfg),
@@ -171,13 +177,13 @@ impl App {
             shutdown: proxy_phase.signal(),
         });
         let admin = Arc::new(AdminState {
-            token: cell,
+            token: cell.clone(),
             refresh,
             metrics,
             signal: proxy_phase.signal(),
             quit: cfg.shutdown.enable_quit_endpoint.then(|| proxy_phase.clone()),
             upstream: cfg.upstream.base_url.as_string(),
-            cluster: None,
+            cluster: cluster.as_ref().map(Cluster::report),
         });
         let started = Started {
             address: cfg.listen.address,
@@ -192,7 +198,7 @@ impl App {
             proxy_phase,
             admin_phase,
             timing: cfg.shutdown.clone(),
-            flush: None,
+            cluster: cluster.map(|c| (c, cell)),
             started,
         })
     }
@@ -205,23 +211,26 @@ impl App {
             self.refresher
                 .run(async move { refresher_stop.reached(Phase::Stopping).await }),
         );
+        let flush = self
+            .cluster
+            .map(|(cluster, cell)| compete_for_the_lease(cluster, cell, &self.proxy_phase));
         let handler = proxy::handler(self.proxy);
-        let crowd = ListenerGroup::new(self.limits.max_connections, self.proxy_phase.signal());
+        let group = ListenerGroup::new(self.limits.max_connections, self.proxy_phase.signal());
         let mut proxies = vec![tokio::spawn(serve(
             listeners.proxy,
             handler.clone(),
             self.limits,
-            crowd.clone(),
+            group.clone(),
         ))];
         if let Some(unix) = listeners.unix {
-            proxies.push(tokio::spawn(serve(unix, handler, self.limits, crowd)));
+            proxies.push(tokio::spawn(serve(unix, handler, self.limits, group)));
         }
-        let admin_crowd = ListenerGroup::new(self.limits.max_connections, self.admin_phase.signal());
+        let admin_group = ListenerGroup::new(self.limits.max_connections, self.admin_phase.signal());
         let admin = tokio::spawn(serve(
             listeners.admin,
             admin::router(self.admin),
             self.limits,
-            admin_crowd,
+            admin_group,
         ));
         tracing::info!(
             event = "started",
@@ -238,10 +247,43 @@ impl App {
             proxy_phase: self.proxy_phase,
             admin_phase: self.admin_phase,
             timing: self.timing,
-            flush: self.flush,
+            flush,
         }
     }
 }
+
+/// Cluster mode: give the refresher the Kubernetes API as its store, authority and events (mode `off`: as it is).
+async fn join_the_cluster(
+    cfg: &Config,
+    refresher: Refresher<HttpRefreshClient>,
+    metrics: &Arc<Metrics>,
+) -> Result<(Refresher<HttpRefreshClient>, Option<Cluster>), AppError> {
+    let Some(k8s) = &cfg.cluster else {
+        return Ok((refresher, None));
+    };
+    let state_file = cfg.token.state_file.clone();
+    let (refresher, cluster) = cluster::attach(k8s, state_file, cfg.token.revoke_after, refresher, metrics.clone())
+        .await
+        .map_err(|e| AppError::Cluster(e.to_string()))?;
+    Ok((refresher, Some(cluster)))
+}
+
+/// Cluster mode: compete for the Lease until the shutdown starts; at SIGTERM (before `shutdown.delay`), a
+/// refresh in flight is written, then the Lease released. The returned [`Flush`] ends when the release has.
+fn compete_for_the_lease(mut cluster: Cluster, cell: Arc<TokenCell>, proxy_phase: &Shutdown) -> Flush {
+    let draining = proxy_phase.signal();
+    let elector = cluster.spawn(async move {
+        draining.reached(Phase::Draining).await;
+        cluster::refresh_settled(cell, RELEASE_WAIT).await;
+    });
+    Box::pin(async move {
+        let _ = elector.await;
+        drop(cluster);
+    })
+}
+
+/// How long the Lease's release waits for a refresh in flight to be written.
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The token cell with its initial token, and the refresher that keeps it (with the handle to ask it for a
 /// refresh).
@@ -256,20 +298,21 @@ fn token_keeper(
         cfg.token.refresh_method.clone(),
     );
     let cell = TokenCell::new();
+    let sources = settings::token_sources(cfg);
     let (mut refresher, refresh) = Refresher::new(
-        settings::refresher_settings(cfg),
+        settings::refresher_settings(&sources),
         cell.clone(),
         refresh_client,
         metrics.clone(),
     );
-    if let Some(candidate) = token::initial_candidate(&cfg.token) {
+    if let Some(candidate) = token::initial_candidate(&sources) {
         refresher.adopt_initial(candidate);
     }
     Ok((refresher, cell, refresh))
 }
 
-/// Serve until the crowd's phase reaches stopping, then wait for the connections to close.
-async fn serve<A: server::Accept, H: server::Handler>(listener: A, handler: H, limits: Limits, crowd: ListenerGroup) {
-    let drain = server::serve(listener, handler, limits, crowd).await;
+/// Serve until the group's phase reaches stopping, then wait for the connections to close.
+async fn serve<A: server::Accept, H: server::Handler>(listener: A, handler: H, limits: Limits, group: ListenerGroup) {
+    let drain = server::serve(listener, handler, limits, group).await;
     drain.await;
 }

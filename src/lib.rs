@@ -27,6 +27,7 @@ pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod clock;
+pub(crate) mod cluster;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;

@@ -182,10 +182,10 @@ impl<T> Handler for T where
 {
 }
 
-/// Serve `handler` on `listener` within `crowd`'s connection limit until its shutdown signal reaches
+/// Serve `handler` on `listener` within `group`'s connection limit until its shutdown signal reaches
 /// [`Phase::Stopping`]; then stop accepting and return a future that resolves when every connection open in
-/// `crowd` has closed (the caller bounds it by `shutdown.grace`): a connection busy then finishes its request, an
-/// idle one stays open while any request of `crowd` is in flight and closes when none is (see [`connection`]).
+/// `group` has closed (the caller bounds it by `shutdown.grace`): a connection busy then finishes its request, an
+/// idle one stays open while any request of `group` is in flight and closes when none is (see [`connection`]).
 ///
 /// A connection is accepted first and then waits for a free slot, unserved: a slot taken before accepting would
 /// sit idle in one listener's accept while another listener sharing the limit has a connection waiting. So
@@ -194,10 +194,10 @@ pub async fn serve<A: Accept, H: Handler>(
     mut listener: A,
     handler: H,
     limits: Limits,
-    crowd: ListenerGroup,
+    group: ListenerGroup,
 ) -> impl Future<Output = ()> {
-    let slots = crowd.slots.clone();
-    let stop = crowd.requests.signal().clone();
+    let slots = group.slots.clone();
+    let stop = group.requests.signal().clone();
     let stopping = stop.reached(Phase::Stopping);
     tokio::pin!(stopping);
     loop {
@@ -220,7 +220,7 @@ pub async fn serve<A: Accept, H: Handler>(
             () = &mut stopping => break,
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
         };
-        let connection = connection::serve(io, handler.clone(), limits, crowd.clone());
+        let connection = connection::serve(io, handler.clone(), limits, group.clone());
         tokio::spawn(async move {
             connection.await;
             drop(permit);
@@ -228,7 +228,7 @@ pub async fn serve<A: Accept, H: Handler>(
     }
     drop(listener);
     async move {
-        let _ = slots.acquire_many(crowd.max as u32).await;
+        let _ = slots.acquire_many(group.max as u32).await;
     }
 }
 
@@ -258,11 +258,11 @@ mod tests {
 
     #[test]
     fn the_crowd_counts_open_connections() {
-        let crowd = ListenerGroup::new(32, crate::shutdown::Shutdown::new().signal());
-        assert!(!crowd.parks());
-        let _one = crowd.slots.clone().try_acquire_owned().unwrap();
-        assert!(!crowd.parks());
-        let _two = crowd.slots.clone().try_acquire_owned().unwrap();
-        assert!(crowd.parks());
+        let group = ListenerGroup::new(32, crate::shutdown::Shutdown::new().signal());
+        assert!(!group.parks());
+        let _one = group.slots.clone().try_acquire_owned().unwrap();
+        assert!(!group.parks());
+        let _two = group.slots.clone().try_acquire_owned().unwrap();
+        assert!(group.parks());
     }
 }

@@ -1,7 +1,13 @@
 //! The one place that reads the whole configuration: each component gets the settings type it owns, built here
 //! from the parts of [`Config`] it needs, so no component sees more of the configuration than that.
 
-use crate::{config::Config, path::RefreshPath, proxy::Rules, server::Limits, token::Settings};
+use crate::{
+    config::{Config, TokenConfig},
+    path::RefreshPath,
+    proxy::Rules,
+    server::Limits,
+    token::Settings,
+};
 
 /// The proxy handler's rules.
 pub(super) fn proxy_rules(cfg: &Config) -> Rules {
@@ -19,9 +25,23 @@ pub(super) fn proxy_rules(cfg: &Config) -> Rules {
     }
 }
 
-/// The refresher's timing and files.
-pub(super) fn refresher_settings(cfg: &Config) -> Settings {
-    let token = &cfg.token;
+/// The token settings the refresher gets: in cluster mode the Secrets are the only token source, so the token
+/// file and environment are ignored (with one warning); `state_file` stays, as a local copy.
+pub(super) fn token_sources(cfg: &Config) -> TokenConfig {
+    let mut token = cfg.token.clone();
+    if cfg.cluster.is_some() && (token.file.is_some() || token.env.is_some()) {
+        tracing::warn!(
+            event = "token_source_ignored",
+            "cluster mode: token.file and token.env are ignored; the token comes from cluster.secret"
+        );
+        token.file = None;
+        token.env = None;
+    }
+    token
+}
+
+/// The refresher's timing and files, from [`token_sources`].
+pub(super) fn refresher_settings(token: &TokenConfig) -> Settings {
     Settings {
         refresh_interval: token.refresh_interval,
         revoke_after: token.revoke_after,

@@ -48,9 +48,9 @@ use crate::shutdown::Phase;
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Serve one accepted connection until it closes.
-pub(super) async fn serve<I: Stream, H: Handler>(io: I, handler: H, limits: Limits, crowd: ListenerGroup) {
-    let activity = Arc::new(Activity::new(crowd.requests.clone()));
-    let mut guard = Guard::new(&limits, activity.clone(), &crowd.requests);
+pub(super) async fn serve<I: Stream, H: Handler>(io: I, handler: H, limits: Limits, group: ListenerGroup) {
+    let activity = Arc::new(Activity::new(group.requests.clone()));
+    let mut guard = Guard::new(&limits, activity.clone(), &group.requests);
     let mut io = ConnIo::new(io, activity.clone());
     let sniffed = tokio::select! {
         biased;
@@ -71,7 +71,7 @@ pub(super) async fn serve<I: Stream, H: Handler>(io: I, handler: H, limits: Limi
                 // Boxed: hyper's HTTP/2 state is large, and rare here; it should not size every connection's task.
                 Box::pin(serve_http2(io, service, &mut guard)).await;
             } else {
-                serve_http1(io, service, &crowd, &mut guard).await;
+                serve_http1(io, service, &group, &mut guard).await;
             }
         }
         Ok(None) => {}
@@ -99,7 +99,7 @@ async fn first_bytes<I: Stream>(io: &mut ConnIo<I>) -> io::Result<Option<(Bytes,
 async fn serve_http1<I: Stream, H: Handler>(
     mut io: ConnIo<I>,
     service: Service<H>,
-    crowd: &ListenerGroup,
+    group: &ListenerGroup,
     guard: &mut Guard,
 ) {
     let mut builder = http1::Builder::new();
@@ -130,7 +130,7 @@ async fn serve_http1<I: Stream, H: Handler>(
                 // Park after a keep-alive response once no request waits for its answer (a pipelined one would
                 // otherwise be answered `Connection: close`), if enough connections are open for it to matter:
                 // hyper finishes writing, then returns the socket.
-                if polled.is_pending() && !closing && !parking && activity.idle_after_keep_alive() && crowd.parks() {
+                if polled.is_pending() && !closing && !parking && activity.idle_after_keep_alive() && group.parks() {
                     Pin::new(&mut *conn).graceful_shutdown();
                     parking = true;
                     continue;

@@ -8,6 +8,7 @@ mod support;
 mod admin;
 mod bodies;
 mod cli;
+mod cluster;
 mod connections;
 mod errors;
 mod forwarding;

@@ -60,8 +60,9 @@ impl Faulty {
     pub(crate) async fn spawn(fault: Fault) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
         let heads = Arc::new(Mutex::new(Vec::new()));
-        let (counter, log) = (Arc::new(AtomicUsize::new(0)), heads.clone());
+        let (counter, log) = (requests, heads.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
