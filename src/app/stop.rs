@@ -71,7 +71,7 @@ impl Serving {
         self.admin_phase.advance(Phase::Stopping);
         let _ = tokio::time::timeout(BACKGROUND_GRACE, self.admin).await;
         let end = grace_ends.max(Instant::now() + BACKGROUND_GRACE);
-        finish_background(self.refresher, self.flush, hurry.clone().deadline(end)).await;
+        finish_background(self.refresher, self.flush, &hurry, end).await;
         if hurry.now() {
             tracing::error!(event = "stopped_early", "issettled-proxy stopped by a second signal");
             return Err(AppError::SecondSignal);
@@ -121,23 +121,22 @@ async fn stop_proxy(
 }
 
 /// The refresher stops (a refresh call in flight may finish, so a token the upstream has just issued reaches the
-/// state file), then the flush runs; both only until `deadline`: an upstream that hangs must not hold the exit.
-async fn finish_background(refresher: JoinHandle<()>, flush: Option<Flush>, deadline: impl Future<Output = ()>) {
-    tokio::pin!(deadline);
+/// state file) until `end`, then the flush runs for [`BACKGROUND_GRACE`]: an upstream that hangs must not hold
+/// the exit. After a second signal, neither waits past [`HURRIED_BACKGROUND_GRACE`] from it.
+async fn finish_background(refresher: JoinHandle<()>, flush: Option<Flush>, hurry: &Hurry, end: Instant) {
     tokio::select! {
         _ = refresher => {},
-        () = &mut deadline => {
-            tracing::warn!(
-                event = "refresh_abandoned",
-                "shutdown.grace passed with a token refresh still in flight; exiting without its answer"
-            );
-            return;
-        }
+        () = hurry.clone().deadline(end) => tracing::warn!(
+            event = "refresh_abandoned",
+            "shutdown.grace passed with a token refresh still in flight; exiting without its answer"
+        ),
     }
     if let Some(flush) = flush {
         tokio::select! {
             () = flush => {},
-            () = deadline => tracing::warn!(event = "flush_abandoned", "exiting before the last work was done"),
+            () = hurry.clone().deadline(Instant::now() + BACKGROUND_GRACE) => {
+                tracing::warn!(event = "flush_abandoned", "exiting before the last work was done");
+            }
         }
     }
 }
