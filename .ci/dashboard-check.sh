@@ -77,9 +77,9 @@ prometheus --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/data"
 prom_pid=$!
 
 wait_for() { # WHAT COMMAND...: retry for up to 30 s
-    local what=$1 i
+    local what=$1
     shift
-    for i in $(seq 1 60); do
+    for _ in $(seq 1 60); do
         "$@" >/dev/null 2>&1 && return 0
         sleep 0.5
     done

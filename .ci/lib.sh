@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Helpers shared by the checks that drive a Debian tool (image.sh, alerts-check.sh,
 # dashboard-check.sh, secret-stores-check.sh). Source it; it defines functions only.
 #
@@ -54,9 +55,4 @@ ci_venv() {
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check $pins >&2 \
         || ci_unavailable "pip could not install $(tr '\n' ' ' <<<"$pins")from PyPI"
     printf '%s\n' "$venv"
-}
-
-# ci_free_port: a TCP port on 127.0.0.1 that nothing listens on right now.
-ci_free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
