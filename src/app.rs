@@ -146,6 +146,7 @@ async fn run_prepared(cfg: Config, listeners: Listeners, signal: impl Future<Out
         signal: proxy_phase.signal(),
         quit: cfg.shutdown.enable_quit_endpoint.then(|| proxy_phase.clone()),
         upstream: cfg.upstream.base_url.as_string(),
+        cluster: None,
     });
     let limits = Limits {
         max_connections: cfg.listen.max_connections,
