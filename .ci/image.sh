@@ -22,10 +22,9 @@
 #      proxied request and a refused one, then SIGTERM and exit status 0.
 #
 # Everything slow is cached under $ISSETTLED_CI_CACHE (default /var/cache/issettled-ci): the
-# Debian rootfs, podman's own storage (stand-ins and build layers: an unchanged build context
-# reuses the compiled layer) and the Dockerfile's cache mounts (cargo registry, target), so a
-# warm run takes a minute or two and a source change rebuilds only this crate. Every step
-# prints its time. Skips with the reason when podman cannot be used; fails instead when CI=true.
+# Debian rootfs, podman's own storage (the stand-ins) and the Dockerfile's cache mounts (cargo
+# registry and target), so a warm run takes a few minutes and a source change recompiles only
+# this crate. Every step prints its time. Skips with the reason when podman cannot be used; fails instead when CI=true.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=.ci/lib.sh
@@ -57,10 +56,14 @@ mkdir -p "$CACHE/containers" "$CACHE/tmp"
 export TMPDIR=$CACHE/tmp
 podman=(podman --root "$CACHE/containers/storage" --runroot /run/issettled-ci-podman --runtime runc
         --cgroup-manager cgroupfs --events-backend file)
-if ! out=$("${podman[@]}" info --format '{{.Store.GraphDriverName}} {{.Host.OCIRuntime.Name}} {{.Version.Version}}' 2>&1); then
-    ci_unavailable "podman is not usable here: $(tail -1 <<<"$out")"
-fi
-ci_log "podman $out; cache $CACHE"
+podman_info() {
+    local out
+    if ! out=$("${podman[@]}" info --format '{{.Store.GraphDriverName}} {{.Host.OCIRuntime.Name}} {{.Version.Version}}' 2>&1); then
+        ci_unavailable "podman is not usable here: $(tail -1 <<<"$out")"
+    fi
+    ci_log "podman $out; cache $CACHE"
+}
+ci_step "podman info" podman_info
 
 key() { sha256sum | cut -c1-12; }
 
@@ -146,10 +149,14 @@ choose_ulimits() {
     done
     ci_unavailable "runc refuses every --ulimit tried (nofile $nofile, nproc $nproc down to 4096)"
 }
-choose_ulimits
-"${podman[@]}" run --rm --network none "${ulimits[@]}" "$BUILDER" \
-    sh -c 'echo "builder: $(cargo --version), $(rustc --version), $(cc --version | head -1), $(. /etc/os-release; echo "$PRETTY_NAME")"' >&2 \
-    || ci_die "the builder stand-in does not run cargo, rustc and cc"
+check_builder() {
+    choose_ulimits
+    # shellcheck disable=SC2016 # expanded by the builder's shell
+    "${podman[@]}" run --rm --network none "${ulimits[@]}" "$BUILDER" \
+        sh -c 'echo "builder: $(cargo --version), $(rustc --version), $(cc --version | head -1), $(. /etc/os-release; echo "$PRETTY_NAME")"' >&2 \
+        || ci_die "the builder stand-in does not run cargo, rustc and cc"
+}
+ci_step "limits, builder check" check_builder
 
 # --- 3. the runtime stand-in ------------------------------------------------------------------
 runtime_key=$( { echo "$RECIPE"; cat "$rootfs/var/lib/dpkg/status"; echo "${RUNTIME_PACKAGES[*]}"; } | key)
@@ -174,9 +181,7 @@ runtime_image() {
          | while read -r path; do
                [[ -L "$rootfs$path" || ! -d "$rootfs$path" ]] && echo "${path#/}"
            done | sort -u >"$list"
-    echo etc/ssl/certs/ca-certificates.crt >>"$list"
-    echo etc/os-release >>"$list"
-    echo usr/lib/os-release >>"$list"
+    printf '%s\n' etc/ssl/certs/ca-certificates.crt etc/os-release usr/lib/os-release >>"$list"
     tar -C "$rootfs" --no-recursion -cf - -T "$list" | tar -C "$tree" --keep-directory-symlink -xf -
     rm -f "$list"
     # The users and groups of distroless (nonroot is 65532), the files glibc's NSS reads.
@@ -219,29 +224,55 @@ EOF
 ci_step "runtime stand-in" runtime_image
 
 # --- 4. the image ------------------------------------------------------------------------------
+# Two hazards of a cached build, handled here (the Dockerfile stays as it is):
+# - podman 4.3's layer cache reuses `COPY --from=builder` even when the builder stage produced a
+#   new binary, so a cached final stage can carry an old one: no layer cache (--layers=false).
+#   The cargo target in the cache mount keeps that cheap: an unchanged crate builds in seconds.
+# - cargo judges freshness by mtimes: sources older than the cached target's last build of
+#   other content (a merge or checkout made while that build ran) count as built. When the
+#   sources differ from those of the last image built here, this crate's fingerprints are
+#   removed from the cache mount, so cargo recompiles it (its dependencies stay compiled).
+target_cache=$TMPDIR/buildah-cache/issettled-target   # buildah's directory for the cache mount id
+sources=$(find Cargo.toml Cargo.lock README.md src config -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
 build_image() {
-    "${podman[@]}" build --pull=never --network host --layers "${ulimits[@]}" \
+    if [[ "$(cat "$CACHE/last-build-sources" 2>/dev/null)" != "$sources" ]]; then
+        rm -rf "$target_cache"/release/.fingerprint/issettled-proxy-*
+        ci_log "sources $sources differ from the last image's: this crate is recompiled"
+    fi
+    "${podman[@]}" build --pull=never --network host --layers=false "${ulimits[@]}" \
         --build-arg "RUST_IMAGE=$BUILDER" --build-arg "RUNTIME_IMAGE=$RUNTIME" \
-        --file Dockerfile --tag "$IMAGE" .
+        --file Dockerfile --tag "$IMAGE" . \
+        && echo "$sources" >"$CACHE/last-build-sources"
+    # What earlier runs left: images replaced by this build, stand-ins of other toolchains.
+    "${podman[@]}" image prune -f >/dev/null
+    "${podman[@]}" images --format '{{.Repository}}:{{.Tag}}' | grep '^localhost/issettled-ci/' \
+        | grep -vxF -e "$BUILDER" -e "$RUNTIME" | xargs -r "${podman[@]}" rmi >/dev/null || true
 }
 ci_step "podman build (Dockerfile unchanged)" build_image || ci_die "podman build failed"
 git diff --quiet HEAD -- Dockerfile 2>/dev/null || ci_log "note: the Dockerfile differs from HEAD"
-user=$("${podman[@]}" image inspect --format '{{.Config.User}}' "$IMAGE")
-[[ "$user" == nonroot ]] || ci_die "image user is '$user', not nonroot"
-if "${podman[@]}" run --rm --network none "${ulimits[@]}" --entrypoint /bin/sh "$IMAGE" -c true >/dev/null 2>&1; then
-    ci_die "the image has a shell"
-fi
-"${podman[@]}" run --rm --network none "${ulimits[@]}" "$IMAGE" --version >&2 || ci_die "the image does not run --version"
-size=$("${podman[@]}" image inspect --format '{{.Size}}' "$IMAGE")
-runtime_size=$("${podman[@]}" image inspect --format '{{.Size}}' "$RUNTIME")
-ci_log "image $IMAGE: $size bytes ($(( size / 1024 / 1024 )) MiB; the runtime stand-in alone: $(( runtime_size / 1024 / 1024 )) MiB)"
+check_image() {
+    local user runtime_size
+    user=$("${podman[@]}" image inspect --format '{{.Config.User}}' "$IMAGE")
+    [[ "$user" == nonroot ]] || ci_die "image user is '$user', not nonroot"
+    if "${podman[@]}" run --rm --network none "${ulimits[@]}" --entrypoint /bin/sh "$IMAGE" -c true >/dev/null 2>&1; then
+        ci_die "the image has a shell"
+    fi
+    ci_log "user $user, no /bin/sh, $("${podman[@]}" run --rm --network none "${ulimits[@]}" "$IMAGE" --version)" \
+        || ci_die "the image does not run --version"
+    size=$("${podman[@]}" image inspect --format '{{.Size}}' "$IMAGE")
+    runtime_size=$("${podman[@]}" image inspect --format '{{.Size}}' "$RUNTIME")
+    ci_log "image $IMAGE: $size bytes ($(( size / 1024 / 1024 )) MiB; the runtime stand-in alone: $(( runtime_size / 1024 / 1024 )) MiB)"
+}
+ci_step "image checks" check_image
 
 # --- 5. run it ----------------------------------------------------------------------------------
 run_dir=$(mktemp -d "$CACHE/tmp/run.XXXXXX")
 upstream=issettled-ci-upstream-$$
 sidecar=issettled-ci-sidecar-$$
 cleanup() {
-    "${podman[@]}" rm -f -t 0 "$sidecar" "$upstream" >/dev/null 2>&1 || true
+    # One at a time: the sidecar shares the upstream's network namespace, which it must leave first.
+    "${podman[@]}" rm -f -t 0 "$sidecar" >/dev/null 2>&1 || true
+    "${podman[@]}" rm -f -t 0 "$upstream" >/dev/null 2>&1 || true
     rm -rf "$run_dir"
 }
 trap cleanup EXIT
@@ -253,8 +284,7 @@ restricted=(--user 65532:65532 --read-only --cap-drop ALL --security-opt no-new-
 # In the namespace the two containers share: its own loopback, nothing else.
 in_pod() { nsenter --target "$pid" --net -- "$@"; }
 wait_http() { # URL: 200 within 30 s
-    local i
-    for i in $(seq 1 60); do
+    for _ in $(seq 1 60); do
         [[ "$(in_pod curl -s -o /dev/null -w '%{http_code}' "$1")" == 200 ]] && return 0
         sleep 0.5
     done
@@ -297,7 +327,7 @@ run_sidecar() {
     "${podman[@]}" run -d --name "$sidecar" --network "container:$upstream" "${restricted[@]}" \
         -v "$PWD/deploy/base/config.toml:/etc/issettled-proxy/config.toml:ro" \
         -v "$run_dir/secret:/var/run/secrets/issettled:ro" \
-        --tmpfs /var/lib/issettled-proxy:rw,size=1m,mode=0700,uid=65532,gid=65532 \
+        --tmpfs /var/lib/issettled-proxy:rw,size=1m,mode=0700,U \
         -e ISSETTLED_PROXY__UPSTREAM__BASE_URL=http://127.0.0.1:8090 \
         -e ISSETTLED_PROXY__TOKEN__REFRESH_INTERVAL=20s \
         -e ISSETTLED_PROXY__TOKEN__REVOKE_AFTER=60s \
@@ -307,7 +337,7 @@ run_sidecar() {
 }
 ci_step "run: sidecar (default command, deploy/base/config.toml)" run_sidecar
 
-ci_log "the sidecar: $("${podman[@]}" inspect --format 'user {{.Config.User}}, read-only rootfs {{.HostConfig.ReadonlyRootfs}}, caps dropped {{.HostConfig.CapDrop}}, caps added {{.HostConfig.CapAdd}}' "$sidecar")"
+ci_log "the sidecar: $("${podman[@]}" inspect --format 'user {{.Config.User}}, read-only rootfs {{.HostConfig.ReadonlyRootfs}}, {{len .HostConfig.CapDrop}} capabilities dropped, {{len .HostConfig.CapAdd}} added' "$sidecar")"
 ci_log "its process: $(grep -E '^(Uid|Gid|CapEff|NoNewPrivs)' "/proc/$("${podman[@]}" inspect --format '{{.State.Pid}}' "$sidecar")/status" | tr -s '\t\n' '  ')"
 probe() {
     [[ $(show GET http://127.0.0.1:8081/healthz) == 200 ]] || ci_die "/healthz"
@@ -327,9 +357,9 @@ stop() { # CONTAINER: SIGTERM, then its exit status must be 0
     ci_log "$1: exit status $status after SIGTERM"
     [[ "$status" == 0 ]] || { "${podman[@]}" logs "$1" 2>&1 | tail -5 >&2; ci_die "$1 exited $status after SIGTERM"; }
 }
-ci_step "SIGTERM" stop "$sidecar"
+ci_step "SIGTERM (sidecar)" stop "$sidecar"
 ci_log "the sidecar's last log lines:"
 "${podman[@]}" logs "$sidecar" 2>&1 | tail -3 | cut -c1-300 | sed 's/^/  /' >&2
-stop "$upstream"
+ci_step "SIGTERM (upstream)" stop "$upstream"
 
 ci_log "OK in $(( $(date +%s) - started )) s: image $IMAGE, $(( size / 1024 / 1024 )) MiB ($size bytes)"
