@@ -323,12 +323,14 @@ run_sidecar() {
     # The image's default command on the in-cluster configuration, as deploy/base mounts it:
     # config read-only at /etc/issettled-proxy, the token Secret read-only at
     # /var/run/secrets/issettled, an emptyDir-like tmpfs for the state file. Only the upstream
-    # and the timings of the simulated IsSettled (revokes after 60 s) are overridden.
+    # (which every overlay sets the same way) and the timings of the simulated IsSettled (revokes
+    # after 60 s) are set.
     "${podman[@]}" run -d --name "$sidecar" --network "container:$upstream" "${restricted[@]}" \
         -v "$PWD/deploy/base/config.toml:/etc/issettled-proxy/config.toml:ro" \
         -v "$run_dir/secret:/var/run/secrets/issettled:ro" \
         --tmpfs /var/lib/issettled-proxy:rw,size=1m,mode=0700,U \
         -e ISSETTLED_PROXY__UPSTREAM__BASE_URL=http://127.0.0.1:8090 \
+        -e ISSETTLED_PROXY__UPSTREAM__MEMBER_ID=demoBank \
         -e ISSETTLED_PROXY__TOKEN__REFRESH_INTERVAL=20s \
         -e ISSETTLED_PROXY__TOKEN__REVOKE_AFTER=60s \
         -e ISSETTLED_PROXY__TOKEN__REFRESH_BEFORE_EXPIRY=10s \

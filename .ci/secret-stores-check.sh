@@ -25,17 +25,21 @@ venv=$(ci_venv)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-for dir in "$EXAMPLES"/*/; do
-    name=$(basename "$dir")
+# NAME COMPONENT...: render deploy/base with these components into $work/NAME.yaml, validate it.
+render() {
+    local name=$1 rel list="" component
+    shift
     mkdir -p "$work/$name"
     rel=$("$venv/bin/python" -c 'import os, sys; print(os.path.relpath(sys.argv[1], sys.argv[2]))' "$PWD" "$work/$name")
+    for component in "$@"; do list+="${list:+, }\"$rel/$component\""; done
     cat >"$work/$name/kustomization.yaml" <<YAML
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
 resources: ["$rel/deploy/base"]
-components: ["$rel/${dir%/}"]
+components: [$list]
 YAML
-    "$venv/bin/kubectl" kustomize "$work/$name" >"$work/$name.yaml" || ci_die "$dir does not render on top of deploy/base"
+    local what="deploy/base + $*"
+    "$venv/bin/kubectl" kustomize "$work/$name" >"$work/$name.yaml" || ci_die "$what does not render"
     # Split: kinds with a Kubernetes schema are validated by kubernetes-validate, the rest below.
     "$venv/bin/python" - "$work/$name.yaml" "$work/$name.core.yaml" "$work/$name.crd.yaml" <<'PY'
 import sys
@@ -49,12 +53,17 @@ PY
     for version in "${versions[@]}"; do
         report=$work/$name.validate
         "$venv/bin/kubernetes-validate" --strict --kubernetes-version "$version" "$work/$name.core.yaml" >"$report" 2>&1 \
-            || { cat "$report" >&2; ci_die "$dir: rendered objects do not validate against Kubernetes $version (strict)"; }
-        ! grep -q "Couldn't find schema" "$report" || { cat "$report" >&2; ci_die "$dir: an object has no schema"; }
+            || { cat "$report" >&2; ci_die "$what: rendered objects do not validate against Kubernetes $version (strict)"; }
+        ! grep -q "Couldn't find schema" "$report" || { cat "$report" >&2; ci_die "$what: an object has no schema"; }
     done
     custom=$({ grep '^kind:' "$work/$name.crd.yaml" || true; } | cut -d' ' -f2 | sort | paste -sd, -)
-    ci_log "$dir: renders on deploy/base; $(grep -c '^kind:' "$work/$name.core.yaml") objects valid for Kubernetes ${versions[*]} (strict); custom resources: ${custom:-none}"
+    ci_log "$what: $(grep -c '^kind:' "$work/$name.core.yaml") objects valid for Kubernetes ${versions[*]} (strict); custom resources: ${custom:-none}"
+}
+for dir in "$EXAMPLES"/*/; do
+    render "$(basename "$dir")" "${dir%/}"
 done
+# Cluster mode reads the administrator's Secret through the API: External Secrets writes it there.
+render external-secrets-cluster deploy/components/cluster "$EXAMPLES/external-secrets"
 
 "$venv/bin/python" - "$work" "$EXAMPLES" <<'PY'
 """What the schemas cannot check: every store ends in the Secret name, key and file the sidecar reads."""
@@ -118,6 +127,15 @@ check((ref.get("kind"), ref.get("name")) == ("SecretStore", store.get("metadata"
 deployment = one(objects, "Deployment")
 volume = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "token")
 check(volume.get("secret", {}).get("secretName") == SECRET, "external-secrets: the pod must still mount the Secret")
+
+# In cluster mode the same ExternalSecret writes the Secret [cluster] secret names, never the state Secret.
+cluster = tomllib.load(open("deploy/components/cluster/config.toml", "rb"))["cluster"]
+objects = rendered("external-secrets-cluster")
+external = one(objects, "ExternalSecret")
+target = external.get("spec", {}).get("target", {}).get("name")
+check(target == cluster.get("secret", "issettled-token") and [d.get("secretKey") for d in external["spec"].get("data", [])] == ["token"],
+      f"cluster mode: the ExternalSecret must write Secret {cluster.get('secret')} key token, not {target}")
+check(target != cluster.get("state_secret", "issettled-token-state"), "cluster mode: a store must never write the state Secret")
 
 # Vault Agent injector: the rendered file is the sidecar's token file; the app does not get it.
 objects = rendered("vault-agent")
