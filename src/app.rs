@@ -110,7 +110,7 @@ pub async fn run(cfg: Config, listeners: Listeners, signal: impl Future<Output =
 /// [`run`], once `token.state_file` is prepared.
 async fn run_prepared(cfg: Config, listeners: Listeners, signal: impl Future<Output = ()>) -> Result<(), AppError> {
     let tls = client::tls_config(&cfg.upstream)?;
-    let upstream = Arc::new(client::upstream_pool(&cfg.upstream, tls.clone()));
+    let upstream = Arc::new(client::upstream_pool(&cfg.upstream, tls.clone())?);
     let refresh_client = HttpRefreshClient::new(
         client::refresh_client(&cfg.upstream, tls)?,
         format!("{}{}", cfg.upstream.base_url.as_string(), cfg.token.refresh_path),
