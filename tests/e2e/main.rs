@@ -7,11 +7,13 @@ mod support;
 
 mod admin;
 mod cli;
+mod cluster;
 mod connections;
 mod errors;
 mod forwarding;
 mod hardening;
 mod interop;
+mod kube_api_fake;
 mod shutdown;
 mod token;
 mod upstream;

@@ -19,6 +19,7 @@ use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 pub(crate) mod binary;
 pub(crate) mod faulty;
 pub(crate) mod keepalive;
+pub(crate) mod kube_api;
 pub(crate) mod tls;
 
 /// The simulated IsSettled, serving on `127.0.0.1:0`.
@@ -61,7 +62,11 @@ impl Upstream {
     }
 
     /// Over TLS, with `options` for its connections.
-    pub(crate) async fn spawn_tls_with(cfg: SimConfig, server: Arc<rustls::ServerConfig>, options: tls::ServeOptions) -> Self {
+    pub(crate) async fn spawn_tls_with(
+        cfg: SimConfig,
+        server: Arc<rustls::ServerConfig>,
+        options: tls::ServeOptions,
+    ) -> Self {
         let prefix = cfg.prefix.clone();
         let sim = Sim::new(cfg);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
