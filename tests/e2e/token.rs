@@ -328,7 +328,8 @@ async fn a_burst_of_401s_on_posts_during_a_slow_refresh_adds_no_task_and_causes_
     proxy.startup_refresh_done().await;
     let rejected = upstream.newest_token();
     upstream.sim.reject_api_token(&rejected);
-    upstream.sim.set_refresh_latency(Duration::from_secs(5));
+    // Slow, within the refresh call's time-out (`request_timeout`, 5 s here).
+    upstream.sim.set_refresh_latency(Duration::from_secs(3));
     let c = client();
     let post = || async {
         let r = c
