@@ -434,3 +434,6 @@ impl HttpBody for PooledBody {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests;
