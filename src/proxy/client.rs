@@ -29,7 +29,7 @@ pub fn install_crypto_provider() {
 
 /// The TLS configuration from `[upstream]`. A CA file or client certificate that cannot be used is a
 /// configuration error naming its key.
-pub fn tls_config(cfg: &UpstreamConfig) -> Result<ClientConfig, ConfigError> {
+pub(crate) fn tls_config(cfg: &UpstreamConfig) -> Result<ClientConfig, ConfigError> {
     install_crypto_provider();
     let mut roots = RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
@@ -88,7 +88,7 @@ pub fn tls_config(cfg: &UpstreamConfig) -> Result<ClientConfig, ConfigError> {
 }
 
 /// The forwarding client: pooled keep-alive connections, HTTP/1.1 or HTTP/2 by ALPN.
-pub fn upstream_pool(cfg: &UpstreamConfig, tls: ClientConfig) -> Result<Pool, ConfigError> {
+pub(crate) fn upstream_pool(cfg: &UpstreamConfig, tls: ClientConfig) -> Result<Pool, ConfigError> {
     let connector = HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
@@ -100,7 +100,7 @@ pub fn upstream_pool(cfg: &UpstreamConfig, tls: ClientConfig) -> Result<Pool, Co
 }
 
 /// The refresh client.
-pub fn refresh_client(cfg: &UpstreamConfig, mut tls: ClientConfig) -> Result<reqwest::Client, ConfigError> {
+pub(crate) fn refresh_client(cfg: &UpstreamConfig, mut tls: ClientConfig) -> Result<reqwest::Client, ConfigError> {
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     reqwest::Client::builder()
         .use_preconfigured_tls(tls)

@@ -30,7 +30,7 @@ use tokio::{
 };
 
 /// A burst of at least this many bytes is acknowledged as soon as a read drains the socket.
-pub const BULK_READ: usize = 4096;
+pub(crate) const BULK_READ: usize = 4096;
 
 /// TCP keep-alive probes on upstream connections, so a dead peer is noticed.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
@@ -38,7 +38,7 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// The bytes read since the socket was last drained, and whether to acknowledge them now: after a read of `read`
 /// bytes that did or did not leave the socket `drained`, with `unacked` bytes counted before it.
 #[must_use]
-pub const fn after_read(unacked: usize, read: usize, drained: bool) -> (usize, bool) {
+pub(crate) const fn after_read(unacked: usize, read: usize, drained: bool) -> (usize, bool) {
     let unacked = unacked.saturating_add(read);
     if drained {
         (0, unacked >= BULK_READ)
@@ -49,14 +49,14 @@ pub const fn after_read(unacked: usize, read: usize, drained: bool) -> (usize, b
 
 /// Connects to the upstream; yields [`UpstreamStream`]s.
 #[derive(Debug, Clone)]
-pub struct Connector {
+pub(crate) struct Connector {
     http: HttpConnector,
 }
 
 impl Connector {
     /// A connector with `connect_timeout`. Any URI scheme is accepted: TLS is layered on top by the caller.
     #[must_use]
-    pub fn new(connect_timeout: Duration) -> Self {
+    pub(crate) fn new(connect_timeout: Duration) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(connect_timeout));
@@ -89,7 +89,7 @@ impl tower::Service<Uri> for Connector {
 
 /// A TCP stream to the upstream that acknowledges bulk reads at once (see the module doc).
 #[derive(Debug)]
-pub struct UpstreamStream {
+pub(crate) struct UpstreamStream {
     tcp: TcpStream,
     /// Bytes read since the socket was last drained.
     unacked: usize,
