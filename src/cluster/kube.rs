@@ -66,6 +66,21 @@ pub(crate) enum ClusterError {
 
 // === impl ApiSettings ===
 
+impl ApiSettings {
+    /// What `[cluster]` and the environment it was loaded with say. Every call is bounded by half the renew
+    /// deadline, so a renewal can be tried twice before the leader must step down.
+    pub(crate) fn from_config(cfg: &crate::config::KubernetesConfig) -> Self {
+        ApiSettings {
+            kubeconfig: cfg.kubeconfig.clone(),
+            service_host: cfg.service_host.clone(),
+            service_port: cfg.service_port.clone(),
+            service_account_dir: PathBuf::from(SERVICE_ACCOUNT_DIR),
+            namespace: cfg.namespace.clone(),
+            call_timeout: cfg.renew_deadline / 2,
+        }
+    }
+}
+
 #[cfg(test)]
 impl ApiSettings {
     /// Only a kubeconfig, as with `KUBECONFIG` set and nothing else.
