@@ -13,8 +13,11 @@ use kube::{api::PostParams, Api};
 use tokio::{sync::watch, time::Instant};
 use tracing::{debug, info, warn};
 
+mod view;
+
 pub(crate) use super::lease::Role;
 use super::lease::{Action, Election, LeaseRecord, Loss};
+pub(crate) use view::{LeaderView, Leadership};
 
 /// The election's timing and names (client-go semantics: lease_duration > renew_deadline > retry_period).
 #[derive(Clone, Debug)]
@@ -29,30 +32,6 @@ pub(crate) struct LeaseSettings {
     pub(crate) renew_deadline: Duration,
     /// The pause between attempts (candidates add up to 50 % jitter).
     pub(crate) retry_period: Duration,
-}
-
-/// This replica's standing, as last known.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct LeaderView {
-    pub(crate) role: Role,
-    /// The Lease's holder as last read (`None`: free, or not read yet).
-    pub(crate) leader: Option<String>,
-    /// `leaseTransitions` as last read.
-    pub(crate) transitions: i32,
-    /// False when the last Lease call failed because the API did not answer.
-    pub(crate) api_reachable: bool,
-    /// This replica stepped down only because its renewals could not reach the API.
-    pub(crate) lost_for_api_only: bool,
-    /// While leading: the monotonic instant at which it must step down unless a renewal succeeds. Judged by the
-    /// reader too, so that a process that was stopped (SIGSTOP, a paused VM) stops refreshing the moment it
-    /// wakes, before its elector task has run.
-    pub(crate) lead_until: Option<Instant>,
-}
-
-/// A read-only handle on the elector's [`LeaderView`].
-#[derive(Clone, Debug)]
-pub(crate) struct Leadership {
-    rx: watch::Receiver<LeaderView>,
 }
 
 /// Called with the operation (`lease_get`, `lease_update`) of each failed Lease call, for the metrics.
@@ -82,55 +61,6 @@ enum CallError {
     Failed { unreachable: bool, reason: String },
 }
 
-// === impl Role ===
-
-impl Role {
-    /// The contract's spelling, for `/status`.
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Role::Leader => "leader",
-            Role::Follower => "follower",
-            Role::Candidate => "candidate",
-        }
-    }
-}
-
-// === impl Leadership ===
-
-impl Leadership {
-    /// The view, judged now: past its step-down deadline a leader is shown as the elector will show it once it
-    /// runs (a candidate, lost for the API alone if the API did not answer), so `/status` and the last-resort
-    /// decision agree with [`Self::is_leader`].
-    pub(crate) fn view(&self) -> LeaderView {
-        let mut view = self.rx.borrow().clone();
-        if view.role == Role::Leader && view.lead_until.is_none_or(|until| Instant::now() >= until) {
-            view.role = Role::Candidate;
-            view.lost_for_api_only = !view.api_reachable;
-        }
-        view
-    }
-
-    /// Leading, and not past the step-down deadline by this process's monotonic clock.
-    pub(crate) fn is_leader(&self) -> bool {
-        self.view().role == Role::Leader
-    }
-
-    /// Waits for the next change of the view; never returns once the elector has ended.
-    #[cfg(test)]
-    pub(crate) async fn changed(&mut self) {
-        if self.rx.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
-
-    /// A handle whose view the test sets through the returned sender.
-    #[cfg(test)]
-    pub(crate) fn fixed(view: LeaderView) -> (watch::Sender<LeaderView>, Leadership) {
-        let (tx, rx) = watch::channel(view);
-        (tx, Leadership { rx })
-    }
-}
-
 // === impl Elector ===
 
 impl Elector {
@@ -158,7 +88,7 @@ impl Elector {
             on_api_error,
             jitter: Box::new(|| rand::random::<f64>() * 0.5),
         };
-        (elector, Leadership { rx })
+        (elector, Leadership::new(rx))
     }
 
     /// Replaces the random jitter (tests).
