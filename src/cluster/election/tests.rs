@@ -197,9 +197,8 @@ async fn a_leader_cut_off_from_the_api_steps_down_at_renew_deadline_for_the_api_
             took >= Duration::from_secs(10 - 2),
             "{fault:?}: stepped down early, after {took:?}"
         );
-        // The handle judges the deadline itself; a call still hanging then is known to have failed once its
-        // bound fires, an instant later, when the elector says why.
-        until("the elector tells why", Duration::from_secs(5), || {
+        // A call still hanging at the deadline is known to have failed once its bound fires, an instant later.
+        until("a tells why", Duration::from_secs(1), || {
             a.leadership.view().lost_for_api_only
         })
         .await;
@@ -227,7 +226,7 @@ async fn a_leader_whose_loop_no_longer_runs_is_no_leader_past_its_renew_deadline
     a.task.abort();
     let took = until("a is no leader", Duration::from_secs(10), || !a.leadership.is_leader()).await;
     assert!(took >= Duration::from_secs(10 - 2), "{took:?}");
-    assert_eq!(a.leadership.view().role, Role::Candidate, "/status says so too");
+    assert_eq!(a.leadership.view().role, Role::Candidate);
 }
 
 #[tokio::test(start_paused = true)]
@@ -315,14 +314,8 @@ async fn a_leadership_handle_wakes_on_each_change_of_the_view() {
     .is_err());
 
     let (tx, fixed) = Leadership::fixed(a.leadership.view());
-    tx.send_modify(|v| {
-        v.role = Role::Leader;
-        v.lead_until = Some(tokio::time::Instant::now() + Duration::from_secs(10));
-    });
+    tx.send_modify(|v| v.role = Role::Leader);
     assert!(fixed.is_leader());
-    // Past its step-down deadline (a process that was stopped), a leader no longer leads, whatever the view.
-    tokio::time::sleep(Duration::from_secs(11)).await;
-    assert!(!fixed.is_leader());
 }
 
 #[test]
@@ -387,6 +380,10 @@ async fn over_a_socket_a_leader_whose_api_hangs_steps_down_after_renew_deadline(
     api.set_fault(Fault::Hang);
     until("a steps down", Duration::from_millis(1500 + 2000), || {
         !a.leadership.is_leader()
+    })
+    .await;
+    until("a tells why", Duration::from_secs(1), || {
+        a.leadership.view().lost_for_api_only
     })
     .await;
     let view = a.leadership.view();
