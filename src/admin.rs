@@ -35,6 +35,8 @@ pub struct AdminState {
     pub quit: Option<Shutdown>,
     /// `base_url`, for `/status`.
     pub upstream: String,
+    /// The outbound proxy (no credentials), for `/status`.
+    pub upstream_proxy: Option<String>,
 }
 
 /// The admin router.
@@ -121,7 +123,13 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
 async fn status(State(state): State<Arc<AdminState>>) -> Response {
     let snap = token::snapshot(&state.token);
     let ready = readiness(&state, &snap).is_ok();
-    Json(status_json(&snap, ready, &state.upstream)).into_response()
+    Json(status_json(
+        &snap,
+        ready,
+        &state.upstream,
+        state.upstream_proxy.as_deref(),
+    ))
+    .into_response()
 }
 
 async fn metrics(State(state): State<Arc<AdminState>>) -> Response {

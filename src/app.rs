@@ -110,12 +110,16 @@ pub async fn run(cfg: Config, listeners: Listeners, signal: impl Future<Output =
 /// [`run`], once `token.state_file` is prepared.
 async fn run_prepared(cfg: Config, listeners: Listeners, signal: impl Future<Output = ()>) -> Result<(), AppError> {
     let tls = client::tls_config(&cfg.upstream)?;
-    let upstream = Arc::new(client::upstream_pool(&cfg.upstream, tls.clone()));
+    // One route and one set of proxy credentials for both clients.
+    let egress = client::Egress::new(&cfg.upstream)?;
+    egress.log_decision();
+    let upstream = Arc::new(client::upstream_pool(&cfg.upstream, tls.clone(), &egress));
     let refresh_client = HttpRefreshClient::new(
-        client::refresh_client(&cfg.upstream, tls)?,
+        client::refresh_client(&cfg.upstream, tls, &egress)?,
         format!("{}{}", cfg.upstream.base_url.as_string(), cfg.token.refresh_path),
         cfg.token.refresh_method.clone(),
-    );
+    )
+    .through(egress.proxy_shown());
     let metrics = Arc::new(Metrics::new());
     let cell = TokenCell::new();
     let (mut refresher, refresh) = Refresher::new(
@@ -146,6 +150,7 @@ async fn run_prepared(cfg: Config, listeners: Listeners, signal: impl Future<Out
         signal: proxy_phase.signal(),
         quit: cfg.shutdown.enable_quit_endpoint.then(|| proxy_phase.clone()),
         upstream: cfg.upstream.base_url.as_string(),
+        upstream_proxy: egress.proxy_shown(),
     });
     let limits = Limits {
         max_connections: cfg.listen.max_connections,

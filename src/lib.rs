@@ -14,6 +14,8 @@
 //!   the token file watch and the state file.
 //! - [`proxy`]: the proxy port's handler and its pure parts (policy, headers, target, request id, content
 //!   codings), the request and response bodies, the clients.
+//! - [`egress`]: the one decision whether calls to IsSettled go through the outbound proxy (pure), and the
+//!   proxy's credentials.
 //! - [`errors`]: `ProxyError` and its one table of codes, the error schema, normalization, token scrubbing.
 //! - [`admin`]: `/healthz`, `/readyz`, `/status`, `/metrics`, `/refresh`, `/quitquitquit`.
 //! - [`metrics`], [`shutdown`], [`telemetry`], [`clock`]: leaves.
@@ -26,6 +28,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod egress;
 pub mod errors;
 pub mod metrics;
 pub mod proxy;

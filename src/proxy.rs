@@ -12,6 +12,7 @@ pub mod pool;
 pub mod request_id;
 pub mod target;
 pub mod tcp;
+pub mod tunnel;
 
 use std::{sync::Arc, time::Duration};
 

@@ -27,12 +27,14 @@ pub fn token_json(s: &Snapshot) -> Value {
     })
 }
 
-/// The whole `/status` document.
-pub fn status_json(s: &Snapshot, ready: bool, upstream: &str) -> Value {
+/// The whole `/status` document. `upstream_proxy` is the outbound proxy every call goes through (no
+/// credentials), if any.
+pub fn status_json(s: &Snapshot, ready: bool, upstream: &str, upstream_proxy: Option<&str>) -> Value {
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "ready": ready,
         "upstream": upstream,
+        "upstream_proxy": upstream_proxy,
         "token": token_json(s),
     })
 }

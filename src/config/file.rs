@@ -87,6 +87,8 @@ pub struct Upstream {
     pub ca_file: String,
     pub client_cert_file: String,
     pub client_key_file: String,
+    pub proxy: String,
+    pub proxy_auth_file: String,
 }
 
 impl Default for Upstream {
@@ -99,6 +101,8 @@ impl Default for Upstream {
             ca_file: String::new(),
             client_cert_file: String::new(),
             client_key_file: String::new(),
+            proxy: String::new(),
+            proxy_auth_file: String::new(),
         }
     }
 }

@@ -30,7 +30,6 @@ use hyper::{
     body::Incoming,
     client::conn::{http1, http2, TrySendError},
 };
-use hyper_rustls::HttpsConnector;
 use hyper_util::{
     client::legacy::connect::Connection as _,
     rt::{TokioExecutor, TokioTimer},
@@ -40,7 +39,7 @@ use tower::ServiceExt as _;
 
 use super::{
     body::{poll_data, RequestBody},
-    tcp::Connector,
+    client::UpstreamConnector,
 };
 
 /// A pooled HTTP/1.1 connection not used for this long is closed rather than reused.
@@ -90,7 +89,7 @@ type H2 = Arc<http2::SendRequest<RequestBody>>;
 /// Connections to the upstream of `base_url`.
 #[derive(Debug)]
 pub struct Pool {
-    connector: HttpsConnector<Connector>,
+    connector: UpstreamConnector,
     /// `scheme://authority` of the upstream: what is connected to.
     origin: Uri,
     /// The `Host` header HTTP/1.1 requests carry.
@@ -113,7 +112,7 @@ enum Fresh {
 impl Pool {
     /// A pool keeping at most `max_idle` idle HTTP/1.1 connections to `scheme://authority`.
     pub fn new(
-        connector: HttpsConnector<Connector>,
+        connector: UpstreamConnector,
         scheme: &http::uri::Scheme,
         authority: &Authority,
         max_idle: usize,
