@@ -22,7 +22,7 @@ use crate::{
     shutdown::{Phase, Shutdown, ShutdownSignal},
     token::{self, refresh::RefreshError, RefreshHandle, TokenCell, Trigger},
 };
-pub use status::{status_json, token_json};
+pub use status::{status_json, token_json, ClusterReport, ClusterStatus};
 
 /// What the admin handlers read.
 #[derive(Debug)]
@@ -37,6 +37,8 @@ pub struct AdminState {
     pub upstream: String,
     /// The outbound proxy (no credentials), for `/status`.
     pub upstream_proxy: Option<String>,
+    /// Cluster mode's election view; `None` in mode `off`.
+    pub cluster: Option<Arc<dyn ClusterReport>>,
 }
 
 /// The admin router.
@@ -123,11 +125,13 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
 async fn status(State(state): State<Arc<AdminState>>) -> Response {
     let snap = token::snapshot(&state.token);
     let ready = readiness(&state, &snap).is_ok();
+    let cluster = state.cluster.as_ref().map(|c| c.report());
     Json(status_json(
         &snap,
         ready,
         &state.upstream,
         state.upstream_proxy.as_deref(),
+        cluster.as_ref(),
     ))
     .into_response()
 }
@@ -145,6 +149,10 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
         ready: readiness(&state, &snap).is_ok(),
         revoke_deadline_seconds: seconds_until(snap.revoke_deadline),
         session_remaining_seconds: seconds_until(snap.session_expires_at),
+        cluster: state
+            .cluster
+            .as_ref()
+            .map(|c| (c.report().role == "leader", snap.chain_generation)),
     };
     let mut response = state.metrics.render(&gauges).into_response();
     response.headers_mut().insert(

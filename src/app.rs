@@ -151,6 +151,7 @@ async fn run_prepared(cfg: Config, listeners: Listeners, signal: impl Future<Out
         quit: cfg.shutdown.enable_quit_endpoint.then(|| proxy_phase.clone()),
         upstream: cfg.upstream.base_url.as_string(),
         upstream_proxy: egress.proxy_shown(),
+        cluster: None,
     });
     let limits = Limits {
         max_connections: cfg.listen.max_connections,
