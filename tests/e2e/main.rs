@@ -8,6 +8,8 @@ mod support;
 mod admin;
 mod cli;
 mod connections;
+mod egress;
+mod egress_errors;
 mod errors;
 mod forwarding;
 mod hardening;

@@ -12,7 +12,7 @@ use hyper_util::{
 use tokio::net::TcpListener;
 use tower::ServiceExt as _;
 
-/// A CA and a `localhost` server certificate it signed, as PEM.
+/// A CA and a server certificate it signed for `localhost` and `127.0.0.1`, as PEM.
 pub(crate) struct TestPki {
     pub(crate) ca_pem: String,
     pub(crate) server: Arc<rustls::ServerConfig>,
@@ -29,7 +29,7 @@ impl TestPki {
             .push(rcgen::DnType::CommonName, "issettled-proxy test CA");
         let ca = ca_params.self_signed(&ca_key).unwrap();
         let key = rcgen::KeyPair::generate().unwrap();
-        let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
         let issuer = rcgen::Issuer::new(ca_params, ca_key);
         let cert = params.signed_by(&key, &issuer).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
