@@ -65,7 +65,10 @@ async fn api_calls_and_refreshes_go_through_the_tunnel_and_the_proxy_reads_no_se
     // Every connection the upstream accepted came through the proxy; the proxy saw only CONNECT heads (with
     // nothing but Host) and TLS records.
     let tunnels = outbound.connects();
-    assert!(tunnels >= 2, "the API pool and the refresh client each tunnel: {tunnels}");
+    assert!(
+        tunnels >= 2,
+        "the API pool and the refresh client each tunnel: {tunnels}"
+    );
     assert_eq!(upstream.connections.load(std::sync::atomic::Ordering::SeqCst), tunnels);
     let target = format!("localhost:{}", port_of(&upstream.url));
     for head in outbound.heads() {
@@ -91,10 +94,20 @@ async fn no_proxy_covering_the_upstream_none_and_plain_http_go_direct() {
     let ip_url = upstream.url.replace("localhost", "127.0.0.1");
     let cases = [
         ("exact host name", &upstream.url, "", vec![("NO_PROXY", "localhost")]),
-        ("a domain with its leading dot", &upstream.url, "", vec![("no_proxy", "example.com, .localhost")]),
+        (
+            "a domain with its leading dot",
+            &upstream.url,
+            "",
+            vec![("no_proxy", "example.com, .localhost")],
+        ),
         ("CIDR", &ip_url, "", vec![("NO_PROXY", "10.0.0.0/8,127.0.0.0/8")]),
         ("*", &ip_url, "", vec![("NO_PROXY", "*")]),
-        ("the key with NO_PROXY", &upstream.url, "KEY", vec![("NO_PROXY", "localhost")]),
+        (
+            "the key with NO_PROXY",
+            &upstream.url,
+            "KEY",
+            vec![("NO_PROXY", "localhost")],
+        ),
         ("\"none\"", &upstream.url, "none", vec![]),
     ];
     for (case, url, key, mut vars) in cases {
@@ -110,7 +123,11 @@ async fn no_proxy_covering_the_upstream_none_and_plain_http_go_direct() {
         let proxy = builder.spawn().await;
         let r = client().get(proxy.url("/digital-accounts")).send().await.unwrap();
         assert_eq!(r.status(), 200, "{case}");
-        assert_eq!(proxy.status().await["upstream_proxy"], serde_json::Value::Null, "{case}");
+        assert_eq!(
+            proxy.status().await["upstream_proxy"],
+            serde_json::Value::Null,
+            "{case}"
+        );
         assert_eq!(outbound.connects(), 0, "{case}: the proxy was used");
         proxy.stop().await.unwrap();
     }
@@ -200,10 +217,17 @@ async fn a_keep_alive_burst_opens_no_more_tunnels_than_the_pool_holds() {
     let before = outbound.connects();
     burst(&proxy, 200, 8).await;
     let opened = outbound.connects() - before;
-    assert!((1..=8).contains(&opened), "HTTP/1.1, 8 at a time: {opened} tunnels for 200 requests");
+    assert!(
+        (1..=8).contains(&opened),
+        "HTTP/1.1, 8 at a time: {opened} tunnels for 200 requests"
+    );
     let before = outbound.connects();
     burst(&proxy, 200, 1).await;
-    assert_eq!(outbound.connects() - before, 0, "one after another: the pooled tunnels are reused");
+    assert_eq!(
+        outbound.connects() - before,
+        0,
+        "one after another: the pooled tunnels are reused"
+    );
     proxy.stop().await.unwrap();
 }
 

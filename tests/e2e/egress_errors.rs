@@ -38,7 +38,10 @@ async fn a_proxy_that_is_down_is_a_502_naming_it() {
     let proxy = builder.set("UPSTREAM__PROXY", &down).spawn().await;
     let (status, message) = get(&proxy).await;
     assert_eq!(status, 502);
-    assert!(message.contains(&format!("cannot connect to the outbound proxy {down}")), "{message}");
+    assert!(
+        message.contains(&format!("cannot connect to the outbound proxy {down}")),
+        "{message}"
+    );
     assert!(upstream.sim.requests().is_empty());
     proxy.stop().await.unwrap();
 }
@@ -74,14 +77,23 @@ async fn a_refusing_proxy_is_a_502_saying_what_it_answered_and_what_to_do() {
     assert_eq!(status, 502);
     assert!(message.contains("answered 407 Proxy Authentication Required: the proxy refused the credentials; check upstream.proxy_auth_file"), "{message}");
     for (answer, says) in [
-        (Answer::Refuse(403, "Forbidden"), "answered 403 Forbidden: the proxy does not allow a tunnel to localhost:"),
-        (Answer::Refuse(503, "Service Unavailable"), "answered 503 Service Unavailable: the proxy could not reach localhost:"),
+        (
+            Answer::Refuse(403, "Forbidden"),
+            "answered 403 Forbidden: the proxy does not allow a tunnel to localhost:",
+        ),
+        (
+            Answer::Refuse(503, "Service Unavailable"),
+            "answered 503 Service Unavailable: the proxy could not reach localhost:",
+        ),
         (Answer::HangUp, "closed the connection before answering CONNECT"),
     ] {
         outbound.answer(answer);
         let (status, message) = get(&proxy).await;
         assert_eq!(status, 502, "{answer:?}");
-        assert!(message.contains(&format!("the outbound proxy {url} {says}")), "{answer:?}: {message}");
+        assert!(
+            message.contains(&format!("the outbound proxy {url} {says}")),
+            "{answer:?}: {message}"
+        );
     }
     outbound.answer(Answer::Tunnel);
     let fixed = dir.path().join("proxy-auth.new");
@@ -106,7 +118,9 @@ async fn a_proxy_that_never_answers_connect_is_given_up_after_the_connect_timeou
     let (status, message) = get(&proxy).await;
     assert_eq!(status, 502);
     assert!(
-        message.contains(&format!("the outbound proxy {silent_url} did not answer CONNECT within upstream.connect_timeout")),
+        message.contains(&format!(
+            "the outbound proxy {silent_url} did not answer CONNECT within upstream.connect_timeout"
+        )),
         "{message}"
     );
     assert!(upstream.sim.requests().is_empty());
@@ -124,17 +138,24 @@ async fn a_refresh_through_a_failing_proxy_is_retried_and_the_token_not_revoked(
         .spawn()
         .await;
     // The start-up refresh and its retries fail at the proxy: transient, with backoff, the token still usable.
-    let retried = wait_for(|| async { proxy.status().await["token"]["consecutive_failures"].as_u64() >= Some(2) }).await;
+    let retried =
+        wait_for(|| async { proxy.status().await["token"]["consecutive_failures"].as_u64() >= Some(2) }).await;
     let status = proxy.status().await;
     assert!(retried, "no retry: {status}");
     assert_eq!(status["token"]["state"], "valid", "{status}");
     let error = status["token"]["last_error"].as_str().unwrap_or_default();
-    assert!(error.contains(&format!("through the outbound proxy {}", outbound.url())), "{error}");
+    assert!(
+        error.contains(&format!("through the outbound proxy {}", outbound.url())),
+        "{error}"
+    );
     assert!(status["token"]["next_refresh_at"].is_string(), "{status}");
     assert_eq!(crate::support::readyz(&proxy).await, 200);
     assert!(upstream.sim.refresh_calls().is_empty());
     let metrics = proxy.metrics().await;
-    assert!(metrics.contains("issettled_proxy_token_refresh_total{result=\"transient_error\"}"), "{metrics}");
+    assert!(
+        metrics.contains("issettled_proxy_token_refresh_total{result=\"transient_error\"}"),
+        "{metrics}"
+    );
     assert!(!metrics.contains("result=\"revoked\"} 1"), "{metrics}");
 
     // The proxy lets it through again: the next retry succeeds.
@@ -156,14 +177,21 @@ async fn neither_the_proxy_password_nor_the_token_shows_in_trace_logs_check_conf
     let https_proxy = format!("http://alice:{url_password}@{}", outbound.addr);
     let first = upstream.token();
     let cfg = BinConfig::new(&upstream.url)
-        .set("upstream", "ca_file", &quote(&dir.path().join("ca.pem").display().to_string()))
+        .set(
+            "upstream",
+            "ca_file",
+            &quote(&dir.path().join("ca.pem").display().to_string()),
+        )
         .set("upstream", "proxy_auth_file", &quote(&auth_file.display().to_string()))
         .env("HTTPS_PROXY", &https_proxy)
         .env("RUST_LOG", "trace");
     cfg.write_token(&first);
     let mut running = cfg.start_ready().await;
     let c = client();
-    assert!(wait_for(|| async { !upstream.sim.refresh_calls().is_empty() }).await, "no start-up refresh");
+    assert!(
+        wait_for(|| async { !upstream.sim.refresh_calls().is_empty() }).await,
+        "no start-up refresh"
+    );
     assert_eq!(c.get(cfg.url("/digital-accounts")).send().await.unwrap().status(), 200);
     let r = c
         .post(cfg.url("/payments"))
@@ -173,9 +201,26 @@ async fn neither_the_proxy_password_nor_the_token_shows_in_trace_logs_check_conf
         .unwrap();
     assert_eq!(r.status(), 201);
     assert_eq!(c.post(cfg.admin_url("/refresh")).send().await.unwrap().status(), 200);
-    let status = c.get(cfg.admin_url("/status")).send().await.unwrap().text().await.unwrap();
-    let metrics = c.get(cfg.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(status.contains(&format!("\"upstream_proxy\":\"{}\"", outbound.url())), "{status}");
+    let status = c
+        .get(cfg.admin_url("/status"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let metrics = c
+        .get(cfg.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        status.contains(&format!("\"upstream_proxy\":\"{}\"", outbound.url())),
+        "{status}"
+    );
 
     let mut check = command();
     check
@@ -202,7 +247,11 @@ async fn neither_the_proxy_password_nor_the_token_shows_in_trace_logs_check_conf
     assert_eq!(exit.code(), Some(0), "{}", tail(&running.stderr()));
     let logs = format!("{}{}", running.stdout(), running.stderr());
     assert!(logs.lines().count() > 50, "too few trace lines:\n{}", tail(&logs));
-    assert!(logs.contains("\"egress\""), "no egress decision logged:\n{}", tail(&logs));
+    assert!(
+        logs.contains("\"egress\""),
+        "no egress decision logged:\n{}",
+        tail(&logs)
+    );
 
     use base64::Engine as _;
     let mut secrets = vec![url_password.to_owned(), file_password.to_owned()];
@@ -210,7 +259,12 @@ async fn neither_the_proxy_password_nor_the_token_shows_in_trace_logs_check_conf
         secrets.push(base64::engine::general_purpose::STANDARD.encode(format!("alice:{password}")));
     }
     secrets.extend(upstream.sim.issued_tokens());
-    for (place, text) in [("logs", &logs), ("check-config", &checked), ("/status", &status), ("/metrics", &metrics)] {
+    for (place, text) in [
+        ("logs", &logs),
+        ("check-config", &checked),
+        ("/status", &status),
+        ("/metrics", &metrics),
+    ] {
         for secret in &secrets {
             assert!(!text.contains(secret.as_str()), "a secret in {place}:\n{}", tail(text));
         }
@@ -245,12 +299,18 @@ async fn check_config_shows_the_decision_and_why_and_refuses_what_cannot_work() 
     let (code, stdout, stderr) = check(file("http://bob:key-s3cret@proxy.corp:3128", ""), vec![]).await;
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.contains("# upstream.proxy: through http://proxy.corp:3128 (from upstream.proxy); credentials from the proxy URL (redacted)"), "{stdout}");
-    assert!(stdout.contains("proxy = \"http://<redacted>@proxy.corp:3128\""), "{stdout}");
+    assert!(
+        stdout.contains("proxy = \"http://<redacted>@proxy.corp:3128\""),
+        "{stdout}"
+    );
     assert!(!stdout.contains("key-s3cret") && !stdout.contains("bob"), "{stdout}");
 
     let (code, stdout, _) = check(
         file("", ""),
-        vec![("HTTPS_PROXY", "http://proxy.corp".into()), ("NO_PROXY", ".issettled.example".into())],
+        vec![
+            ("HTTPS_PROXY", "http://proxy.corp".into()),
+            ("NO_PROXY", ".issettled.example".into()),
+        ],
     )
     .await;
     assert_eq!(code, Some(0));
@@ -258,14 +318,23 @@ async fn check_config_shows_the_decision_and_why_and_refuses_what_cannot_work() 
 
     let (code, stdout, _) = check(file("none", ""), vec![("HTTPS_PROXY", "http://proxy.corp".into())]).await;
     assert_eq!(code, Some(0));
-    assert!(stdout.contains("# upstream.proxy: direct (upstream.proxy is \"none\")"), "{stdout}");
+    assert!(
+        stdout.contains("# upstream.proxy: direct (upstream.proxy is \"none\")"),
+        "{stdout}"
+    );
 
     let (code, _, stderr) = check(file("socks5://proxy.corp:1080", ""), vec![]).await;
     assert_eq!(code, Some(2));
-    assert!(stderr.contains("upstream.proxy: a socks5:// (SOCKS) proxy is not supported"), "{stderr}");
+    assert!(
+        stderr.contains("upstream.proxy: a socks5:// (SOCKS) proxy is not supported"),
+        "{stderr}"
+    );
     let (code, _, stderr) = check(file("", ""), vec![("ALL_PROXY", "https://proxy.corp".into())]).await;
     assert_eq!(code, Some(2));
-    assert!(stderr.contains("upstream.proxy: \"\" reads ALL_PROXY, which cannot be used: an https:// proxy"), "{stderr}");
+    assert!(
+        stderr.contains("upstream.proxy: \"\" reads ALL_PROXY, which cannot be used: an https:// proxy"),
+        "{stderr}"
+    );
 
     let missing = dir.path().join("missing");
     let extra = format!("proxy_auth_file = {}\n", quote(&missing.display().to_string()));
@@ -280,7 +349,15 @@ async fn a_plain_http_upstream_says_once_at_start_that_the_proxy_is_not_used() {
     let cfg = BinConfig::new(&upstream.url).env("HTTPS_PROXY", "http://127.0.0.1:9");
     cfg.write_token(&upstream.token());
     let mut running = cfg.start_ready().await;
-    assert_eq!(client().get(cfg.url("/digital-accounts")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client()
+            .get(cfg.url("/digital-accounts"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     running.term();
     running.wait(Duration::from_secs(15)).await;
     let said: Vec<_> = running

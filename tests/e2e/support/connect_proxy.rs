@@ -165,11 +165,7 @@ async fn serve(mut client: TcpStream, shared: Arc<Shared>) {
 }
 
 /// Copy `from` to `to`, recording every byte, until `from` ends; then end `to`.
-async fn relay(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    shared: Arc<Shared>,
-) {
+async fn relay(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, shared: Arc<Shared>) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match from.read(&mut buf).await {

@@ -52,11 +52,7 @@ impl Tinyproxy {
             .kill_on_drop(true)
             .spawn()
             .expect("start tinyproxy");
-        let proxy = Self {
-            port,
-            child,
-            _dir: dir,
-        };
+        let proxy = Self { port, child, _dir: dir };
         for _ in 0..250 {
             if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
                 return Some(proxy);
