@@ -133,6 +133,8 @@ pub struct Refresher<C> {
     offered: Option<Offer>,
     /// When a follower last re-read the store on demand (at most once per `min_refresh_gap`).
     last_resync: Option<Instant>,
+    /// How long the last refresh call took: a last-resort refresh must start this much earlier.
+    last_latency: Duration,
 }
 
 /// A new administrator token, checked locally, waiting for the upstream to accept it.
@@ -190,6 +192,7 @@ impl<C: RefreshClient> Refresher<C> {
             unsaved: None,
             offered: None,
             last_resync: None,
+            last_latency: Duration::ZERO,
         };
         (me, RefreshHandle { tx })
     }
@@ -261,7 +264,10 @@ impl<C: RefreshClient> Refresher<C> {
     fn due_in(&self, now: &Stamp) -> Option<Duration> {
         let current = self.cell.load()?;
         if !self.authority.may_refresh() {
-            let remaining = current.revoke_after.saturating_sub(current.confirmed.elapsed(now));
+            let remaining = current
+                .revoke_after
+                .saturating_sub(current.confirmed.elapsed(now))
+                .saturating_sub(self.last_latency);
             if !(self.authority.last_resort(remaining) && current.check(now).is_ok()) {
                 return None;
             }
@@ -333,6 +339,7 @@ impl<C: RefreshClient> Refresher<C> {
             }
         };
         let latency = started.elapsed();
+        self.last_latency = latency;
         let result = match result {
             Ok(Refreshed::New { token, expires_at }) => self.adopt_refreshed(&old, token, expires_at).await,
             Ok(Refreshed::Kept) => self.confirm(&old).await,
@@ -392,6 +399,24 @@ impl<C: RefreshClient> Refresher<C> {
     }
 
     fn fail(&mut self, old: &Current, e: &RefreshError) {
+        if let (RefreshError::Revoked(_), true) = (e, self.authority.shared()) {
+            // Someone else may have refreshed the shared chain (a new leader, a last-resort refresh): not usable
+            // here, but not revoked either, until the store says more.
+            self.cell.store(None);
+            self.failures = 0;
+            self.retry_at = None;
+            tracing::error!(
+                event = "token_refused",
+                fingerprint = %old.token().fingerprint(),
+                "the upstream refused the token; waiting for the chain's newest link in the state Secret"
+            );
+            self.cell.update_status(|s| {
+                s.refreshing = false;
+                s.last_error = Some(format!("{e}; waiting for a newer link in the state Secret"));
+                s.last_fingerprint = Some(old.token().fingerprint());
+            });
+            return;
+        }
         if let RefreshError::Revoked(_) = e {
             self.cell.store(None);
             self.failures = 0;

@@ -7,6 +7,7 @@ mod support;
 
 mod admin;
 mod cli;
+mod cluster;
 mod connections;
 mod egress;
 mod egress_errors;
@@ -14,6 +15,7 @@ mod errors;
 mod forwarding;
 mod hardening;
 mod interop;
+mod kube_api_fake;
 mod shutdown;
 mod token;
 mod upstream;

@@ -20,6 +20,7 @@ pub(crate) mod binary;
 pub(crate) mod connect_proxy;
 pub(crate) mod faulty;
 pub(crate) mod keepalive;
+pub(crate) mod kube_api;
 pub(crate) mod tinyproxy;
 pub(crate) mod tls;
 
