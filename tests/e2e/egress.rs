@@ -275,3 +275,34 @@ async fn a_real_forward_proxy_carries_api_calls_and_refreshes_with_and_without_b
         }
     }
 }
+
+#[tokio::test]
+async fn mutual_tls_runs_end_to_end_inside_the_tunnel() {
+    let (pki, client_cert, client_key) = TestPki::requiring_clients();
+    let upstream = Upstream::spawn_tls(SimConfig::default(), pki.server.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let outbound = ConnectProxy::spawn().await;
+    let proxy = ProxyBuilder::new(&upstream.url, &upstream.token())
+        .set("UPSTREAM__CA_FILE", &file("ca.pem", &pki.ca_pem))
+        .set("UPSTREAM__CLIENT_CERT_FILE", &file("client.pem", &client_cert))
+        .set("UPSTREAM__CLIENT_KEY_FILE", &file("client.key", &client_key))
+        .set("UPSTREAM__PROXY", &outbound.url())
+        .spawn()
+        .await;
+    proxy.startup_refresh_done().await;
+    let r = client().get(proxy.url("/digital-accounts")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let tunnels = outbound.connects();
+    assert!(tunnels >= 2, "API and refresh through the proxy: {tunnels}");
+    assert_eq!(upstream.connections.load(std::sync::atomic::Ordering::SeqCst), tunnels);
+    assert!(!contains_ignoring_case(
+        &outbound.everything_read(),
+        "/digital-accounts"
+    ));
+    proxy.stop().await.unwrap();
+}
