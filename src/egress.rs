@@ -5,16 +5,17 @@
 //! `Route`, so they cannot disagree, and nothing else reads the proxy variables (not reqwest, not the Kubernetes
 //! client). The credentials for the proxy are in [`auth`]; the tunnel itself in `proxy::tunnel`.
 
-pub mod auth;
-pub mod failure;
+mod auth;
+pub(crate) mod failure;
 
 use std::{collections::HashMap, fmt};
 
 use http::{uri::Authority, Uri};
 use hyper_util::client::proxy::matcher::Matcher;
 
-pub use auth::{Credentials, ProxyAuth};
-pub use failure::TunnelError;
+pub use auth::Credentials;
+pub(crate) use auth::ProxyAuth;
+pub(crate) use failure::TunnelError;
 
 /// The port of a proxy URL that names none: curl's default.
 pub const DEFAULT_PROXY_PORT: u16 = 1080;
@@ -80,9 +81,9 @@ pub enum Route {
 /// password).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}: {reason}", origin.name())]
-pub struct InvalidProxy {
-    pub origin: Origin,
-    pub reason: String,
+pub(crate) struct InvalidProxy {
+    pub(crate) origin: Origin,
+    pub(crate) reason: String,
 }
 
 /// Decide how to reach `upstream` (`scheme://authority`), from `upstream.proxy` (`setting`) and `env`.
@@ -95,7 +96,7 @@ pub struct InvalidProxy {
 /// Only `http://` proxies are supported. The key's value is checked even where it is not used; a variable's
 /// only where it would be (another program's `ALL_PROXY=socks5://...` beside a `NO_PROXY` for IsSettled is no
 /// error here).
-pub fn decide(setting: &str, env: &HashMap<String, String>, upstream: &Uri) -> Result<Route, InvalidProxy> {
+pub(crate) fn decide(setting: &str, env: &HashMap<String, String>, upstream: &Uri) -> Result<Route, InvalidProxy> {
     let setting = setting.trim();
     if setting.eq_ignore_ascii_case(NONE) {
         return Ok(Route::Direct { why: Why::Disabled });
@@ -146,7 +147,7 @@ pub fn decide(setting: &str, env: &HashMap<String, String>, upstream: &Uri) -> R
 }
 
 /// `upstream.proxy` as `check-config` shows it: credentials replaced by `<redacted>`.
-pub fn redacted_setting(setting: &str) -> String {
+pub(crate) fn redacted_setting(setting: &str) -> String {
     match ProxyUrl::parse(setting) {
         Ok(proxy) if proxy.credentials.is_some() => format!("http://<redacted>@{}", proxy.authority),
         _ => setting.to_owned(),
@@ -298,7 +299,7 @@ impl ProxyUrl {
     }
 
     /// `http://host:port/`, for connecting.
-    pub fn uri(&self) -> Uri {
+    pub(crate) fn uri(&self) -> Uri {
         Uri::builder()
             .scheme(http::uri::Scheme::HTTP)
             .authority(self.authority.clone())

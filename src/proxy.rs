@@ -12,7 +12,7 @@ pub mod pool;
 pub mod request_id;
 pub mod target;
 pub mod tcp;
-pub mod tunnel;
+pub(crate) mod tunnel;
 
 use std::{sync::Arc, time::Duration};
 

@@ -20,7 +20,7 @@ pub struct Credentials {
 }
 
 /// Where the credentials come from, and the ones in use.
-pub struct ProxyAuth {
+pub(crate) struct ProxyAuth {
     source: Source,
 }
 
@@ -56,7 +56,7 @@ struct Stamp {
 impl Credentials {
     /// `user:password` as a file holds it: surrounding whitespace (a trailing newline) trimmed, split at the
     /// first `:`. The reason never repeats the text.
-    pub fn parse(text: &str) -> Result<Self, &'static str> {
+    pub(crate) fn parse(text: &str) -> Result<Self, &'static str> {
         let text = text.trim();
         let Some((user, password)) = text.split_once(':') else {
             return Err("must hold \"user:password\" (no `:` found; content not shown)");
@@ -65,7 +65,7 @@ impl Credentials {
     }
 
     /// The `user[:password]` part of a URL, percent-decoded.
-    pub fn from_userinfo(userinfo: &str) -> Result<Self, &'static str> {
+    pub(crate) fn from_userinfo(userinfo: &str) -> Result<Self, &'static str> {
         let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
         let decode = |s: &str| {
             percent_encoding::percent_decode_str(s)
@@ -90,17 +90,17 @@ impl Credentials {
     }
 
     /// The user name.
-    pub fn user(&self) -> &str {
+    pub(crate) fn user(&self) -> &str {
         &self.user
     }
 
     /// The password. Only for handing it to an HTTP client.
-    pub fn password(&self) -> &str {
+    pub(crate) fn password(&self) -> &str {
         &self.password
     }
 
     /// `Basic base64(user:password)`, marked sensitive (hyper and h2 never log or index a sensitive value).
-    pub fn basic(&self) -> HeaderValue {
+    pub(crate) fn basic(&self) -> HeaderValue {
         let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", self.user, self.password));
         let mut value = HeaderValue::try_from(format!("Basic {encoded}")).expect("base64 is a valid header value");
         value.set_sensitive(true);
@@ -118,13 +118,13 @@ impl fmt::Debug for Credentials {
 
 impl ProxyAuth {
     /// No credentials.
-    pub fn none() -> Self {
+    pub(crate) fn none() -> Self {
         Self { source: Source::None }
     }
 
     /// The credentials for a proxy: the file's, when `file` is set (read now: one that cannot be read or holds
     /// no `user:password` is refused), else the URL's, else none.
-    pub fn new(url: Option<&Credentials>, file: Option<&Path>) -> Result<Self, String> {
+    pub(crate) fn new(url: Option<&Credentials>, file: Option<&Path>) -> Result<Self, String> {
         let source = match (file, url) {
             (Some(path), _) => {
                 let (stamp, credentials) = read(path)?;
@@ -143,7 +143,7 @@ impl ProxyAuth {
     }
 
     /// Where the credentials come from, for `check-config` and the start-up log.
-    pub fn describe(&self) -> &'static str {
+    pub(crate) fn describe(&self) -> &'static str {
         match self.source {
             Source::None => "no proxy credentials",
             Source::Url(_) => "credentials from the proxy URL",
@@ -154,7 +154,7 @@ impl ProxyAuth {
     /// The credentials to send now. A changed file is read again (one `stat` per call: calls are per new
     /// connection, never per request); a changed file that cannot be used leaves the last good credentials in
     /// place, with a warning.
-    pub fn current(&self) -> Option<Credentials> {
+    pub(crate) fn current(&self) -> Option<Credentials> {
         match &self.source {
             Source::None => None,
             Source::Url(credentials) => Some(credentials.clone()),
@@ -183,7 +183,7 @@ impl ProxyAuth {
     }
 
     /// The `Proxy-Authorization` value to send now, if any.
-    pub fn header(&self) -> Option<HeaderValue> {
+    pub(crate) fn header(&self) -> Option<HeaderValue> {
         self.current().map(|c| c.basic())
     }
 }

@@ -8,7 +8,7 @@ use http::StatusCode;
 /// A failure of the tunnel, or of TLS inside it. Every variant means nothing reached the upstream. It has no
 /// `source`: the whole story is in the message (error chains are shown by their innermost cause).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TunnelError {
+pub(crate) enum TunnelError {
     /// TCP to the proxy failed (refused, DNS, time-out).
     #[error("cannot connect to the outbound proxy {proxy}: {detail}")]
     Unreachable { proxy: String, detail: String },
@@ -42,7 +42,7 @@ pub enum TunnelError {
 impl TunnelError {
     /// The proxy answered `status` (with `reason`, its own words, used where the status has no standard reason) to
     /// `CONNECT target`; `sent_credentials` says whether a `Proxy-Authorization` went with it.
-    pub fn refused(proxy: &str, status: u16, reason: &str, target: &str, sent_credentials: bool) -> Self {
+    pub(crate) fn refused(proxy: &str, status: u16, reason: &str, target: &str, sent_credentials: bool) -> Self {
         let reason = StatusCode::from_u16(status)
             .ok()
             .and_then(|s| s.canonical_reason())
@@ -63,7 +63,7 @@ impl TunnelError {
 }
 
 /// The innermost cause's message: what actually went wrong (`Connection refused (os error 111)`).
-pub fn innermost(error: &(dyn StdError + 'static)) -> String {
+pub(crate) fn innermost(error: &(dyn StdError + 'static)) -> String {
     let mut last = error;
     while let Some(next) = last.source() {
         last = next;

@@ -73,7 +73,7 @@ impl Connector {
 
     /// Connect through `tunnel`: TCP to the proxy, `CONNECT` to the URI's host and port, then the same stream.
     #[must_use]
-    pub fn through(mut self, tunnel: Arc<Tunnel>) -> Self {
+    pub(crate) fn through(mut self, tunnel: Arc<Tunnel>) -> Self {
         self.tunnel = Some(tunnel);
         self
     }

@@ -21,10 +21,10 @@ const MAX_HEADERS: usize = 32;
 
 /// Where tunnels go through, with what credentials, how long a `CONNECT` may take.
 #[derive(Debug)]
-pub struct Tunnel {
-    proxy: ProxyUrl,
-    /// `proxy` as shown in errors, made once.
+pub(crate) struct Tunnel {
+    /// The proxy as errors show it (no credentials), made once.
     shown: String,
+    /// `http://host:port/`: where the TCP connector goes.
     uri: Uri,
     auth: Arc<ProxyAuth>,
     timeout: Duration,
@@ -33,33 +33,27 @@ pub struct Tunnel {
 impl Tunnel {
     /// Tunnels through `proxy`, authenticated by `auth`, each `CONNECT` answered within `timeout`
     /// (`upstream.connect_timeout`; the TCP connect to the proxy has its own).
-    pub fn new(proxy: ProxyUrl, auth: Arc<ProxyAuth>, timeout: Duration) -> Self {
+    pub(crate) fn new(proxy: ProxyUrl, auth: Arc<ProxyAuth>, timeout: Duration) -> Self {
         Self {
             shown: proxy.to_string(),
             uri: proxy.uri(),
-            proxy,
             auth,
             timeout,
         }
     }
 
     /// The proxy, for the TCP connector to connect to.
-    pub fn proxy_uri(&self) -> &Uri {
+    pub(crate) fn proxy_uri(&self) -> &Uri {
         &self.uri
     }
 
     /// The proxy, as errors show it (no credentials).
-    pub fn shown(&self) -> &str {
+    pub(crate) fn shown(&self) -> &str {
         &self.shown
     }
 
-    /// The proxy.
-    pub fn proxy(&self) -> &ProxyUrl {
-        &self.proxy
-    }
-
     /// Why the TCP connection to the proxy failed.
-    pub fn unreachable(&self, error: &(dyn std::error::Error + 'static)) -> TunnelError {
+    pub(crate) fn unreachable(&self, error: &(dyn std::error::Error + 'static)) -> TunnelError {
         TunnelError::Unreachable {
             proxy: self.shown.clone(),
             detail: crate::egress::failure::innermost(error),
@@ -67,7 +61,11 @@ impl Tunnel {
     }
 
     /// Ask the proxy on `io` for a tunnel to `dst`'s host and port (443 when an `https://` URI names none).
-    pub async fn establish<S: AsyncRead + AsyncWrite + Unpin>(&self, io: &mut S, dst: &Uri) -> Result<(), TunnelError> {
+    pub(crate) async fn establish<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        io: &mut S,
+        dst: &Uri,
+    ) -> Result<(), TunnelError> {
         let host = dst.host().unwrap_or_default();
         let port = dst.port_u16().unwrap_or(443);
         let target = format!("{host}:{port}");
