@@ -243,7 +243,8 @@ fn is_env_name(name: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-fn token(f: &super::file::Token, env: &HashMap<String, String>) -> Result<TokenConfig, ConfigError> {
+/// `[token]`; `clustered`: in cluster mode the Secrets are the token source, so neither file nor env is needed.
+fn token(f: &super::file::Token, env: &HashMap<String, String>, clustered: bool) -> Result<TokenConfig, ConfigError> {
     let file = optional_path(&f.file);
     let env_name = f.env.trim();
     for (key, value) in [("token.file", &f.file), ("token.state_file", &f.state_file)] {
@@ -255,7 +256,7 @@ fn token(f: &super::file::Token, env: &HashMap<String, String>) -> Result<TokenC
             ));
         }
     }
-    if file.is_none() && env_name.is_empty() {
+    if file.is_none() && env_name.is_empty() && !clustered {
         return Err(invalid(
             "token.file",
             "set token.file or token.env (or both: file wins)",
@@ -484,7 +485,7 @@ pub(super) fn validate(mut raw: FileConfig, env: &HashMap<String, String>) -> Re
     Ok(Config {
         listen,
         upstream,
-        token: token(&raw.token, env)?,
+        token: token(&raw.token, env, raw.cluster.mode.trim() == "kubernetes")?,
         policy: policy(&raw.policy)?,
         log: log(&raw.log)?,
         shutdown: shutdown(&raw.shutdown)?,

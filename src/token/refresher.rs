@@ -297,9 +297,15 @@ impl<C: RefreshClient> Refresher<C> {
         let newer = w.seen.is_some_and(|g| current.generation > g);
         // A 401 asks for a refresh only when the token is older than `min_refresh_gap`, and never sooner than
         // the back-off after a failed refresh: a stream of 401s during an outage is not a stream of refreshes.
+        // A follower re-reads the chain instead, at most once per `min_refresh_gap`, however new its token is.
         let too_soon = w.trigger == Trigger::Upstream401
-            && (current.confirmed.elapsed(&Stamp::now()) < self.settings.min_refresh_gap
-                || self.retry_at.is_some_and(|at| at > Instant::now()));
+            && if self.authority.may_refresh() {
+                current.confirmed.elapsed(&Stamp::now()) < self.settings.min_refresh_gap
+                    || self.retry_at.is_some_and(|at| at > Instant::now())
+            } else {
+                self.last_resync
+                    .is_some_and(|at| at.elapsed() < self.settings.min_refresh_gap)
+            };
         if newer || too_soon {
             let _ = w.reply.send(Ok(Outcome {
                 current,

@@ -248,7 +248,7 @@ async fn three_replicas_share_one_chain_with_one_refresher_and_no_failed_request
         })
     };
     let (sent, failed) = load(&all, Duration::from_secs(12)).await;
-    assert!(sent > 100, "load was sent: {sent}");
+    assert!(sent > 30, "load was sent: {sent}");
     assert!(
         failed.is_empty(),
         "{} of {sent} requests failed: {:?}",
