@@ -218,6 +218,8 @@ impl Route {
     }
 }
 
+// === impl Why ===
+
 impl fmt::Display for Why {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -39,6 +39,8 @@ pub(crate) enum TunnelError {
     Io { proxy: String, detail: String },
 }
 
+// === impl TunnelError ===
+
 impl TunnelError {
     /// The proxy answered `status` (with `reason`, its own words, used where the status has no standard reason) to
     /// `CONNECT target`; `sent_credentials` says whether a `Proxy-Authorization` went with it.

@@ -105,6 +105,8 @@ pub struct Egress {
     auth: Arc<ProxyAuth>,
 }
 
+// === impl Egress ===
+
 impl Egress {
     /// From `[upstream]`: its route, and the credentials (`proxy_auth_file` wins over the URL's).
     pub fn new(cfg: &UpstreamConfig) -> Result<Self, ConfigError> {
@@ -157,6 +159,8 @@ pub struct UpstreamConnector {
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+// === impl UpstreamConnector ===
 
 impl tower::Service<Uri> for UpstreamConnector {
     type Response = MaybeHttpsStream<TokioIo<UpstreamStream>>;

@@ -30,6 +30,8 @@ pub(crate) struct Tunnel {
     timeout: Duration,
 }
 
+// === impl Tunnel ===
+
 impl Tunnel {
     /// Tunnels through `proxy`, authenticated by `auth`, each `CONNECT` answered within `timeout`
     /// (`upstream.connect_timeout`; the TCP connect to the proxy has its own).

@@ -107,6 +107,24 @@ async fn a_refusing_proxy_is_a_502_saying_what_it_answered_and_what_to_do() {
 }
 
 #[tokio::test]
+async fn a_certificate_the_tunnel_shows_that_ca_file_does_not_trust_is_a_502_naming_the_proxy() {
+    // What a TLS-inspecting proxy whose CA is not in ca_file looks like: the tunnel stands, TLS inside fails.
+    let (upstream, _builder, _dir) = tls_upstream(SimConfig::default()).await;
+    let outbound = ConnectProxy::spawn().await;
+    let proxy = ProxyBuilder::new(&upstream.url, &upstream.token())
+        .set("UPSTREAM__PROXY", &outbound.url())
+        .spawn()
+        .await;
+    let says = format!(
+        "TLS with the upstream through the outbound proxy {} failed: invalid peer certificate",
+        outbound.url()
+    );
+    unreachable_saying(&proxy, &says).await;
+    assert!(upstream.sim.requests().is_empty());
+    proxy.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_proxy_that_never_answers_connect_is_given_up_after_the_connect_timeout() {
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let silent_url = format!("http://{}", silent.local_addr().unwrap());

@@ -27,7 +27,7 @@ impl Tinyproxy {
                 std::env::var("CI").as_deref() != Ok("true"),
                 "tinyproxy is not installed, and CI=true: .ci/run installs it (apt-get install tinyproxy)"
             );
-            println!("skipped: tinyproxy is not installed (apt-get install -y tinyproxy)");
+            eprintln!("skipped: tinyproxy is not installed (apt-get install -y tinyproxy)");
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
