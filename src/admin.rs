@@ -16,7 +16,7 @@ use axum::{
 };
 
 use crate::{
-    errors::{json_response, ErrorContext, ProxyError},
+    errors::{json_response, AdminError, ErrorContext},
     metrics::{Metrics, TokenGauges},
     server::FromElsewhere,
     shutdown::{Phase, Shutdown, ShutdownSignal},
@@ -84,13 +84,13 @@ async fn refuse_foreign_posts(request: Request, next: Next) -> Response {
 }
 
 /// Why a request is refused before routing, if it is: a state-changing one from elsewhere, or from a browser.
-pub fn foreign_post<B>(request: &http::Request<B>) -> Option<ProxyError> {
+pub fn foreign_post<B>(request: &http::Request<B>) -> Option<AdminError> {
     if request.method().is_safe() {
         None
     } else if request.extensions().get::<FromElsewhere>().is_some() {
-        Some(ProxyError::AdminFromElsewhere)
+        Some(AdminError::FromElsewhere)
     } else if browser_post(request.method(), request.headers()) {
-        Some(ProxyError::AdminCrossOrigin)
+        Some(AdminError::CrossOrigin)
     } else {
         None
     }
@@ -170,10 +170,10 @@ async fn refresh(State(state): State<Arc<AdminState>>) -> Response {
             // answered garbage) is a failed refresh of a token that may still be usable.
             let error = match e {
                 RefreshError::Revoked(_) => {
-                    ProxyError::TokenUnavailable("the refresh was refused: the token is revoked")
+                    AdminError::TokenUnavailable("the refresh was refused: the token is revoked")
                 }
-                RefreshError::NoToken => ProxyError::TokenUnavailable("no token to refresh"),
-                other => ProxyError::RefreshFailed(other.to_string()),
+                RefreshError::NoToken => AdminError::TokenUnavailable("no token to refresh"),
+                other => AdminError::RefreshFailed(other.to_string()),
             };
             let ctx = ErrorContext {
                 endpoint_url: Some("/refresh"),
@@ -200,11 +200,11 @@ async fn quit(State(state): State<Arc<AdminState>>) -> Response {
 }
 
 async fn method_not_allowed() -> Response {
-    ProxyError::MethodNotAllowed.to_response(&ErrorContext::default())
+    AdminError::MethodNotAllowed.to_response(&ErrorContext::default())
 }
 
 async fn not_found() -> Response {
-    ProxyError::NotFound.to_response(&ErrorContext::default())
+    AdminError::NotFound.to_response(&ErrorContext::default())
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@ mod election;
 mod kube;
 mod lease;
 mod secret_store;
+#[cfg(test)]
+mod test_api;
 
 use std::{future::Future, sync::Arc, time::Duration};
 

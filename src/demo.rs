@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::{
     app::{self, AppError},
-    config::{self, Source},
+    config::{self, ConfigFile},
     shutdown,
     sim::{Sim, SimConfig},
     telemetry,
@@ -40,7 +40,7 @@ The token is refreshed every 30 s (the simulated upstream revokes it after 60 s 
 
 /// Run the demo until Ctrl-C.
 pub async fn run() -> Result<(), AppError> {
-    let signal = shutdown::os_signal();
+    let signals = shutdown::OsSignals::install();
     let sim = Sim::new(SimConfig {
         revoke_after: Duration::from_secs(60),
         token_ttl: Duration::from_secs(15 * 60),
@@ -48,7 +48,7 @@ pub async fn run() -> Result<(), AppError> {
     });
     let mut env = config::process_env();
     env.insert("ISSETTLED_DEMO_TOKEN".into(), sim.mint_admin_token());
-    let cfg = config::load(Source::Toml(DEMO_CONFIG), &env)?;
+    let cfg = config::load(ConfigFile::Toml(DEMO_CONFIG), &env)?;
     let _log = telemetry::init(cfg.log.format, &cfg.log.level);
     let sim_listener = tokio::net::TcpListener::bind(SIM_ADDRESS)
         .await
@@ -68,5 +68,5 @@ pub async fn run() -> Result<(), AppError> {
         "{}",
         curl_lines(&cfg.listen.address.to_string(), &cfg.listen.admin_address.to_string())
     );
-    app::run(cfg, listeners, signal).await
+    app::run_until_signals(cfg, listeners, signals).await
 }

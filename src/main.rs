@@ -7,8 +7,8 @@ use clap::Parser;
 use issettled_proxy::{
     app,
     cli::{Cli, Command},
-    config::{self, ConfigError, Source},
-    demo, telemetry, wait,
+    config::{self, ConfigError, ConfigFile},
+    telemetry, wait,
 };
 
 /// mimalloc: see bench/README.md for the measurements behind it.
@@ -33,7 +33,7 @@ fn main() -> ExitCode {
         }
     };
     match command {
-        Command::Run { config } => match config::load(Source::File(&config), &config::process_env()) {
+        Command::Run { config } => match config::load(ConfigFile::Path(&config), &config::process_env()) {
             Ok(cfg) => {
                 let _log = telemetry::init(cfg.log.format, &cfg.log.level);
                 exit(runtime.block_on(app::run_bound(cfg)))
@@ -42,17 +42,18 @@ fn main() -> ExitCode {
         },
         Command::CheckConfig { config } => {
             let env = config::process_env();
-            match config::load(Source::File(&config), &env)
+            match config::load(ConfigFile::Path(&config), &env)
                 .and_then(|cfg| app::check(&cfg).map_err(|e| e.naming_its_variable(&env)).map(|()| cfg))
             {
                 Ok(cfg) => {
-                    print!("{}", config::render_effective(&cfg));
+                    print!("{}", app::render_effective(&cfg));
                     ExitCode::SUCCESS
                 }
                 Err(e) => config_error(&e),
             }
         }
-        Command::Demo => exit(runtime.block_on(demo::run())),
+        #[cfg(feature = "demo")]
+        Command::Demo => exit(runtime.block_on(issettled_proxy::demo::run())),
         Command::Wait { admin, timeout } => {
             if runtime.block_on(wait::until_ready(&admin, timeout)) {
                 ExitCode::SUCCESS

@@ -1,6 +1,9 @@
 //! Every metric the contract names, in one place: lock-free atomic counters updated on the hot path and a
 //! Prometheus text renderer. Labels are fixed, small sets: methods, status codes, error codes, refresh results.
 
+// A panic aborts the process (`panic = "abort"`): nothing on the request path may unwrap or expect.
+#![deny(clippy::expect_used, clippy::unwrap_used)]
+
 use std::{
     fmt::Write as _,
     sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed},
@@ -62,9 +65,9 @@ pub struct TokenGauges {
 
 /// Decrements the in-flight gauge when dropped.
 #[derive(Debug)]
-pub struct InFlight<'a>(&'a Metrics);
+pub struct InFlightGuard<'a>(&'a Metrics);
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlightGuard<'_> {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Relaxed);
     }
@@ -96,9 +99,9 @@ impl Metrics {
     }
 
     /// Count a request in flight until the guard drops.
-    pub fn in_flight(&self) -> InFlight<'_> {
+    pub fn in_flight(&self) -> InFlightGuard<'_> {
         self.in_flight.fetch_add(1, Relaxed);
-        InFlight(self)
+        InFlightGuard(self)
     }
 
     /// Count a finished request.

@@ -1,6 +1,9 @@
 //! The proxy port: every request goes through one handler ([`forward`]) that checks it, injects the token,
 //! sends it to the one configured upstream, and streams the answer back (or normalizes an error).
 
+// A panic aborts the process (`panic = "abort"`): nothing on the request path may unwrap or expect.
+#![deny(clippy::expect_used, clippy::unwrap_used)]
+
 pub mod body;
 pub mod client;
 pub mod deadline;
@@ -19,7 +22,7 @@ use std::{sync::Arc, time::Duration};
 use http::Method;
 
 use crate::{
-    config::{Config, InboundAuthorization},
+    config::InboundAuthorization,
     metrics::Metrics,
     shutdown::ShutdownSignal,
     token::{RefreshHandle, TokenCell},
@@ -27,7 +30,7 @@ use crate::{
 use pool::Pool;
 use target::Target;
 
-/// The request rules, from the configuration.
+/// The request rules (built from the configuration by the app).
 #[derive(Debug, Clone)]
 pub struct Rules {
     pub allowed_hosts: Vec<String>,
@@ -35,30 +38,12 @@ pub struct Rules {
     pub allowed_methods: Vec<Method>,
     pub allowed_path_prefixes: Vec<String>,
     /// `token.refresh_path`: the proxy's own endpoint, never forwarded for an app.
-    pub refresh_path: policy::RefreshPath,
+    pub refresh_path: crate::path::RefreshPath,
     pub max_body_bytes: u64,
     pub inbound_authorization: InboundAuthorization,
     pub retry_on_401: Vec<Method>,
     pub member_id: Option<String>,
     pub request_timeout: Duration,
-}
-
-impl Rules {
-    /// From the validated configuration.
-    pub fn from_config(cfg: &Config) -> Self {
-        Self {
-            allowed_hosts: cfg.listen.allowed_hosts.clone(),
-            allowed_origins: cfg.listen.allowed_origins.clone(),
-            allowed_methods: cfg.policy.allowed_methods.clone(),
-            allowed_path_prefixes: cfg.policy.allowed_path_prefixes.clone(),
-            refresh_path: policy::RefreshPath::new(&cfg.token.refresh_path),
-            max_body_bytes: cfg.policy.max_body_bytes,
-            inbound_authorization: cfg.policy.inbound_authorization,
-            retry_on_401: cfg.policy.retry_on_401.clone(),
-            member_id: (!cfg.upstream.member_id.is_empty()).then(|| cfg.upstream.member_id.clone()),
-            request_timeout: cfg.upstream.request_timeout,
-        }
-    }
 }
 
 /// Everything the handler reads. Built once by the app.

@@ -7,13 +7,10 @@ use std::{collections::HashMap, net::SocketAddr, path::PathBuf, str::FromStr, ti
 use http::{Method, Uri};
 
 use super::{
-    BaseUrl, ClusterConfig, Config, ConfigError, EnvToken, EnvTokenError, FileConfig, InboundAuthorization,
-    KubernetesConfig, ListenConfig, LogConfig, LogFormat, PolicyConfig, ShutdownConfig, TokenConfig, UpstreamConfig,
+    BaseUrl, ClusterConfig, Config, ConfigError, FileConfig, InboundAuthorization, KubernetesConfig, ListenConfig,
+    LogConfig, LogFormat, PolicyConfig, ShutdownConfig, TokenConfig, TokenEnv, UpstreamConfig,
 };
-use crate::{
-    egress::{self, Route},
-    token::Token,
-};
+use crate::egress::{self, Route};
 
 fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::invalid(key, reason)
@@ -100,7 +97,7 @@ pub(crate) fn base_url(text: &str) -> Result<BaseUrl, ConfigError> {
         return Err(invalid(KEY, "must not have a query or fragment"));
     }
     let prefix = uri.path().trim_end_matches('/').to_owned();
-    if crate::proxy::policy::check_path(if prefix.is_empty() { "/" } else { &prefix }).is_err() {
+    if crate::path::check_path(if prefix.is_empty() { "/" } else { &prefix }).is_err() {
         return Err(invalid(
             KEY,
             "path prefix must not contain dot-segments, backslashes or `//`",
@@ -141,7 +138,7 @@ fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() == b.port() && a.port() != 0 && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
-fn listen(f: &super::file::Listen) -> Result<ListenConfig, ConfigError> {
+fn listen(f: &super::file::ListenSection) -> Result<ListenConfig, ConfigError> {
     if f.max_connections == 0 {
         return Err(invalid("listen.max_connections", "must be at least 1"));
     }
@@ -175,7 +172,7 @@ fn listen(f: &super::file::Listen) -> Result<ListenConfig, ConfigError> {
 
 /// `upstream.proxy` and the proxy variables, decided for `base_url`; an unusable setting names the key (and the
 /// variable it came from), never its value.
-fn route(f: &super::file::Upstream, env: &HashMap<String, String>, base_url: &BaseUrl) -> Result<Route, ConfigError> {
+fn route(f: &super::file::UpstreamSection, env: &HashMap<String, String>, base_url: &BaseUrl) -> Result<Route, ConfigError> {
     let upstream = Uri::builder()
         .scheme(base_url.scheme.clone())
         .authority(base_url.authority.clone())
@@ -200,7 +197,7 @@ fn proxy_auth_file(text: &str) -> Result<Option<PathBuf>, ConfigError> {
     Ok(Some(path))
 }
 
-fn upstream(f: &super::file::Upstream, env: &HashMap<String, String>) -> Result<UpstreamConfig, ConfigError> {
+fn upstream(f: &super::file::UpstreamSection, env: &HashMap<String, String>) -> Result<UpstreamConfig, ConfigError> {
     let client_cert_file = readable_file("upstream.client_cert_file", &f.client_cert_file)?;
     let client_key_file = readable_file("upstream.client_key_file", &f.client_key_file)?;
     if client_cert_file.is_some() != client_key_file.is_some() {
@@ -244,7 +241,11 @@ fn is_env_name(name: &str) -> bool {
 }
 
 /// `[token]`; `clustered`: in cluster mode the Secrets are the token source, so neither file nor env is needed.
-fn token(f: &super::file::Token, env: &HashMap<String, String>, clustered: bool) -> Result<TokenConfig, ConfigError> {
+fn token(
+    f: &super::file::TokenSection,
+    env: &HashMap<String, String>,
+    clustered: bool,
+) -> Result<TokenConfig, ConfigError> {
     let file = optional_path(&f.file);
     let env_name = f.env.trim();
     for (key, value) in [("token.file", &f.file), ("token.state_file", &f.state_file)] {
@@ -272,13 +273,7 @@ fn token(f: &super::file::Token, env: &HashMap<String, String>, clustered: bool)
             ),
         ));
     }
-    let env_token = (!env_name.is_empty()).then(|| EnvToken {
-        name: env_name.to_owned(),
-        value: match env.get(env_name) {
-            Some(v) => Token::parse(v).map_err(EnvTokenError::Refused),
-            None => Err(EnvTokenError::NotSet),
-        },
-    });
+    let env_token = (!env_name.is_empty()).then(|| TokenEnv::read(env_name, env));
     let refresh_path = f.refresh_path.trim().to_owned();
     if !refresh_path.starts_with('/') {
         return Err(invalid("token.refresh_path", "must start with `/`"));
@@ -309,14 +304,14 @@ fn token(f: &super::file::Token, env: &HashMap<String, String>, clustered: bool)
     })
 }
 
-fn policy(f: &super::file::Policy) -> Result<PolicyConfig, ConfigError> {
+fn policy(f: &super::file::PolicySection) -> Result<PolicyConfig, ConfigError> {
     const PREFIXES: &str = "policy.allowed_path_prefixes";
     let mut allowed_path_prefixes = Vec::new();
     for p in entries(PREFIXES, &f.allowed_path_prefixes)? {
         if !p.starts_with('/') {
             return Err(invalid(PREFIXES, format!("`{p}` must start with `/`")));
         }
-        if crate::proxy::policy::check_path(p).is_err() {
+        if crate::path::check_path(p).is_err() {
             return Err(invalid(
                 PREFIXES,
                 format!("`{p}` has dot-segments, backslashes or `//`"),
@@ -347,7 +342,7 @@ fn policy(f: &super::file::Policy) -> Result<PolicyConfig, ConfigError> {
     })
 }
 
-fn log(f: &super::file::Log) -> Result<LogConfig, ConfigError> {
+fn log(f: &super::file::LogSection) -> Result<LogConfig, ConfigError> {
     let format = match f.format.trim() {
         "json" => LogFormat::Json,
         "pretty" => LogFormat::Pretty,
@@ -364,7 +359,7 @@ fn log(f: &super::file::Log) -> Result<LogConfig, ConfigError> {
     Ok(LogConfig { format, level })
 }
 
-fn shutdown(f: &super::file::Shutdown) -> Result<ShutdownConfig, ConfigError> {
+fn shutdown(f: &super::file::ShutdownSection) -> Result<ShutdownConfig, ConfigError> {
     Ok(ShutdownConfig {
         delay: duration("shutdown.delay", &f.delay)?,
         grace: duration("shutdown.grace", &f.grace)?,
@@ -397,7 +392,7 @@ fn kubernetes_name(key: &str, name: &str, label: bool) -> Result<String, ConfigE
     Ok(name.to_owned())
 }
 
-fn cluster(f: &super::file::Cluster, env: &HashMap<String, String>) -> Result<ClusterConfig, ConfigError> {
+fn cluster(f: &super::file::ClusterSection, env: &HashMap<String, String>) -> Result<ClusterConfig, ConfigError> {
     match f.mode.trim() {
         "off" => return Ok(None),
         "kubernetes" => {}

@@ -162,6 +162,13 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 // === impl UpstreamConnector ===
 
+/// Straight to the upstream: no tunnel to name in errors.
+impl From<HttpsConnector<Connector>> for UpstreamConnector {
+    fn from(https: HttpsConnector<Connector>) -> Self {
+        Self { https, through: None }
+    }
+}
+
 impl tower::Service<Uri> for UpstreamConnector {
     type Response = MaybeHttpsStream<TokioIo<UpstreamStream>>;
     type Error = BoxError;
@@ -193,7 +200,7 @@ impl tower::Service<Uri> for UpstreamConnector {
 
 /// The forwarding client: pooled keep-alive connections, HTTP/1.1 or HTTP/2 by ALPN, through the tunnel when
 /// the route says so.
-pub fn upstream_pool(cfg: &UpstreamConfig, tls: ClientConfig, egress: &Egress) -> Pool {
+pub fn upstream_pool(cfg: &UpstreamConfig, tls: ClientConfig, egress: &Egress) -> Result<Pool, ConfigError> {
     let mut tcp = Connector::new(cfg.connect_timeout);
     let mut through = None;
     if let Route::Tunnel { proxy, .. } = &egress.route {
@@ -209,6 +216,7 @@ pub fn upstream_pool(cfg: &UpstreamConfig, tls: ClientConfig, egress: &Egress) -
         .wrap_connector(tcp);
     let connector = UpstreamConnector { https, through };
     Pool::new(connector, &cfg.base_url.scheme, &cfg.base_url.authority, POOL_MAX_IDLE)
+        .map_err(|e| invalid("upstream.base_url", e.to_string()))
 }
 
 /// The refresh client. reqwest's own proxy support makes its tunnel, configured from the same route: the system

@@ -6,6 +6,7 @@
 mod support;
 
 mod admin;
+mod bodies;
 mod cli;
 mod cluster;
 mod connections;
@@ -13,9 +14,14 @@ mod egress;
 mod egress_errors;
 mod errors;
 mod forwarding;
-mod hardening;
+mod framing;
+mod headers;
 mod interop;
 mod kube_api_fake;
+mod limits;
+mod origins;
+mod paths;
 mod shutdown;
 mod token;
 mod upstream;
+mod upstream_faults;

@@ -11,7 +11,7 @@ use std::{
 
 use issettled_proxy::{
     app::{self, AppError, Listeners},
-    config::{self, Source},
+    config::{self, ConfigFile},
     sim::{Sim, SimConfig},
 };
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
@@ -21,6 +21,7 @@ pub(crate) mod connect_proxy;
 pub(crate) mod faulty;
 pub(crate) mod keepalive;
 pub(crate) mod kube_api;
+pub(crate) mod refusals;
 pub(crate) mod tinyproxy;
 pub(crate) mod tls;
 
@@ -159,7 +160,7 @@ impl ProxyBuilder {
 
     /// The validated configuration.
     pub(crate) fn config(&self) -> config::Config {
-        config::load(Source::Toml(&self.toml), &self.env).expect("test configuration")
+        config::load(ConfigFile::Toml(&self.toml), &self.env).expect("test configuration")
     }
 
     /// Bind ephemeral ports and run the app.
