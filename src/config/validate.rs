@@ -172,7 +172,11 @@ fn listen(f: &super::file::ListenSection) -> Result<ListenConfig, ConfigError> {
 
 /// `upstream.proxy` and the proxy variables, decided for `base_url`; an unusable setting names the key (and the
 /// variable it came from), never its value.
-fn route(f: &super::file::UpstreamSection, env: &HashMap<String, String>, base_url: &BaseUrl) -> Result<Route, ConfigError> {
+fn route(
+    f: &super::file::UpstreamSection,
+    env: &HashMap<String, String>,
+    base_url: &BaseUrl,
+) -> Result<Route, ConfigError> {
     let upstream = Uri::builder()
         .scheme(base_url.scheme.clone())
         .authority(base_url.authority.clone())
