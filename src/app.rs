@@ -12,6 +12,7 @@ use crate::{
     proxy::{self, client, target::Target, ProxyState, Rules},
     server::{self, Crowd, Limits},
     shutdown::{self, Phase, Shutdown},
+    telemetry,
     token::{self, refresh::HttpRefreshClient, Refresher, TokenCell},
 };
 
@@ -116,7 +117,7 @@ async fn run_prepared(cfg: Config, listeners: Listeners, signal: impl Future<Out
         format!("{}{}", cfg.upstream.base_url.as_string(), cfg.token.refresh_path),
         cfg.token.refresh_method.clone(),
     );
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::new().with_log_lines_dropped(telemetry::dropped_lines));
     let cell = TokenCell::new();
     let (mut refresher, refresh) = Refresher::new(
         token::settings(&cfg.token),

@@ -49,7 +49,7 @@ pub async fn run() -> Result<(), AppError> {
     let mut env = config::process_env();
     env.insert("ISSETTLED_DEMO_TOKEN".into(), sim.mint_admin_token());
     let cfg = config::load(Source::Toml(DEMO_CONFIG), &env)?;
-    let _log = telemetry::init(cfg.log.format, &cfg.log.level);
+    let _log = telemetry::init(cfg.log.format, &cfg.log.filter);
     let sim_listener = tokio::net::TcpListener::bind(SIM_ADDRESS)
         .await
         .map_err(|source| AppError::Bind {

@@ -35,7 +35,7 @@ fn main() -> ExitCode {
     match command {
         Command::Run { config } => match config::load(Source::File(&config), &config::process_env()) {
             Ok(cfg) => {
-                let _log = telemetry::init(cfg.log.format, &cfg.log.level);
+                let _log = telemetry::init(cfg.log.format, &cfg.log.filter);
                 exit(runtime.block_on(app::run_bound(cfg)))
             }
             Err(e) => config_error(&e),

@@ -313,7 +313,7 @@ fn policy(f: &super::file::Policy) -> Result<PolicyConfig, ConfigError> {
     })
 }
 
-fn log(f: &super::file::Log) -> Result<LogConfig, ConfigError> {
+fn log(f: &super::file::Log, env: &HashMap<String, String>) -> Result<LogConfig, ConfigError> {
     let format = match f.format.trim() {
         "json" => LogFormat::Json,
         "pretty" => LogFormat::Pretty,
@@ -324,10 +324,13 @@ fn log(f: &super::file::Log) -> Result<LogConfig, ConfigError> {
             ))
         }
     };
-    let level = f.level.trim().to_owned();
-    tracing_subscriber::EnvFilter::try_new(&level)
-        .map_err(|e| invalid("log.level", format!("`{level}` is not a level or filter: {e}")))?;
-    Ok(LogConfig { format, level })
+    let level = super::log_filter::filter("log.level", &f.level)?;
+    // RUST_LOG wins over log.level, and is held to the same rules: a blank one counts as unset.
+    let filter = match env.get("RUST_LOG").filter(|v| !v.trim().is_empty()) {
+        Some(rust_log) => super::log_filter::filter("RUST_LOG", rust_log)?,
+        None => level.clone(),
+    };
+    Ok(LogConfig { format, level, filter })
 }
 
 fn shutdown(f: &super::file::Shutdown) -> Result<ShutdownConfig, ConfigError> {
@@ -338,14 +341,14 @@ fn shutdown(f: &super::file::Shutdown) -> Result<ShutdownConfig, ConfigError> {
     })
 }
 
-/// Validate the merged file form. `env` supplies the value of `token.env`.
+/// Validate the merged file form. `env` supplies the value of `token.env` and `RUST_LOG`.
 pub(super) fn validate(raw: FileConfig, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
     Ok(Config {
         listen: listen(&raw.listen)?,
         upstream: upstream(&raw.upstream)?,
         token: token(&raw.token, env)?,
         policy: policy(&raw.policy)?,
-        log: log(&raw.log)?,
+        log: log(&raw.log, env)?,
         shutdown: shutdown(&raw.shutdown)?,
         raw,
     })

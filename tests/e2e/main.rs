@@ -12,6 +12,7 @@ mod errors;
 mod forwarding;
 mod hardening;
 mod interop;
+mod logging;
 mod shutdown;
 mod token;
 mod upstream;

@@ -7,9 +7,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
 use crate::support::binary::{BinConfig, Running};
 use crate::support::{client, ProxyBuilder, TestProxy, Upstream};
+use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tokio::{io::AsyncWriteExt, net::TcpStream, task::JoinHandle};
@@ -213,7 +213,10 @@ async fn late_request_on_a_kept_alive_connection(max_connections: &str) {
     idle.write_all(b"GET /digital-accounts HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
-    assert_eq!(crate::support::raw_status(&crate::support::read_response(&mut idle, GRACE).await), 200);
+    assert_eq!(
+        crate::support::raw_status(&crate::support::read_response(&mut idle, GRACE).await),
+        200
+    );
 
     // Something in flight keeps the proxy in its stopping phase for a while.
     let slow = fire(&proxy.url("/slow?ms=1500"), 1);

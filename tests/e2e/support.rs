@@ -61,7 +61,11 @@ impl Upstream {
     }
 
     /// Over TLS, with `options` for its connections.
-    pub(crate) async fn spawn_tls_with(cfg: SimConfig, server: Arc<rustls::ServerConfig>, options: tls::ServeOptions) -> Self {
+    pub(crate) async fn spawn_tls_with(
+        cfg: SimConfig,
+        server: Arc<rustls::ServerConfig>,
+        options: tls::ServeOptions,
+    ) -> Self {
         let prefix = cfg.prefix.clone();
         let sim = Sim::new(cfg);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

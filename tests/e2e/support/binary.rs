@@ -284,3 +284,21 @@ pub(crate) fn fingerprint(token: &str) -> String {
     let hex: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
     format!("sha256:{hex}")
 }
+
+/// Run `check-config --config <text>` with `env` and return (exit code, stdout, stderr).
+pub(crate) async fn check_config(text: &str, env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut cmd = command();
+    cmd.arg("check-config")
+        .arg("--config")
+        .arg(&path)
+        .envs(env.iter().copied());
+    let out = output(cmd, Duration::from_secs(10)).await;
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -74,11 +74,7 @@ impl Faulty {
                 });
             }
         });
-        Self {
-            addr,
-            heads,
-            task,
-        }
+        Self { addr, heads, task }
     }
 
     /// `http://127.0.0.1:port`.
