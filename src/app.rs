@@ -77,13 +77,6 @@ pub fn bind_unix(path: &std::path::Path) -> Result<UnixListener, AppError> {
     Ok(listener)
 }
 
-/// Checks `check-config` does beyond parsing: the TLS material loads, and `token.state_file` can be a file in a
-/// directory (a missing directory is fine: `run` creates it).
-pub fn check(cfg: &Config) -> Result<(), ConfigError> {
-    client::tls_config(&cfg.upstream)?;
-    state_file_place(cfg, token::state_file::check_place)
-}
-
 /// Apply `rule` to `token.state_file`, if set; its refusal is a configuration error naming the key.
 fn state_file_place(cfg: &Config, rule: fn(&std::path::Path) -> Result<(), String>) -> Result<(), ConfigError> {
     match &cfg.token.state_file {
@@ -92,9 +85,11 @@ fn state_file_place(cfg: &Config, rule: fn(&std::path::Path) -> Result<(), Strin
     }
 }
 
-/// Bind the configured addresses and run until SIGTERM or SIGINT.
+/// Bind the configured addresses and run until SIGTERM or SIGINT. Call [`preflight::startup`](crate::preflight::startup)
+/// first.
 pub async fn run_bound(cfg: Config) -> Result<(), AppError> {
-    // A state file that cannot be written is a configuration error before any socket is bound.
+    // A state file that cannot be written is a configuration error before any socket is bound (as is what
+    // `preflight::startup` refuses, checked by the caller first).
     state_file_place(&cfg, token::state_file::prepare)?;
     // Handlers first: from here on SIGTERM means a graceful stop, even during start-up.
     let signal = shutdown::os_signal();

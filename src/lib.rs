@@ -16,6 +16,7 @@
 //!   codings), the request and response bodies, the clients.
 //! - [`errors`]: `ProxyError` and its one table of codes, the error schema, normalization, token scrubbing.
 //! - [`admin`]: `/healthz`, `/readyz`, `/status`, `/metrics`, `/refresh`, `/quitquitquit`.
+//! - [`preflight`]: the checks `run` makes at start and `check-config` makes too.
 //! - [`metrics`], [`shutdown`], [`telemetry`], [`clock`]: leaves.
 //! - [`server`]: accept loop, connection limits and timers, graceful drain.
 //! - [`sim`]: the simulated IsSettled used by `demo` and the tests; [`demo`], [`wait`], [`cli`]: commands.
@@ -28,6 +29,7 @@ pub mod config;
 pub mod demo;
 pub mod errors;
 pub mod metrics;
+pub mod preflight;
 pub mod proxy;
 pub mod server;
 pub mod shutdown;

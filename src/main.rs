@@ -7,8 +7,8 @@ use clap::Parser;
 use issettled_proxy::{
     app,
     cli::{Cli, Command},
-    config::{self, ConfigError, Source},
-    demo, telemetry, wait,
+    config::{self, Config, ConfigError, Source},
+    demo, preflight, telemetry, wait,
 };
 
 /// mimalloc: see bench/README.md for the measurements behind it.
@@ -33,25 +33,20 @@ fn main() -> ExitCode {
         }
     };
     match command {
-        Command::Run { config } => match config::load(Source::File(&config), &config::process_env()) {
+        Command::Run { config } => match loaded(&config, preflight::startup) {
             Ok(cfg) => {
                 let _log = telemetry::init(cfg.log.format, &cfg.log.filter);
                 exit(runtime.block_on(app::run_bound(cfg)))
             }
             Err(e) => config_error(&e),
         },
-        Command::CheckConfig { config } => {
-            let env = config::process_env();
-            match config::load(Source::File(&config), &env)
-                .and_then(|cfg| app::check(&cfg).map_err(|e| e.naming_its_variable(&env)).map(|()| cfg))
-            {
-                Ok(cfg) => {
-                    print!("{}", config::render_effective(&cfg));
-                    ExitCode::SUCCESS
-                }
-                Err(e) => config_error(&e),
+        Command::CheckConfig { config } => match loaded(&config, preflight::check) {
+            Ok(cfg) => {
+                print!("{}", config::render_effective(&cfg));
+                ExitCode::SUCCESS
             }
-        }
+            Err(e) => config_error(&e),
+        },
         Command::Demo => exit(runtime.block_on(demo::run())),
         Command::Wait { admin, timeout } => {
             if runtime.block_on(wait::until_ready(&admin, timeout)) {
@@ -80,6 +75,15 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         b
     };
     builder.enable_all().build()
+}
+
+/// Load the configuration file with the process environment and apply `checks` (`run` and `check-config` check
+/// the same things: see [`preflight`]); errors name the variable that set a bad value.
+fn loaded(path: &std::path::Path, checks: fn(&Config) -> Result<(), ConfigError>) -> Result<Config, ConfigError> {
+    let env = config::process_env();
+    let cfg = config::load(Source::File(path), &env)?;
+    checks(&cfg).map_err(|e| e.naming_its_variable(&env))?;
+    Ok(cfg)
 }
 
 fn config_error(e: &ConfigError) -> ExitCode {

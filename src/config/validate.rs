@@ -56,6 +56,9 @@ fn method(key: &str, text: &str) -> Result<Method, ConfigError> {
     Method::from_bytes(upper.as_bytes()).map_err(|_| invalid(key, format!("`{text}` is not an HTTP method")))
 }
 
+/// The methods IsSettled supports: the only ones `policy.allowed_methods` may list.
+const UPSTREAM_METHODS: [Method; 3] = [Method::GET, Method::POST, Method::DELETE];
+
 fn methods(key: &str, list: &[String]) -> Result<Vec<Method>, ConfigError> {
     entries(key, list)?.into_iter().map(|m| method(key, m)).collect()
 }
@@ -303,6 +306,12 @@ fn policy(f: &super::file::Policy) -> Result<PolicyConfig, ConfigError> {
     let allowed_methods = methods("policy.allowed_methods", &f.allowed_methods)?;
     if allowed_methods.is_empty() {
         return Err(invalid("policy.allowed_methods", "must list at least one method"));
+    }
+    if let Some(other) = allowed_methods.iter().find(|m| !UPSTREAM_METHODS.contains(m)) {
+        return Err(invalid(
+            "policy.allowed_methods",
+            format!("`{other}`: IsSettled supports only GET, POST and DELETE"),
+        ));
     }
     Ok(PolicyConfig {
         allowed_methods,
