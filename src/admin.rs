@@ -18,6 +18,7 @@ use axum::{
 use crate::{
     errors::{json_response, ErrorContext, ProxyError},
     metrics::{Metrics, TokenGauges},
+    proxy::request_id,
     server::FromElsewhere,
     shutdown::{Phase, Shutdown, ShutdownSignal},
     token::{self, refresh::RefreshError, RefreshHandle, TokenCell, Trigger},
@@ -35,6 +36,8 @@ pub struct AdminState {
     pub quit: Option<Shutdown>,
     /// `base_url`, for `/status`.
     pub upstream: String,
+    /// `upstream.member_id`, if configured: `member_identification` in errors, as on the proxy port.
+    pub member_id: Option<String>,
 }
 
 /// The admin router.
@@ -51,8 +54,35 @@ pub fn router(state: Arc<AdminState>) -> Router {
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), refuse_foreign_posts))
         .with_state(state)
-        .layer(middleware::from_fn(refuse_foreign_posts))
+}
+
+/// An error of the admin port, filled in like every other error: `member_identification` from the
+/// configuration, `troubleshooting_id` the request's `X-Request-Id` (or a new id, returned in that header).
+fn error_response(state: &AdminState, error: &ProxyError, path: &str, headers: &HeaderMap) -> Response {
+    with_error_context(state, error, path, headers, |_| {})
+}
+
+/// [`error_response`], with `amend` adding to the body.
+fn with_error_context(
+    state: &AdminState,
+    error: &ProxyError,
+    path: &str,
+    headers: &HeaderMap,
+    amend: impl FnOnce(&mut crate::errors::ErrorBody),
+) -> Response {
+    let request_id = request_id::pick(headers);
+    let ctx = ErrorContext {
+        endpoint_url: Some(path),
+        member_id: state.member_id.as_deref(),
+        request_id: request_id.to_str().ok(),
+    };
+    let mut body = error.body(&ctx);
+    amend(&mut body);
+    let mut response = json_response(error.status_and_code().0, body.to_json());
+    response.headers_mut().insert(request_id::HEADER, request_id);
+    response
 }
 
 /// Whether a request is one a web page made a browser send: a state-changing method with an `Origin` header.
@@ -68,13 +98,9 @@ pub fn browser_post(method: &Method, headers: &HeaderMap) -> bool {
 /// probes, and whatever else the NetworkPolicy lets in (a scraper, another pod) could otherwise force refreshes
 /// against IsSettled or stop the sidecar. Operators reach it through `kubectl port-forward` or `kubectl exec`
 /// into the app container, which are local. Reads (`GET`) are served to everyone the listener accepts.
-async fn refuse_foreign_posts(request: Request, next: Next) -> Response {
+async fn refuse_foreign_posts(State(state): State<Arc<AdminState>>, request: Request, next: Next) -> Response {
     if let Some(error) = foreign_post(&request) {
-        let ctx = ErrorContext {
-            endpoint_url: Some(request.uri().path()),
-            ..ErrorContext::default()
-        };
-        return error.to_response(&ctx);
+        return error_response(&state, &error, request.uri().path(), request.headers());
     }
     next.run(request).await
 }
@@ -146,7 +172,7 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
     response
 }
 
-async fn refresh(State(state): State<Arc<AdminState>>) -> Response {
+async fn refresh(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
     match state.refresh.refresh_now(Trigger::Admin, None).await {
         Ok(_) => Json(token_json(&token::snapshot(&state.token))).into_response(),
         Err(e) => {
@@ -159,14 +185,10 @@ async fn refresh(State(state): State<Arc<AdminState>>) -> Response {
                 RefreshError::NoToken => ProxyError::TokenUnavailable("no token to refresh"),
                 other => ProxyError::RefreshFailed(other.to_string()),
             };
-            let ctx = ErrorContext {
-                endpoint_url: Some("/refresh"),
-                ..ErrorContext::default()
-            };
-            let mut body = error.body(&ctx);
-            body.extra
-                .insert("token".into(), token_json(&token::snapshot(&state.token)));
-            json_response(error.status_and_code().0, body.to_json())
+            let token = token_json(&token::snapshot(&state.token));
+            with_error_context(&state, &error, "/refresh", &headers, |body| {
+                body.extra.insert("token".into(), token);
+            })
         }
     }
 }
@@ -183,12 +205,17 @@ async fn quit(State(state): State<Arc<AdminState>>) -> Response {
     Json(serde_json::json!({"shutting_down": true})).into_response()
 }
 
-async fn method_not_allowed() -> Response {
-    ProxyError::MethodNotAllowed.to_response(&ErrorContext::default())
+async fn method_not_allowed(State(state): State<Arc<AdminState>>, request: Request) -> Response {
+    error_response(
+        &state,
+        &ProxyError::AdminMethodNotAllowed,
+        request.uri().path(),
+        request.headers(),
+    )
 }
 
-async fn not_found() -> Response {
-    ProxyError::NotFound.to_response(&ErrorContext::default())
+async fn not_found(State(state): State<Arc<AdminState>>, request: Request) -> Response {
+    error_response(&state, &ProxyError::NotFound, request.uri().path(), request.headers())
 }
 
 #[cfg(test)]

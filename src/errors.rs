@@ -41,9 +41,12 @@ pub enum ProxyError {
     /// Request header block over the limits.
     #[error("request headers exceed the limits ({0})")]
     HeadersTooLarge(&'static str),
-    /// Method outside `policy.allowed_methods`.
-    #[error("the method is not allowed")]
-    MethodNotAllowed,
+    /// Method outside `policy.allowed_methods`; the methods that are, for the `Allow` header.
+    #[error("the method is not one of policy.allowed_methods ({0})")]
+    MethodNotAllowed(Allow),
+    /// A method an admin endpoint does not serve.
+    #[error("this admin endpoint does not serve the method")]
+    AdminMethodNotAllowed,
     /// Body over `policy.max_body_bytes`.
     #[error("the request body exceeds policy.max_body_bytes")]
     PayloadTooLarge,
@@ -81,7 +84,7 @@ impl ProxyError {
             OriginNotAllowed | AdminCrossOrigin => (StatusCode::FORBIDDEN, "ORIGIN_NOT_ALLOWED"),
             AdminFromElsewhere => (StatusCode::FORBIDDEN, "ADMIN_LOCAL_ONLY"),
             HeadersTooLarge(_) => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "HEADERS_TOO_LARGE"),
-            MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
+            MethodNotAllowed(_) | AdminMethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
             PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
             UpstreamUnreachable(_) => (StatusCode::BAD_GATEWAY, "UPSTREAM_UNREACHABLE"),
             UpstreamProtocol(_) => (StatusCode::BAD_GATEWAY, "UPSTREAM_PROTOCOL_ERROR"),
@@ -117,9 +120,35 @@ impl ProxyError {
         body
     }
 
-    /// The complete response for this error.
+    /// The complete response for this error. A 405 says which methods are allowed (RFC 9110 §15.5.6: "The
+    /// origin server MUST generate an Allow header field in a 405 response").
     pub fn to_response(&self, ctx: &ErrorContext<'_>) -> Response<Body> {
-        json_response(self.status_and_code().0, self.body(ctx).to_json())
+        let mut response = json_response(self.status_and_code().0, self.body(ctx).to_json());
+        if let Self::MethodNotAllowed(allow) = self {
+            response.headers_mut().insert(header::ALLOW, allow.0.clone());
+        }
+        response
+    }
+}
+
+/// The value of an `Allow` header: the methods a 405 names (`GET, POST, DELETE`).
+#[derive(Debug, Clone)]
+pub struct Allow(HeaderValue);
+
+// === impl Allow ===
+
+impl Allow {
+    /// `methods`, comma-separated.
+    pub fn new(methods: &[http::Method]) -> Self {
+        let list = methods.iter().map(http::Method::as_str).collect::<Vec<_>>().join(", ");
+        // Method names are tokens, always a valid header value.
+        Self(HeaderValue::from_str(&list).unwrap_or(HeaderValue::from_static("")))
+    }
+}
+
+impl std::fmt::Display for Allow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.to_str().unwrap_or_default())
     }
 }
 
@@ -169,5 +198,18 @@ mod tests {
         assert_eq!(v["service_name"], "issettled-proxy");
         assert_eq!(v["troubleshooting_id"], "req-1");
         assert!(v["timestamp"].is_i64());
+    }
+
+    #[test]
+    fn a_405_names_the_allowed_methods_and_the_key() {
+        let e = ProxyError::MethodNotAllowed(Allow::new(&[http::Method::GET, http::Method::POST]));
+        let response = e.to_response(&ErrorContext::default());
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(response.headers()[header::ALLOW], "GET, POST");
+        let v: serde_json::Value = serde_json::from_slice(&e.body(&ErrorContext::default()).to_json()).unwrap();
+        assert_eq!(
+            v["long_message"],
+            "the method is not one of policy.allowed_methods (GET, POST)"
+        );
     }
 }

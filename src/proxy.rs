@@ -19,6 +19,7 @@ use http::Method;
 
 use crate::{
     config::{Config, InboundAuthorization},
+    errors::Allow,
     metrics::Metrics,
     shutdown::ShutdownSignal,
     token::{RefreshHandle, TokenCell},
@@ -32,6 +33,8 @@ pub struct Rules {
     pub allowed_hosts: Vec<String>,
     pub allowed_origins: Vec<String>,
     pub allowed_methods: Vec<Method>,
+    /// `allowed_methods` for the `Allow` header of a 405.
+    pub allow: Allow,
     pub allowed_path_prefixes: Vec<String>,
     /// `token.refresh_path`: the proxy's own endpoint, never forwarded for an app.
     pub refresh_path: policy::RefreshPath,
@@ -49,6 +52,7 @@ impl Rules {
             allowed_hosts: cfg.listen.allowed_hosts.clone(),
             allowed_origins: cfg.listen.allowed_origins.clone(),
             allowed_methods: cfg.policy.allowed_methods.clone(),
+            allow: Allow::new(&cfg.policy.allowed_methods),
             allowed_path_prefixes: cfg.policy.allowed_path_prefixes.clone(),
             refresh_path: policy::RefreshPath::new(&cfg.token.refresh_path),
             max_body_bytes: cfg.policy.max_body_bytes,

@@ -248,7 +248,7 @@ fn check(state: &ProxyState, parts: &Parts) -> Result<(), ProxyError> {
         }
     }
     if !policy::method_allowed(&parts.method, &rules.allowed_methods) {
-        return Err(ProxyError::MethodNotAllowed);
+        return Err(ProxyError::MethodNotAllowed(rules.allow.clone()));
     }
     policy::header_limits(&parts.headers).map_err(ProxyError::HeadersTooLarge)?;
     let path = parts.uri.path();

@@ -251,3 +251,29 @@ async fn a_gzipped_upstream_error_is_decoded_normalized_and_scrubbed() {
     });
     assert_eq!(accept.as_deref(), Some("gzip, deflate"), "{head}");
 }
+
+/// A 405 says which methods are allowed (RFC 9110 §15.5.6) and where that is configured.
+#[tokio::test]
+async fn a_405_carries_allow_and_names_policy_allowed_methods() {
+    let upstream = Upstream::spawn().await;
+    let proxy = ProxyBuilder::new(&upstream.url, &upstream.token())
+        .set("POLICY__ALLOWED_METHODS", "get,POST")
+        .spawn()
+        .await;
+    for method in [http::Method::PUT, http::Method::DELETE] {
+        let r = client()
+            .request(method.clone(), proxy.url("/payments/1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 405, "{method}");
+        assert_eq!(r.headers()[http::header::ALLOW], "GET, POST", "{method}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_schema(&body);
+        let message = body["long_message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("policy.allowed_methods") && message.contains("GET, POST"),
+            "{message}"
+        );
+    }
+}
