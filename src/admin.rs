@@ -23,7 +23,7 @@ use crate::{
     shutdown::{Phase, Shutdown, ShutdownSignal},
     token::{self, refresh::RefreshError, RefreshHandle, TokenCell, Trigger},
 };
-pub use status::{status_json, token_json};
+pub use status::{status_json, token_json, ClusterReport, ClusterStatus};
 
 /// What the admin handlers read.
 #[derive(Debug)]
@@ -38,6 +38,8 @@ pub struct AdminState {
     pub upstream: String,
     /// `upstream.member_id`, if configured: `member_identification` in errors, as on the proxy port.
     pub member_id: Option<String>,
+    /// Cluster mode's election view; `None` in mode `off`.
+    pub cluster: Option<Arc<dyn ClusterReport>>,
 }
 
 /// The admin router.
@@ -147,7 +149,8 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
 async fn status(State(state): State<Arc<AdminState>>) -> Response {
     let snap = token::snapshot(&state.token);
     let ready = readiness(&state, &snap).is_ok();
-    Json(status_json(&snap, ready, &state.upstream)).into_response()
+    let cluster = state.cluster.as_ref().map(|c| c.report());
+    Json(status_json(&snap, ready, &state.upstream, cluster.as_ref())).into_response()
 }
 
 async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
@@ -163,6 +166,10 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
         ready: readiness(&state, &snap).is_ok(),
         revoke_deadline_seconds: seconds_until(snap.revoke_deadline),
         session_remaining_seconds: seconds_until(snap.session_expires_at),
+        cluster: state
+            .cluster
+            .as_ref()
+            .map(|c| (c.report().role == "leader", snap.chain_generation)),
     };
     let mut response = state.metrics.render(&gauges).into_response();
     response.headers_mut().insert(

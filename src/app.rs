@@ -143,6 +143,7 @@ async fn run_prepared(cfg: Config, listeners: Listeners, signal: impl Future<Out
         quit: cfg.shutdown.enable_quit_endpoint.then(|| proxy_phase.clone()),
         upstream: cfg.upstream.base_url.as_string(),
         member_id: (!cfg.upstream.member_id.is_empty()).then(|| cfg.upstream.member_id.clone()),
+        cluster: None,
     });
     let limits = Limits {
         max_connections: cfg.listen.max_connections,

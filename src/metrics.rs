@@ -30,6 +30,9 @@ pub const REFRESH_RESULTS: [&str; 6] = [
     "no_token",
 ];
 
+/// `issettled_proxy_cluster_api_errors_total{op}` values: the Kubernetes API calls cluster mode makes.
+pub const CLUSTER_API_OPS: [&str; 5] = ["lease_get", "lease_update", "secret_get", "secret_update", "watch"];
+
 /// The registry.
 #[derive(Debug)]
 pub struct Metrics {
@@ -40,6 +43,8 @@ pub struct Metrics {
     upstream_errors: [AtomicU64; UPSTREAM_CODES.len()],
     refreshes: [AtomicU64; REFRESH_RESULTS.len()],
     state_file_errors: AtomicU64,
+    handover_refused: AtomicU64,
+    cluster_api_errors: [AtomicU64; CLUSTER_API_OPS.len()],
     in_flight: AtomicI64,
     /// Reads the log writer's count of dropped lines (the writer is global and set up before the metrics).
     log_lines_dropped: fn() -> u64,
@@ -53,6 +58,8 @@ pub struct TokenGauges {
     pub revoke_deadline_seconds: Option<f64>,
     /// Seconds until the token session ends.
     pub session_remaining_seconds: Option<f64>,
+    /// Cluster mode only: whether this replica holds the Lease, and the chain's generation it knows.
+    pub cluster: Option<(bool, u64)>,
 }
 
 /// Decrements the in-flight gauge when dropped.
@@ -84,6 +91,8 @@ impl Metrics {
             upstream_errors: Default::default(),
             refreshes: Default::default(),
             state_file_errors: AtomicU64::new(0),
+            handover_refused: AtomicU64::new(0),
+            cluster_api_errors: Default::default(),
             in_flight: AtomicI64::new(0),
             log_lines_dropped: || 0,
         }
@@ -138,6 +147,18 @@ impl Metrics {
     /// Count a token that could not be written to `token.state_file`.
     pub fn state_file_error(&self) {
         self.state_file_errors.fetch_add(1, Relaxed);
+    }
+
+    /// Count a new administrator token that was refused (malformed, or refused by the upstream).
+    pub fn token_handover_refused(&self) {
+        self.handover_refused.fetch_add(1, Relaxed);
+    }
+
+    /// Count a failed Kubernetes API call (cluster mode) by operation.
+    pub fn cluster_api_error(&self, op: &str) {
+        if let Some(i) = CLUSTER_API_OPS.iter().position(|o| *o == op) {
+            self.cluster_api_errors[i].fetch_add(1, Relaxed);
+        }
     }
 
     /// Render the Prometheus text exposition format (version 0.0.4).
@@ -213,6 +234,17 @@ impl Metrics {
         );
         header(
             w,
+            "token_handover_refused_total",
+            "counter",
+            "New administrator tokens (token file or Secret) refused: malformed, or refused by the upstream.",
+        );
+        let _ = writeln!(
+            w,
+            "issettled_proxy_token_handover_refused_total {}",
+            self.handover_refused.load(Relaxed)
+        );
+        header(
+            w,
             "log_lines_dropped_total",
             "counter",
             "Log lines dropped because stdout did not keep up (logging never blocks the proxy).",
@@ -240,6 +272,28 @@ impl Metrics {
             "Seconds until the administrator-issued token session ends.",
             gauges.session_remaining_seconds,
         );
+        if let Some((leader, generation)) = gauges.cluster {
+            gauge(
+                w,
+                "cluster_leader",
+                "1 while this replica holds the Lease and refreshes the shared chain.",
+                Some(f64::from(u8::from(leader))),
+            );
+            gauge(
+                w,
+                "cluster_state_generation",
+                "Generation of the chain's newest link this replica knows.",
+                Some(generation as f64),
+            );
+            labelled_counter(
+                w,
+                "cluster_api_errors_total",
+                "Failed Kubernetes API calls, by operation.",
+                "op",
+                &CLUSTER_API_OPS,
+                &self.cluster_api_errors,
+            );
+        }
         gauge(
             w,
             "in_flight_requests",
@@ -299,6 +353,7 @@ mod tests {
             ready: true,
             revoke_deadline_seconds: Some(600.0),
             session_remaining_seconds: Some(3600.0),
+            cluster: None,
         });
         assert!(text.contains("issettled_proxy_requests_total{method=\"GET\",status=\"200\"} 2"));
         assert!(text.contains("issettled_proxy_requests_total{method=\"OTHER\",status=\"405\"} 1"));

@@ -9,6 +9,7 @@ pub mod schedule;
 pub mod secret;
 pub mod source;
 pub mod state_file;
+pub(crate) mod store;
 
 use std::time::SystemTime;
 
@@ -59,6 +60,9 @@ pub struct Snapshot {
     pub session_expires_at: Option<SystemTime>,
     pub consecutive_failures: u32,
     pub last_error: Option<String>,
+    /// The chain's generation this process knows, and when it last received it from the store (cluster mode).
+    pub chain_generation: u64,
+    pub last_sync_at: Option<SystemTime>,
 }
 
 /// Take a snapshot of the cell now.
@@ -93,6 +97,8 @@ pub fn snapshot(cell: &TokenCell) -> Snapshot {
         session_expires_at: current.as_ref().map(|c| c.session_expires_at),
         consecutive_failures: status.consecutive_failures,
         last_error: status.last_error.clone(),
+        chain_generation: status.chain_generation,
+        last_sync_at: status.last_sync_at,
     }
 }
 

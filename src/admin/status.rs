@@ -27,12 +27,44 @@ pub fn token_json(s: &Snapshot) -> Value {
     })
 }
 
+/// What cluster mode reports about this replica's place in the election (no secret in it).
+#[derive(Debug, Clone, Default)]
+pub struct ClusterStatus {
+    /// `leader`, `follower` or `candidate`.
+    pub role: &'static str,
+    pub identity: String,
+    /// The Lease holder as last read.
+    pub leader: Option<String>,
+    pub lease_transitions: i64,
+}
+
+/// Where `/status` and `/metrics` read cluster mode's view from (implemented by the cluster module).
+pub trait ClusterReport: Send + Sync + std::fmt::Debug {
+    /// The election as this replica sees it now.
+    fn report(&self) -> ClusterStatus;
+}
+
+/// The `cluster` object of `/status`.
+fn cluster_json(c: &ClusterStatus, s: &Snapshot) -> Value {
+    json!({
+        "mode": "kubernetes",
+        "role": c.role,
+        "identity": c.identity,
+        "leader": c.leader,
+        "lease_transitions": c.lease_transitions,
+        "state_generation": s.chain_generation,
+        "last_sync_at": time(s.last_sync_at),
+    })
+}
+
 /// The whole `/status` document.
-pub fn status_json(s: &Snapshot, ready: bool, upstream: &str) -> Value {
+pub fn status_json(s: &Snapshot, ready: bool, upstream: &str, cluster: Option<&ClusterStatus>) -> Value {
+    let cluster = cluster.map_or_else(|| json!({ "mode": "off" }), |c| cluster_json(c, s));
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "ready": ready,
         "upstream": upstream,
         "token": token_json(s),
+        "cluster": cluster,
     })
 }

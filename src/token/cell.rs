@@ -24,6 +24,10 @@ pub enum Source {
     Env,
     StateFile,
     Refresh,
+    /// The administrator's Secret (cluster mode).
+    Secret,
+    /// The chain's state Secret, written by the leader (cluster mode).
+    StateSecret,
 }
 
 impl Source {
@@ -34,6 +38,8 @@ impl Source {
             Source::Env => "env",
             Source::StateFile => "state_file",
             Source::Refresh => "refresh",
+            Source::Secret => "secret",
+            Source::StateSecret => "state_secret",
         }
     }
 }
@@ -193,6 +199,10 @@ pub struct RefreshStatus {
     pub last_error: Option<String>,
     /// Fingerprint of the last token, kept after it was revoked.
     pub last_fingerprint: Option<String>,
+    /// The store's generation of the current token (cluster mode's `state` generation).
+    pub chain_generation: u64,
+    /// When this process last received the chain from the store (cluster mode).
+    pub last_sync_at: Option<SystemTime>,
 }
 
 /// The cell. Readers call [`TokenCell::load`]; only the refresher stores.

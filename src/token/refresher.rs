@@ -14,6 +14,7 @@ use super::{
     refresh::{RefreshClient, RefreshError, Refreshed},
     schedule,
     source::FileWatch,
+    store::{Authority, ChainEvent, ChainStore, Sole, StateFileStore},
 };
 use crate::{clock::rfc3339, metrics::Metrics};
 
@@ -25,6 +26,10 @@ pub enum Trigger {
     Upstream401,
     Admin,
     File,
+    /// A new administrator token offered through the cluster's Secret.
+    Secret,
+    /// A last-resort refresh by a replica cut off from the Kubernetes API.
+    LastResort,
 }
 
 impl Trigger {
@@ -35,6 +40,8 @@ impl Trigger {
             Trigger::Upstream401 => "401",
             Trigger::Admin => "admin",
             Trigger::File => "file",
+            Trigger::Secret => "secret",
+            Trigger::LastResort => "last_resort",
         }
     }
 }
@@ -115,6 +122,32 @@ pub struct Refresher<C> {
     file_refused: Option<String>,
     /// Whether requests can be served, as last logged.
     usability: usability::Watch,
+    /// Where the chain is kept, and who may refresh it (see [`super::store`]).
+    store: Box<dyn ChainStore>,
+    authority: Box<dyn Authority>,
+    /// What others wrote to the store, and administrator tokens offered (cluster mode).
+    events: Option<mpsc::Receiver<ChainEvent>>,
+    /// The store's generation of the current token (0: nothing written or adopted yet).
+    chain_generation: u64,
+    /// A link the store did not take (the API did not answer): retried until it does, or a newer one appears.
+    unsaved: Option<super::state_file::Persisted>,
+    /// A new administrator token waiting for its check by the upstream (the last try failed transiently).
+    offered: Option<Offer>,
+    /// When a follower last re-read the store on demand (at most once per `min_refresh_gap`).
+    last_resync: Option<Instant>,
+}
+
+/// A new administrator token, checked locally, waiting for the upstream to accept it.
+#[derive(Debug, Clone)]
+pub(super) struct Offer {
+    pub(super) token: super::Token,
+    pub(super) claims: super::jwt::Claims,
+    /// Where it came from, for messages (`token.file /path`, `cluster.secret name`).
+    pub(super) from: String,
+    pub(super) trigger: Trigger,
+    /// When to try the check again after a transient failure.
+    pub(super) retry_at: Instant,
+    pub(super) failures: u32,
 }
 
 impl<C> std::fmt::Debug for Refresher<C> {
@@ -135,6 +168,9 @@ impl<C: RefreshClient> Refresher<C> {
     pub fn new(settings: Settings, cell: Arc<TokenCell>, client: C, metrics: Arc<Metrics>) -> (Self, RefreshHandle) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let file = settings.token_file.clone().map(FileWatch::new);
+        let store = Box::new(StateFileStore {
+            path: settings.state_file.clone(),
+        });
         let me = Self {
             settings,
             cell,
@@ -150,8 +186,28 @@ impl<C: RefreshClient> Refresher<C> {
             persist_error: None,
             file_refused: None,
             usability: usability::Watch::default(),
+            store,
+            authority: Box::new(Sole),
+            events: None,
+            chain_generation: 0,
+            unsaved: None,
+            offered: None,
+            last_resync: None,
         };
         (me, RefreshHandle { tx })
+    }
+
+    /// Keep the chain in `store`, refresh only while `authority` allows, and take in `events` (cluster mode).
+    pub(crate) fn with_chain(
+        mut self,
+        store: Box<dyn ChainStore>,
+        authority: Box<dyn Authority>,
+        events: mpsc::Receiver<ChainEvent>,
+    ) -> Self {
+        self.store = store;
+        self.authority = authority;
+        self.events = Some(events);
+        self
     }
 
     /// Replace the jitter source (tests make backoff deterministic).
@@ -184,14 +240,18 @@ impl<C: RefreshClient> Refresher<C> {
                     }
                     None => return,
                 },
+                Some(event) = next_event(&mut self.events) => self.on_event(event).await,
                 () = tokio::time::sleep_until(wake) => {
                     if Instant::now() >= next_poll {
                         next_poll = Instant::now() + schedule::POLL;
                         self.poll_file().await;
+                        self.retry_offer().await;
+                        self.retry_unsaved().await;
                         self.warn_session();
                     }
                     if self.due_in(&Stamp::now()) == Some(Duration::ZERO) {
                         let trigger = self.unconfirmed.take().unwrap_or(Trigger::Schedule);
+                        let trigger = if self.authority.may_refresh() { trigger } else { Trigger::LastResort };
                         self.refresh(Vec::new(), trigger).await;
                     }
                 }
@@ -216,9 +276,16 @@ impl<C: RefreshClient> Refresher<C> {
         }
     }
 
-    /// How long until the next refresh attempt; `None` when there is nothing to refresh.
+    /// How long until the next refresh attempt; `None` when there is nothing to refresh, or nothing this
+    /// process may refresh (a follower, unless its token would otherwise die: [`Authority::last_resort`]).
     fn due_in(&self, now: &Stamp) -> Option<Duration> {
         let current = self.cell.load()?;
+        if !self.authority.may_refresh() {
+            let remaining = current.revoke_after.saturating_sub(current.confirmed.elapsed(now));
+            if !(self.authority.last_resort(remaining) && current.check(now).is_ok()) {
+                return None;
+            }
+        }
         if let Some(at) = self.retry_at {
             return Some(at.saturating_duration_since(now.mono));
         }
@@ -259,6 +326,14 @@ impl<C: RefreshClient> Refresher<C> {
 
     /// One refresh call; every waiter that arrives meanwhile joins it.
     async fn refresh(&mut self, mut waiters: Vec<Waiter>, trigger: Trigger) {
+        if !self.authority.may_refresh() && trigger != Trigger::LastResort {
+            // A follower never calls the refresh endpoint: it re-reads the chain the leader keeps.
+            let outcome = self.resync().await;
+            for w in waiters {
+                let _ = w.reply.send(outcome.clone());
+            }
+            return;
+        }
         let Some(old) = self.cell.load() else {
             for w in waiters {
                 let _ = w.reply.send(Err(RefreshError::NoToken));
@@ -281,11 +356,20 @@ impl<C: RefreshClient> Refresher<C> {
         let failed_before = self.failures;
         let result = match result {
             Ok(Refreshed::New { token, expires_at }) => self.adopt_refreshed(&old, token, expires_at).await,
-            Ok(Refreshed::Kept) => Ok(self.confirm(&old).await),
+            Ok(Refreshed::Kept) => self.confirm(&old).await,
+            // Shared chain: someone else may have refreshed it (a new leader, a last-resort refresh): a newer
+            // link in the store answers instead.
+            Err(RefreshError::Revoked(code)) if self.authority.shared() => match self.newer_stored().await {
+                Some(current) => Ok(current),
+                None => Err(RefreshError::Revoked(code)),
+            },
             Err(e) => Err(e),
         };
         let outcome = match &result {
             Ok(current) => {
+                if trigger == Trigger::LastResort {
+                    tracing::warn!(event = "last_resort_refresh", fingerprint = %current.token().fingerprint(), "refreshed without the Lease: the Kubernetes API cannot be reached and the token's revoke deadline was near");
+                }
                 self.failures = 0;
                 self.retry_at = None;
                 self.metrics.token_refresh("success");
@@ -382,7 +466,16 @@ impl<C: RefreshClient> Refresher<C> {
     }
 }
 
+/// The next event, or never when there is no event source (mode `off`).
+async fn next_event(events: &mut Option<mpsc::Receiver<ChainEvent>>) -> Option<ChainEvent> {
+    match events {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 mod adopt;
+mod chain;
 #[cfg(test)]
 mod tests;
 mod usability;

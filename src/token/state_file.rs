@@ -21,6 +21,8 @@ pub struct Persisted {
     pub session_started_at: Option<SystemTime>,
     /// Fingerprint of the file or environment token this one was refreshed from (which token the chain of refreshes started from).
     pub origin: Option<String>,
+    /// The chain's write count (cluster mode's `state` generation); 0 in files written before it was recorded.
+    pub generation: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -31,6 +33,8 @@ struct Record {
     /// Absent in files written before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     origin: Option<String>,
+    #[serde(default)]
+    generation: u64,
 }
 
 fn ms(t: SystemTime) -> u64 {
@@ -121,6 +125,7 @@ pub fn write(path: &Path, state: &Persisted) -> std::io::Result<()> {
         confirmed_at_ms: ms(state.confirmed_at),
         session_started_at_ms: state.session_started_at.map(ms),
         origin: state.origin.clone(),
+        generation: state.generation,
     };
     let json = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
     let dir = dir_of(path);
@@ -166,14 +171,15 @@ pub fn read(path: &Path) -> Result<Option<Persisted>, String> {
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     };
     let modified = std::fs::metadata(path).and_then(|m| m.modified()).unwrap_or(UNIX_EPOCH);
-    let (token, confirmed_at, session_started_at, origin) = match serde_json::from_str::<Record>(&text) {
+    let (token, confirmed_at, session_started_at, origin, generation) = match serde_json::from_str::<Record>(&text) {
         Ok(r) => (
             r.token,
             at(r.confirmed_at_ms),
             r.session_started_at_ms.map(at),
             r.origin,
+            r.generation,
         ),
-        Err(_) => (text, modified, None, None),
+        Err(_) => (text, modified, None, None, 0),
     };
     let token = Token::parse(&token).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(Some(Persisted {
@@ -181,6 +187,7 @@ pub fn read(path: &Path) -> Result<Option<Persisted>, String> {
         confirmed_at,
         session_started_at,
         origin,
+        generation,
     }))
 }
 
@@ -203,6 +210,7 @@ mod tests {
             confirmed_at: at(1_700_000_000_000),
             session_started_at: None,
             origin: None,
+            generation: 0,
         };
         write(&path, &state).unwrap();
         assert_eq!(std::fs::read_to_string(&leak).unwrap(), "");
@@ -249,6 +257,7 @@ mod tests {
             confirmed_at: at(1_700_000_000_000),
             session_started_at: Some(at(1_699_990_000_000)),
             origin: Some("sha256:0123abcd".into()),
+            generation: 7,
         };
         write(&path, &state).unwrap();
         write(&path, &state).unwrap();

@@ -13,6 +13,7 @@ mod errors;
 mod forwarding;
 mod hardening;
 mod interop;
+mod kube_api_fake;
 mod logging;
 mod shutdown;
 mod token;

@@ -19,6 +19,7 @@ use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 pub(crate) mod binary;
 pub(crate) mod faulty;
 pub(crate) mod keepalive;
+pub(crate) mod kube_api;
 pub(crate) mod tls;
 
 /// The simulated IsSettled, serving on `127.0.0.1:0`.

@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration, time::SystemTime};
 
 use tokio::time::Instant;
 
-use super::{Refresher, Trigger};
+use super::{Offer, Refresher, Trigger};
 use crate::{
     clock::rfc3339,
     token::{
@@ -14,7 +14,8 @@ use crate::{
         schedule,
         secret::{fingerprint, Token, TokenError},
         source,
-        state_file::{self, Persisted},
+        state_file::Persisted,
+        store::SaveError,
     },
 };
 
@@ -57,7 +58,8 @@ impl<C: RefreshClient> Refresher<C> {
         self.publish_schedule();
     }
 
-    /// A new token from the upstream: check it, persist it, then put it in the cell.
+    /// A new token from the upstream: check it, persist it, then put it in the cell. When the store holds a
+    /// newer link (another writer came first), that one is adopted instead and ours abandoned.
     pub(super) async fn adopt_refreshed(
         &mut self,
         old: &Current,
@@ -82,15 +84,12 @@ impl<C: RefreshClient> Refresher<C> {
             session_expires_at,
             origin: old.origin.clone(),
         });
-        self.persist(&current).await;
-        let current = Arc::new(current);
-        self.cell.store(Some(current.clone()));
-        Ok(current)
+        self.put(current).await
     }
 
     /// The same token, confirmed now (and persisted, so a restart knows it was confirmed). A stated expiry that
     /// has passed is dropped: the upstream has just accepted the token.
-    pub(super) async fn confirm(&mut self, old: &Current) -> Arc<Current> {
+    pub(super) async fn confirm(&mut self, old: &Current) -> Result<Arc<Current>, RefreshError> {
         let now = Stamp::now();
         let mut current = Current::new(Adoption {
             token: old.token().clone(),
@@ -104,30 +103,49 @@ impl<C: RefreshClient> Refresher<C> {
             origin: old.origin.clone(),
         });
         current.obtained = old.obtained;
-        self.persist(&current).await;
-        let current = Arc::new(current);
-        self.cell.store(Some(current.clone()));
-        current
+        self.put(current).await
     }
 
-    /// Persist to the state file, durably, before the token goes into the cell. A failure is logged and kept
-    /// for `/status` (`last_error`): the token is used anyway, but a restart would fall back to the token file.
-    pub(super) async fn persist(&mut self, current: &Current) {
-        self.persist_error = None;
-        let Some(path) = self.settings.state_file.clone() else {
-            return;
-        };
-        let state = Persisted {
+    /// Persist `current`, then put it in the cell; on a conflict, adopt what the store holds instead.
+    pub(super) async fn put(&mut self, current: Current) -> Result<Arc<Current>, RefreshError> {
+        match self.persist(&current).await {
+            Ok(()) => {
+                let current = Arc::new(current);
+                self.cell.store(Some(current.clone()));
+                Ok(current)
+            }
+            Err(newer) => self.adopt_conflicting(newer),
+        }
+    }
+
+    /// Persist durably before the token goes into the cell, as the next link of the chain. A store that did not
+    /// answer is logged and kept for `/status` (`last_error`), and the write retried: the token is used anyway.
+    /// `Err` carries what the store holds when another writer came first.
+    pub(super) async fn persist(&mut self, current: &Current) -> Result<(), Option<Persisted>> {
+        let link = Persisted {
             token: current.token().clone(),
             confirmed_at: current.confirmed.wall,
             session_started_at: current.session_expires_at.checked_sub(self.settings.session_ttl),
             origin: current.origin.clone(),
+            generation: self.chain_generation + 1,
         };
-        let written = tokio::task::spawn_blocking(move || state_file::write(&path, &state)).await;
-        if let Err(e) = written.map_err(std::io::Error::other).and_then(|r| r) {
-            tracing::error!(event = "state_file_error", error = %e, "cannot persist the token to token.state_file; a restart would fall back to the token file");
-            self.persist_error = Some(format!("cannot write token.state_file: {e}"));
-            self.metrics.state_file_error();
+        match self.store.save(&link).await {
+            Ok(()) => {
+                self.persist_error = None;
+                self.unsaved = None;
+                self.set_chain_generation(link.generation);
+                Ok(())
+            }
+            Err(SaveError::Conflict(newer)) => Err(newer),
+            Err(SaveError::Failed(e)) => {
+                let key = self.store.key();
+                tracing::error!(event = "state_write_error", key, error = %e, "cannot persist the token to {key}; using it anyway and retrying the write");
+                self.persist_error = Some(e);
+                self.metrics.state_file_error();
+                self.set_chain_generation(link.generation);
+                self.unsaved = Some(link);
+                Ok(())
+            }
         }
     }
 
@@ -164,46 +182,15 @@ impl<C: RefreshClient> Refresher<C> {
             return;
         }
         self.warn_if_skewed(&token, &claims);
-        let now = Stamp::now();
-        let session_start = claims.auth_time.or(claims.iat).unwrap_or(now.wall);
-        let current = Current::new(Adoption {
+        self.offer(Offer {
             token,
-            generation: self.cell.next_generation(),
-            source: Source::File,
             claims,
-            expires_at: None,
-            confirmed: now,
-            revoke_after: self.settings.revoke_after,
-            session_expires_at: session_start + self.settings.session_ttl,
-            origin: Some(fp),
-        });
-        self.persist(&current).await;
-        let current = Arc::new(current);
-        self.cell.store(Some(current.clone()));
-        self.failures = 0;
-        // When this token was last refreshed is unknown (it may have waited in a secret store): confirm it now,
-        // as at start, rather than a whole refresh_interval later.
-        self.retry_at = Some(Instant::now());
-        self.unconfirmed = Some(Trigger::File);
-        self.warnings_logged = 0;
-        self.file_refused = None;
-        let standing = self.standing_error();
-        self.cell.update_status(|s| {
-            s.revoked = false;
-            s.consecutive_failures = 0;
-            s.last_error = standing;
-        });
-        self.publish_schedule();
-        self.metrics.token_refresh("file");
-        tracing::info!(
-            event = "token_refresh",
-            trigger = Trigger::File.as_str(),
-            outcome = "ok",
-            old_fingerprint = old_fp,
-            new_fingerprint = %current.token().fingerprint(),
-            revoke_deadline = %rfc3339(current.revoke_deadline()),
-            "adopted a new token from {path}"
-        );
+            from: format!("token.file {path}"),
+            trigger: Trigger::File,
+            retry_at: Instant::now(),
+            failures: 0,
+        })
+        .await;
     }
 
     pub(super) fn log_file_refused(

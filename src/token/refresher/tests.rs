@@ -389,3 +389,137 @@ async fn a_late_token_file_holding_the_original_does_not_replace_its_refreshed_s
     .await;
     assert!(adopted.is_ok(), "a different token in the file is adopted");
 }
+
+/// A refresher with a token file at `path` (holding "initial"), started on "initial"; the first refresh (the
+/// start-up confirmation) is scripted as kept, the rest by `script`. Keep the handle: the refresher stops when
+/// the last one is dropped.
+fn start_on_a_file(
+    path: &std::path::Path,
+    state_file: Option<std::path::PathBuf>,
+    script: Vec<Result<Refreshed, RefreshError>>,
+    latency: Duration,
+) -> (Arc<TokenCell>, Arc<Scripted>, Arc<Metrics>, RefreshHandle) {
+    std::fs::write(path, "initial\n").unwrap();
+    let mut s = settings();
+    s.token_file = Some(path.to_path_buf());
+    s.state_file = state_file;
+    let client = Arc::new(Scripted {
+        script: Mutex::new(std::iter::once(Ok(Refreshed::Kept)).chain(script).collect()),
+        latency,
+        ..Scripted::default()
+    });
+    let (cell, handle, metrics) = start_counted(s, client.clone(), "initial");
+    (cell, client, metrics, handle)
+}
+
+/// Wait (real time, bounded) until `done` holds.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let waited = tokio::time::timeout(Duration::from_secs(5), async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "timed out waiting until {what}");
+}
+
+/// Real time: the token file is read from disk. A two-segment token (opaque to the proxy) that the upstream
+/// refuses never replaces a working token: the chain goes on, the refusal is reported and counted.
+#[tokio::test]
+async fn a_new_token_file_the_upstream_refuses_leaves_the_current_chain_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, state) = (dir.path().join("token"), dir.path().join("state"));
+    let (cell, client, metrics, _handle) = start_on_a_file(
+        &path,
+        Some(state.clone()),
+        vec![Err(RefreshError::Revoked(401))],
+        Duration::ZERO,
+    );
+    until("the start-up refresh", || calls(&client) == 1).await;
+    let before = crate::token::state_file::read(&state)
+        .unwrap()
+        .expect("the confirmed token is persisted");
+    std::fs::write(&path, "abc.typo\n").unwrap();
+    until("the check of the new token", || calls(&client) == 2).await;
+    until("the refusal is reported", || cell.status().last_error.is_some()).await;
+    assert_eq!(
+        client.tokens.lock().unwrap()[1],
+        "abc.typo",
+        "the check is a refresh made with the new token"
+    );
+    let current = cell.load().expect("the current token stays");
+    assert_eq!(current.token().expose(), "initial");
+    assert!(current.check(&Stamp::now()).is_ok());
+    let error = cell.status().last_error.clone().unwrap();
+    assert!(
+        error.contains("was refused") && error.contains("current token stays"),
+        "{error}"
+    );
+    assert!(!error.contains("abc.typo"), "no token text in last_error: {error}");
+    let text = metrics.render(&crate::metrics::TokenGauges::default());
+    assert!(
+        text.contains("issettled_proxy_token_handover_refused_total 1"),
+        "{text}"
+    );
+    let after = crate::token::state_file::read(&state).unwrap().unwrap();
+    assert_eq!(
+        after.token.expose(),
+        before.token.expose(),
+        "the state file still holds the good chain"
+    );
+}
+
+/// Real time. While the upstream is still checking the new token, requests carry the current one; the state
+/// file learns of the new chain only once it is accepted, and then holds its first refreshed token.
+#[tokio::test]
+async fn a_new_token_file_is_used_only_once_a_refresh_made_with_it_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, state) = (dir.path().join("token"), dir.path().join("state"));
+    let successor = Ok(Refreshed::New {
+        token: Token::parse("successor").unwrap(),
+        expires_at: None,
+    });
+    let (cell, client, _metrics, _handle) =
+        start_on_a_file(&path, Some(state.clone()), vec![successor], Duration::from_millis(800));
+    until("the start-up refresh", || cell.status().last_refresh_at.is_some()).await;
+    std::fs::write(&path, "rotated\n").unwrap();
+    until("the check of the new token", || calls(&client) == 2).await;
+    // The check is in flight (800 ms): nothing has moved yet.
+    assert_eq!(cell.load().unwrap().token().expose(), "initial");
+    let persisted = crate::token::state_file::read(&state).unwrap().unwrap();
+    assert_eq!(
+        persisted.token.expose(),
+        "initial",
+        "the unproven token is not persisted"
+    );
+    until("the successor is adopted", || {
+        cell.load().is_some_and(|c| c.token().expose() == "successor")
+    })
+    .await;
+    let current = cell.load().unwrap();
+    assert_eq!(current.origin.as_deref(), Some(token_fingerprint("rotated").as_str()));
+    let persisted = crate::token::state_file::read(&state).unwrap().unwrap();
+    assert_eq!(persisted.token.expose(), "successor");
+    assert!(cell.status().last_error.is_none());
+}
+
+/// Real time. With no usable token (the start-up refresh was refused), a new token file is used at once.
+#[tokio::test]
+async fn a_new_token_file_is_used_at_once_when_there_is_no_usable_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token");
+    std::fs::write(&path, "initial\n").unwrap();
+    let mut s = settings();
+    s.token_file = Some(path.clone());
+    let client = scripted([
+        Err(RefreshError::Revoked(401)),
+        Err(RefreshError::Transient("slow".into())),
+    ]);
+    let (cell, _handle) = start(s, client.clone(), "initial");
+    until("the start-up refresh is refused", || cell.load().is_none()).await;
+    std::fs::write(&path, "rescue\n").unwrap();
+    until("the new token is in use", || {
+        cell.load().is_some_and(|c| c.token().expose() == "rescue")
+    })
+    .await;
+}
