@@ -36,4 +36,5 @@ pub mod shutdown;
 pub mod sim;
 pub mod telemetry;
 pub mod token;
+mod upstream_error;
 pub mod wait;

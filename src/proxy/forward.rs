@@ -312,12 +312,7 @@ fn classify(e: &SendError, body: Option<BodyFailure>) -> ProxyError {
     if matches!(e, SendError::Timeout) {
         return ProxyError::UpstreamTimeout;
     }
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    let mut detail = String::new();
-    while let Some(s) = source {
-        detail = s.to_string();
-        source = s.source();
-    }
+    let detail = crate::upstream_error::explain(e);
     if matches!(e, SendError::Connect(_)) {
         ProxyError::UpstreamUnreachable(detail)
     } else {

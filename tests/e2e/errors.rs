@@ -277,3 +277,27 @@ async fn a_405_carries_allow_and_names_policy_allowed_methods() {
         );
     }
 }
+
+/// `https://` in `base_url` for an upstream that speaks plain HTTP: the answer and the refresh error say so,
+/// instead of rustls's "received corrupt message of type InvalidContentType".
+#[tokio::test]
+async fn https_to_a_plain_http_upstream_says_to_check_the_scheme() {
+    const SAYS: &str = "the upstream did not answer TLS: check the scheme of upstream.base_url";
+    let upstream = Upstream::spawn().await;
+    let https = upstream.url.replacen("http://", "https://", 1);
+    let proxy = ProxyBuilder::new(&https, &upstream.token()).spawn().await;
+    let (status, body) = get_json(&proxy.url("/digital-accounts")).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["code"], "UPSTREAM_UNREACHABLE", "{body}");
+    assert!(
+        body["long_message"].as_str().unwrap_or_default().contains(SAYS),
+        "{body}"
+    );
+    let refreshed = crate::support::wait_for(|| async {
+        proxy.status().await["token"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains(SAYS))
+    })
+    .await;
+    assert!(refreshed, "{}", proxy.status().await);
+}
