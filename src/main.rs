@@ -48,17 +48,16 @@ fn main() -> ExitCode {
             Err(e) => config_error(&e),
         },
         Command::Demo => exit(runtime.block_on(demo::run())),
-        Command::Wait { admin, timeout } => {
-            if runtime.block_on(wait::until_ready(&admin, timeout)) {
-                ExitCode::SUCCESS
-            } else {
+        Command::Wait { admin, timeout } => match runtime.block_on(wait::until_ready(&admin, timeout)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(why) => {
                 eprintln!(
-                    "issettled-proxy wait: {admin} was not ready within {}",
+                    "issettled-proxy wait: {admin} was not ready within {}: {why}",
                     humantime::format_duration(timeout)
                 );
                 ExitCode::from(1)
             }
-        }
+        },
     }
 }
 

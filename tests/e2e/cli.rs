@@ -431,6 +431,50 @@ async fn wait_exits_1_at_its_timeout() {
     assert!(took < Duration::from_secs(5), "overran its time-out: {took:?}");
 }
 
+/// `wait --admin ADDRESS --timeout 1s`: exit 1 and what it printed.
+async fn wait_gives_up(admin: &str) -> String {
+    let mut cmd = command();
+    cmd.args(["wait", "--admin", admin, "--timeout", "1s"]);
+    let out = output(cmd, Duration::from_secs(10)).await;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    stderr
+}
+
+/// When `wait` gives up it says why: nothing answered (connection refused), not ready with `/readyz`'s reason,
+/// or pointed at the proxy port, which is not an admin port (and its request never reaches the upstream).
+#[tokio::test]
+async fn wait_says_why_it_is_still_waiting_when_it_gives_up() {
+    let nothing = format!("http://127.0.0.1:{}", crate::support::binary::free_port());
+    let stderr = wait_gives_up(&nothing).await;
+    assert!(
+        stderr.contains("nothing answered") && stderr.to_lowercase().contains("refused"),
+        "{stderr}"
+    );
+
+    let upstream = crate::support::Upstream::spawn().await;
+    let cfg = BinConfig::new(&upstream.url);
+    let mut proxy = cfg.start();
+    proxy.wait_ready(&cfg.admin_url("/healthz")).await;
+    let stderr = wait_gives_up(&cfg.admin_url("")).await;
+    assert!(stderr.contains("not ready: no token loaded"), "{stderr}");
+
+    cfg.write_token(&upstream.token());
+    proxy.wait_ready(&cfg.admin_url("/readyz")).await;
+    upstream.sim.clear_log();
+    let stderr = wait_gives_up(&cfg.url("")).await;
+    assert!(stderr.contains("not an admin port"), "{stderr}");
+    let sent: Vec<String> = upstream
+        .sim
+        .requests()
+        .iter()
+        .map(|r| r.path_and_query.clone())
+        .collect();
+    assert!(sent.iter().all(|p| !p.contains("readyz")), "sent upstream: {sent:?}");
+    proxy.term();
+    assert_eq!(proxy.wait(Duration::from_secs(10)).await.code(), Some(0));
+}
+
 /// `wait --admin` without a scheme (or with another one) is a usage error: exit 2 at once, naming `--admin`,
 /// instead of polling a URL that can never answer until the time-out.
 #[tokio::test]
