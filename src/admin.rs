@@ -12,11 +12,11 @@ use axum::{
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
-    Json, Router,
+    Router,
 };
 
 use crate::{
-    errors::{json_response, ErrorContext, ProxyError},
+    errors::{json_response, json_value_response, ErrorContext, ProxyError},
     metrics::{Metrics, TokenGauges},
     proxy::request_id,
     server::FromElsewhere,
@@ -137,12 +137,11 @@ async fn healthz() -> &'static str {
 
 async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
     match readiness(&state, &token::snapshot(&state.token)) {
-        Ok(()) => Json(serde_json::json!({"ready": true})).into_response(),
-        Err(reason) => (
+        Ok(()) => json_value_response(StatusCode::OK, &serde_json::json!({"ready": true})),
+        Err(reason) => json_value_response(
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({"ready": false, "reason": reason})),
-        )
-            .into_response(),
+            &serde_json::json!({"ready": false, "reason": reason}),
+        ),
     }
 }
 
@@ -150,7 +149,10 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
     let snap = token::snapshot(&state.token);
     let ready = readiness(&state, &snap).is_ok();
     let cluster = state.cluster.as_ref().map(|c| c.report());
-    Json(status_json(&snap, ready, &state.upstream, cluster.as_ref())).into_response()
+    json_value_response(
+        StatusCode::OK,
+        &status_json(&snap, ready, &state.upstream, cluster.as_ref()),
+    )
 }
 
 async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
@@ -181,7 +183,7 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
 
 async fn refresh(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
     match state.refresh.refresh_now(Trigger::Admin, None).await {
-        Ok(_) => Json(token_json(&token::snapshot(&state.token))).into_response(),
+        Ok(_) => json_value_response(StatusCode::OK, &token_json(&token::snapshot(&state.token))),
         Err(e) => {
             // A refused refresh leaves no usable token: the contract's 503. Anything else (the upstream failed,
             // answered garbage) is a failed refresh of a token that may still be usable.
@@ -209,7 +211,7 @@ async fn quit(State(state): State<Arc<AdminState>>) -> Response {
         );
         quit.advance(Phase::Draining);
     }
-    Json(serde_json::json!({"shutting_down": true})).into_response()
+    json_value_response(StatusCode::OK, &serde_json::json!({"shutting_down": true}))
 }
 
 async fn method_not_allowed(State(state): State<Arc<AdminState>>, request: Request) -> Response {

@@ -29,6 +29,9 @@ pub enum AppError {
     },
     #[error("a server task failed: {0}")]
     Task(String),
+    /// `demo` cannot start (its ports are taken).
+    #[error("demo: {0}")]
+    Demo(String),
 }
 
 /// The sockets the app serves on, bound before it starts (tests bind `127.0.0.1:0`).

@@ -152,6 +152,11 @@ impl std::fmt::Display for Allow {
     }
 }
 
+/// A JSON response of `value` (the admin port's answers), ending with a newline like every JSON answer.
+pub fn json_value_response(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
+    json_response(status, serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec()))
+}
+
 /// What the proxy knows about a request when it writes an error for it.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ErrorContext<'a> {
@@ -169,8 +174,11 @@ impl axum::response::IntoResponse for ProxyError {
     }
 }
 
-/// A JSON response with the given status and bytes.
-pub fn json_response(status: StatusCode, json: Vec<u8>) -> Response<Body> {
+/// A JSON response with the given status and bytes, ending with a newline (added if missing).
+pub fn json_response(status: StatusCode, mut json: Vec<u8>) -> Response<Body> {
+    if json.last() != Some(&b'\n') {
+        json.push(b'\n');
+    }
     let mut response = Response::new(Body::from(json));
     *response.status_mut() = status;
     response

@@ -524,6 +524,41 @@ async fn demo_serves_and_stops() {
         "{}",
         demo.stdout()
     );
+    // Its JSON answers end with a newline (curl's output, then the prompt on its own line): the upstream's, the
+    // proxy's errors, the admin port's.
+    for (method, url) in [
+        (http::Method::GET, "http://127.0.0.1:8080/digital-accounts"),
+        (http::Method::PUT, "http://127.0.0.1:8080/payments/1"),
+        (http::Method::GET, "http://127.0.0.1:8080/errors/404"),
+        (http::Method::GET, "http://127.0.0.1:8081/status"),
+        (http::Method::GET, "http://127.0.0.1:8081/readyz"),
+        (http::Method::POST, "http://127.0.0.1:8081/refresh"),
+    ] {
+        let body = c
+            .request(method.clone(), url)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert!(
+            body.ends_with(b"}\n") || body.ends_with(b"]\n"),
+            "{method} {url}: {body:?}"
+        );
+    }
+    // A second demo meanwhile: one clear line on stderr, nothing else.
+    let mut again = command();
+    again.arg("demo");
+    let out = output(again, Duration::from_secs(10)).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("is another `issettled-proxy demo` running?"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
     demo.term();
     let status = demo.wait(Duration::from_secs(15)).await;
     assert_eq!(status.code(), Some(0), "stderr:\n{}", demo.stderr());
