@@ -7,6 +7,7 @@ use tokio::net::{TcpListener, UnixListener};
 
 use crate::{
     admin::{self, AdminState},
+    cluster,
     config::{Config, ConfigError},
     metrics::Metrics,
     proxy::{self, client, target::Target, ProxyState, Rules},
@@ -29,6 +30,9 @@ pub enum AppError {
     },
     #[error("a server task failed: {0}")]
     Task(String),
+    /// Cluster mode could not reach or use the Kubernetes API at start.
+    #[error("cluster mode: {0}")]
+    Cluster(String),
     /// `demo` cannot start (its ports are taken).
     #[error("demo: {0}")]
     Demo(String),
@@ -117,15 +121,26 @@ async fn run_prepared(cfg: Config, listeners: Listeners, signal: impl Future<Out
     );
     let metrics = Arc::new(Metrics::new().with_log_lines_dropped(telemetry::dropped_lines));
     let cell = TokenCell::new();
+    let token_cfg = token_sources(&cfg);
     let (mut refresher, refresh) = Refresher::new(
-        token::settings(&cfg.token),
+        token::settings(&token_cfg),
         cell.clone(),
         refresh_client,
         metrics.clone(),
     );
-    if let Some(candidate) = token::initial_candidate(&cfg.token) {
+    if let Some(candidate) = token::initial_candidate(&token_cfg) {
         refresher.adopt_initial(candidate);
     }
+    let (refresher, mut cluster) = match &cfg.cluster {
+        Some(k8s) => {
+            let state_file = cfg.token.state_file.clone();
+            let (r, c) = cluster::attach(k8s, state_file, cfg.token.revoke_after, refresher, metrics.clone())
+                .await
+                .map_err(|e| AppError::Cluster(e.to_string()))?;
+            (r, Some(c))
+        }
+        None => (refresher, None),
+    };
 
     let proxy_phase = Shutdown::new();
     let admin_phase = Shutdown::new();
@@ -146,7 +161,7 @@ async fn run_prepared(cfg: Config, listeners: Listeners, signal: impl Future<Out
         quit: cfg.shutdown.enable_quit_endpoint.then(|| proxy_phase.clone()),
         upstream: cfg.upstream.base_url.as_string(),
         member_id: (!cfg.upstream.member_id.is_empty()).then(|| cfg.upstream.member_id.clone()),
-        cluster: None,
+        cluster: cluster.as_ref().map(cluster::Cluster::report),
     });
     let limits = Limits {
         max_connections: cfg.listen.max_connections,
@@ -155,6 +170,14 @@ async fn run_prepared(cfg: Config, listeners: Listeners, signal: impl Future<Out
     };
     let refresher_stop = admin_phase.signal();
     let refresher = tokio::spawn(refresher.run(async move { refresher_stop.reached(Phase::Stopping).await }));
+    // Cluster mode: at SIGTERM (before shutdown.delay), a refresh in flight is written, then the Lease released.
+    let elector = cluster.as_mut().map(|c| {
+        let (draining, cell) = (proxy_phase.signal(), cell.clone());
+        c.spawn(async move {
+            draining.reached(Phase::Draining).await;
+            cluster::refresh_settled(cell, RELEASE_WAIT).await;
+        })
+    });
     let proxy_handler = proxy::handler(proxy_state);
     // One listen.max_connections for the proxy's TCP port and Unix socket together; the admin port has its own,
     // so probes are answered when the proxy port is full.
@@ -223,8 +246,30 @@ async fn run_prepared(cfg: Config, listeners: Listeners, signal: impl Future<Out
             "shutdown.grace passed with a token refresh still in flight; exiting without its answer"
         );
     }
+    if let Some(elector) = elector {
+        let _ = tokio::time::timeout(LAST_WORDS, elector).await;
+    }
+    drop(cluster);
     tracing::info!(event = "stopped", "issettled-proxy stopped");
     result
+}
+
+/// How long the Lease's release waits for a refresh in flight to be written.
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The token settings the refresher gets: in cluster mode the Secrets are the only token source, so the token
+/// file and environment are ignored (with one warning); `state_file` stays, as a local copy.
+fn token_sources(cfg: &Config) -> crate::config::TokenConfig {
+    let mut token = cfg.token.clone();
+    if cfg.cluster.is_some() && (token.file.is_some() || token.env.is_some()) {
+        tracing::warn!(
+            event = "token_source_ignored",
+            "cluster mode: token.file and token.env are ignored; the token comes from cluster.secret"
+        );
+        token.file = None;
+        token.env = None;
+    }
+    token
 }
 
 /// How long the admin server and the refresher get to finish once the proxy has drained.

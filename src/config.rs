@@ -30,6 +30,7 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
+    pub cluster: ClusterConfig,
     /// The file form, as merged from file and environment, for `check-config`.
     pub raw: FileConfig,
 }
@@ -146,6 +147,31 @@ pub struct LogConfig {
     pub level: String,
     /// The filter in effect: `RUST_LOG` when set, else `log.level`; both checked (a level or `target=level`).
     pub filter: String,
+}
+
+/// `[cluster]`, validated. `None` in mode `off`.
+pub type ClusterConfig = Option<KubernetesConfig>;
+
+/// `[cluster]` with `mode = "kubernetes"`: every replica naming the same Secrets and Lease shares one chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubernetesConfig {
+    /// `None`: `POD_NAMESPACE` was unset too; the client's own namespace applies.
+    pub namespace: Option<String>,
+    /// The administrator's Secret (key `token`), only read.
+    pub secret: String,
+    /// The chain's Secret (key `state`), written by the leader.
+    pub state_secret: String,
+    pub lease: String,
+    /// This replica's name in the Lease: the key, else `POD_NAME`, else the host name.
+    pub identity: String,
+    pub lease_duration: Duration,
+    pub renew_deadline: Duration,
+    pub retry_period: Duration,
+    /// `KUBECONFIG`, when set (a `:`-separated list, merged as kubectl merges it): its current context finds
+    /// the API; else the pod's service account at `KUBERNETES_SERVICE_HOST`:`KUBERNETES_SERVICE_PORT`.
+    pub kubeconfig: Vec<PathBuf>,
+    pub service_host: Option<String>,
+    pub service_port: Option<String>,
 }
 
 /// `[shutdown]`, validated.

@@ -25,6 +25,7 @@ pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod clock;
+pub(crate) mod cluster;
 pub mod config;
 pub mod demo;
 pub mod errors;

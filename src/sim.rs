@@ -54,6 +54,9 @@ pub struct SimConfig {
     pub session_ttl: Duration,
     /// The member the tokens belong to (`sub`) and the errors name (`member_identification`).
     pub member_id: String,
+    /// When set, a token that was refreshed into a successor stops being valid this long after (as an upstream
+    /// that invalidates a refreshed-away token would): two refreshers on one chain then break it.
+    pub retire_refreshed_after: Option<Duration>,
 }
 
 impl Default for SimConfig {
@@ -64,6 +67,7 @@ impl Default for SimConfig {
             revoke_after: Duration::from_secs(15 * 60),
             session_ttl: Duration::from_secs(24 * 60 * 60),
             member_id: "demoBank".to_owned(),
+            retire_refreshed_after: None,
         }
     }
 }
@@ -170,7 +174,8 @@ impl Sim {
         } else {
             format!("/{trimmed}")
         };
-        let tokens = TokenBook::new(&cfg.member_id, cfg.token_ttl, cfg.revoke_after, cfg.session_ttl);
+        let mut tokens = TokenBook::new(&cfg.member_id, cfg.token_ttl, cfg.revoke_after, cfg.session_ttl);
+        tokens.retire_refreshed_after = cfg.retire_refreshed_after;
         let shared = Shared {
             cfg,
             tokens: Mutex::new(tokens),
@@ -187,6 +192,16 @@ impl Sim {
     /// The whole upstream (API, refresh and error routes), state included.
     pub fn router(&self) -> axum::Router {
         routes::router(Arc::clone(&self.shared))
+    }
+
+    /// Refresh `token` as a refresh call would (unrecorded): what another process of the same chain did.
+    pub fn refresh_directly(&self, token: &str) -> String {
+        let minted = lock(&self.shared.tokens).refresh(token, true);
+        minted
+            .ok()
+            .flatten()
+            .map(|n| n.token)
+            .expect("a valid token to refresh")
     }
 
     /// Start a new session and return its first token: what an administrator issues in the Web Office.

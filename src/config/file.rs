@@ -43,6 +43,7 @@ pub struct FileConfig {
     pub policy: Policy,
     pub log: Log,
     pub shutdown: Shutdown,
+    pub cluster: Cluster,
 }
 
 /// `[listen]`
@@ -194,6 +195,37 @@ impl Default for Shutdown {
             delay: "0s".into(),
             grace: "20s".into(),
             enable_quit_endpoint: false,
+        }
+    }
+}
+
+/// `[cluster]`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cluster {
+    pub mode: String,
+    pub namespace: String,
+    pub secret: String,
+    pub state_secret: String,
+    pub lease: String,
+    pub identity: String,
+    pub lease_duration: String,
+    pub renew_deadline: String,
+    pub retry_period: String,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Self {
+            mode: "off".into(),
+            namespace: String::new(),
+            secret: "issettled-token".into(),
+            state_secret: "issettled-token-state".into(),
+            lease: "issettled-proxy".into(),
+            identity: String::new(),
+            lease_duration: "15s".into(),
+            renew_deadline: "10s".into(),
+            retry_period: "2s".into(),
         }
     }
 }

@@ -389,3 +389,78 @@ fn every_allowed_method_is_counted_by_its_name() {
     }
     assert!(!text.contains("OTHER\",status=\"200\""), "{text}");
 }
+
+fn cluster(extra: &str, env_pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let text = format!("{MINIMAL}[cluster]\nmode = \"kubernetes\"\n{extra}");
+    load(Source::Toml(&text), &env(env_pairs))
+}
+
+#[test]
+fn cluster_mode_off_by_default_and_kubernetes_takes_names_and_identity_from_the_pod() {
+    assert!(load(Source::Toml(MINIMAL), &HashMap::new()).unwrap().cluster.is_none());
+    let c = cluster(
+        "",
+        &[
+            ("POD_NAME", "payments-7d9f-abcde"),
+            ("POD_NAMESPACE", "payments"),
+            ("KUBECONFIG", "/a:/b"),
+        ],
+    )
+    .unwrap()
+    .cluster
+    .unwrap();
+    assert_eq!(c.identity, "payments-7d9f-abcde");
+    assert_eq!(c.namespace.as_deref(), Some("payments"));
+    assert_eq!(
+        (c.secret.as_str(), c.state_secret.as_str(), c.lease.as_str()),
+        ("issettled-token", "issettled-token-state", "issettled-proxy")
+    );
+    assert_eq!(c.kubeconfig.len(), 2);
+    let c = cluster("identity = \"me\"\nnamespace = \"ns\"\n", &[("POD_NAME", "pod")])
+        .unwrap()
+        .cluster
+        .unwrap();
+    // The Secrets are the token source: no token.file or token.env needed.
+    let text = "[upstream]\nbase_url = \"https://api.issettled.example\"\n[cluster]\nmode = \"kubernetes\"\nidentity = \"a\"\n";
+    assert!(load(Source::Toml(text), &HashMap::new()).is_ok());
+    assert_eq!((c.identity.as_str(), c.namespace.as_deref()), ("me", Some("ns")));
+}
+
+#[test]
+fn cluster_durations_must_be_ordered_like_client_go() {
+    let with = |lease: &str, renew: &str, retry: &str| {
+        cluster(
+            &format!("lease_duration = \"{lease}\"\nrenew_deadline = \"{renew}\"\nretry_period = \"{retry}\"\n"),
+            &[("POD_NAME", "p")],
+        )
+    };
+    assert!(with("15s", "10s", "2s").is_ok());
+    assert!(with("3s", "2s", "500ms").is_ok());
+    assert_eq!(err_key(with("10s", "10s", "2s")), "cluster.lease_duration");
+    assert_eq!(err_key(with("15s", "2s", "2s")), "cluster.renew_deadline");
+    assert_eq!(err_key(with("15s", "10s", "0s")), "cluster.retry_period");
+    assert_eq!(err_key(with("15s", "ten", "2s")), "cluster.renew_deadline");
+}
+
+#[test]
+fn cluster_names_must_be_valid_kubernetes_names() {
+    let named = |key: &str, value: &str| cluster(&format!("{key} = \"{value}\"\n"), &[("POD_NAME", "p")]);
+    for (key, bad) in [
+        ("secret", "Issettled_Token"),
+        ("state_secret", "-state"),
+        ("lease", "lease."),
+        ("namespace", "pay.ments"),
+        ("namespace", &"n".repeat(64)),
+        ("secret", ""),
+    ] {
+        assert_eq!(err_key(named(key, bad)), format!("cluster.{key}"), "{key} = {bad:?}");
+    }
+    assert!(named("secret", "bank.issettled-token").is_ok());
+    assert_eq!(
+        err_key(named("state_secret", "issettled-token")),
+        "cluster.state_secret",
+        "the two Secrets differ"
+    );
+    let text = format!("{MINIMAL}[cluster]\nmode = \"k8s\"\n");
+    assert_eq!(err_key(load(Source::Toml(&text), &HashMap::new())), "cluster.mode");
+}

@@ -7,8 +7,8 @@ use std::{collections::HashMap, net::SocketAddr, path::PathBuf, str::FromStr, ti
 use http::{Method, Uri};
 
 use super::{
-    BaseUrl, Config, ConfigError, EnvToken, EnvTokenError, FileConfig, InboundAuthorization, ListenConfig, LogConfig,
-    LogFormat, PolicyConfig, ShutdownConfig, TokenConfig, UpstreamConfig,
+    BaseUrl, ClusterConfig, Config, ConfigError, EnvToken, EnvTokenError, FileConfig, InboundAuthorization,
+    KubernetesConfig, ListenConfig, LogConfig, LogFormat, PolicyConfig, ShutdownConfig, TokenConfig, UpstreamConfig,
 };
 use crate::token::Token;
 
@@ -213,7 +213,8 @@ fn is_env_name(name: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-fn token(f: &super::file::Token, env: &HashMap<String, String>) -> Result<TokenConfig, ConfigError> {
+/// `[token]`; `clustered`: in cluster mode the Secrets are the token source, so neither file nor env is needed.
+fn token(f: &super::file::Token, env: &HashMap<String, String>, clustered: bool) -> Result<TokenConfig, ConfigError> {
     let file = optional_path(&f.file);
     let env_name = f.env.trim();
     for (key, value) in [("token.file", &f.file), ("token.state_file", &f.state_file)] {
@@ -225,7 +226,7 @@ fn token(f: &super::file::Token, env: &HashMap<String, String>) -> Result<TokenC
             ));
         }
     }
-    if file.is_none() && env_name.is_empty() {
+    if file.is_none() && env_name.is_empty() && !clustered {
         return Err(invalid(
             "token.file",
             "set token.file or token.env (or both: file wins)",
@@ -350,15 +351,120 @@ fn shutdown(f: &super::file::Shutdown) -> Result<ShutdownConfig, ConfigError> {
     })
 }
 
-/// Validate the merged file form. `env` supplies the value of `token.env` and `RUST_LOG`.
+/// A DNS-1123 subdomain (Secret and Lease names): at most 253 characters of `a-z`, `0-9`, `-` and `.`,
+/// starting and ending alphanumeric. A namespace is a DNS-1123 label: at most 63, no dots.
+fn kubernetes_name(key: &str, name: &str, label: bool) -> Result<String, ConfigError> {
+    let max = if label { 63 } else { 253 };
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (!label && c == '.');
+    let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if name.is_empty()
+        || name.len() > max
+        || !name.chars().all(ok_char)
+        || !alnum(name.chars().next())
+        || !alnum(name.chars().last())
+    {
+        let what = if label {
+            "a DNS-1123 label"
+        } else {
+            "a DNS-1123 subdomain"
+        };
+        return Err(invalid(
+            key,
+            format!("`{name}` is not a valid Kubernetes name ({what}: lower-case letters, digits and '-', at most {max} characters, starting and ending with a letter or digit)"),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+fn cluster(f: &super::file::Cluster, env: &HashMap<String, String>) -> Result<ClusterConfig, ConfigError> {
+    match f.mode.trim() {
+        "off" => return Ok(None),
+        "kubernetes" => {}
+        other => {
+            return Err(invalid(
+                "cluster.mode",
+                format!("`{other}` is not \"off\" or \"kubernetes\""),
+            ))
+        }
+    }
+    let from_env = |name: &str| env.get(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+    let namespace = match (f.namespace.trim(), from_env("POD_NAMESPACE")) {
+        ("", None) => None,
+        ("", Some(ns)) => Some(kubernetes_name("cluster.namespace", &ns, true)?),
+        (ns, _) => Some(kubernetes_name("cluster.namespace", ns, true)?),
+    };
+    let identity = match f.identity.trim() {
+        "" => from_env("POD_NAME")
+            .or_else(|| from_env("HOSTNAME"))
+            .or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_owned())
+            })
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| {
+                invalid(
+                    "cluster.identity",
+                    "is empty and neither POD_NAME nor the host name is known",
+                )
+            })?,
+        id => id.to_owned(),
+    };
+    let secret = kubernetes_name("cluster.secret", f.secret.trim(), false)?;
+    let state_secret = kubernetes_name("cluster.state_secret", f.state_secret.trim(), false)?;
+    if secret == state_secret {
+        return Err(invalid(
+            "cluster.state_secret",
+            "must differ from cluster.secret: the proxy writes state_secret and only reads the administrator's secret",
+        ));
+    }
+    let lease_duration = positive("cluster.lease_duration", &f.lease_duration)?;
+    let renew_deadline = positive("cluster.renew_deadline", &f.renew_deadline)?;
+    let retry_period = positive("cluster.retry_period", &f.retry_period)?;
+    if lease_duration <= renew_deadline {
+        return Err(invalid(
+            "cluster.lease_duration",
+            "must be longer than cluster.renew_deadline",
+        ));
+    }
+    if renew_deadline <= retry_period {
+        return Err(invalid(
+            "cluster.renew_deadline",
+            "must be longer than cluster.retry_period",
+        ));
+    }
+    Ok(Some(KubernetesConfig {
+        namespace,
+        secret,
+        state_secret,
+        lease: kubernetes_name("cluster.lease", f.lease.trim(), false)?,
+        identity,
+        lease_duration,
+        renew_deadline,
+        retry_period,
+        kubeconfig: from_env("KUBECONFIG")
+            .map(|list| {
+                list.split(':')
+                    .filter(|p| !p.is_empty())
+                    .map(std::path::PathBuf::from)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        service_host: from_env("KUBERNETES_SERVICE_HOST"),
+        service_port: from_env("KUBERNETES_SERVICE_PORT"),
+    }))
+}
+
+/// Validate the merged file form. `env` supplies the value of `token.env`, `RUST_LOG` and the pod's variables.
 pub(super) fn validate(raw: FileConfig, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
     Ok(Config {
         listen: listen(&raw.listen)?,
         upstream: upstream(&raw.upstream)?,
-        token: token(&raw.token, env)?,
+        token: token(&raw.token, env, raw.cluster.mode.trim() == "kubernetes")?,
         policy: policy(&raw.policy)?,
         log: log(&raw.log, env)?,
         shutdown: shutdown(&raw.shutdown)?,
+        cluster: cluster(&raw.cluster, env)?,
         raw,
     })
 }

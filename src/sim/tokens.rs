@@ -28,6 +28,8 @@ pub(super) struct TokenBook {
     revoked: HashSet<String>,
     /// Makes `jti` and `sid` unique even within one second.
     counter: u64,
+    /// See [`super::SimConfig::retire_refreshed_after`].
+    pub(super) retire_refreshed_after: Option<Duration>,
 }
 
 /// One administrator-issued session: its tokens share `sid` and `auth_time`.
@@ -44,6 +46,8 @@ struct Minted {
     expires: Option<Instant>,
     /// Issued or last counted as refreshed (a refresh answered without a new token); the revoke clock starts here.
     refreshed: Instant,
+    /// When a successor was minted from it and the upstream retires refreshed-away tokens: no longer valid from then.
+    retired: Option<Instant>,
 }
 
 /// A freshly minted token and its `exp` claim (epoch seconds).
@@ -70,6 +74,7 @@ impl TokenBook {
             issued: Vec::new(),
             revoked: HashSet::new(),
             counter: 0,
+            retire_refreshed_after: None,
         }
     }
 
@@ -117,6 +122,7 @@ impl TokenBook {
                 sid: sid.to_owned(),
                 expires: now.checked_add(self.token_ttl),
                 refreshed: now,
+                retired: None,
             },
         );
         self.issued.push(token.clone());
@@ -134,6 +140,9 @@ impl TokenBook {
         }
         if minted.expires.is_some_and(|at| now >= at) {
             return Err("the access token has expired");
+        }
+        if minted.retired.is_some_and(|at| now >= at) {
+            return Err("the access token was refreshed into a newer one");
         }
         if now.duration_since(minted.refreshed) >= self.revoke_after {
             return Err("the access token was revoked: not refreshed in time");
@@ -154,7 +163,12 @@ impl TokenBook {
             }
             return Ok(None);
         }
-        let sid = self.tokens.get(token).map(|m| m.sid.clone()).unwrap_or_default();
+        let retire = self.retire_refreshed_after;
+        let minted = self.tokens.get_mut(token);
+        let sid = minted.as_ref().map(|m| m.sid.clone()).unwrap_or_default();
+        if let (Some(minted), Some(after)) = (minted, retire) {
+            minted.retired.get_or_insert(Instant::now() + after);
+        }
         Ok(Some(self.mint(&sid)))
     }
 

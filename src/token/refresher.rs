@@ -135,6 +135,8 @@ pub struct Refresher<C> {
     offered: Option<Offer>,
     /// When a follower last re-read the store on demand (at most once per `min_refresh_gap`).
     last_resync: Option<Instant>,
+    /// How long the last refresh call took: a last-resort refresh must start this much earlier.
+    last_latency: Duration,
 }
 
 /// A new administrator token, checked locally, waiting for the upstream to accept it.
@@ -193,6 +195,7 @@ impl<C: RefreshClient> Refresher<C> {
             unsaved: None,
             offered: None,
             last_resync: None,
+            last_latency: Duration::ZERO,
         };
         (me, RefreshHandle { tx })
     }
@@ -265,6 +268,7 @@ impl<C: RefreshClient> Refresher<C> {
         let current = self.cell.load();
         let down = match &current {
             None if self.cell.status().revoked => Some(usability::Down::Revoked),
+            None if self.authority.shared() => Some(usability::Down::AwaitingChain),
             None => Some(usability::Down::Unusable(Unusable::Missing)),
             Some(c) => c.check(&Stamp::now()).err().map(usability::Down::Unusable),
         };
@@ -281,7 +285,10 @@ impl<C: RefreshClient> Refresher<C> {
     fn due_in(&self, now: &Stamp) -> Option<Duration> {
         let current = self.cell.load()?;
         if !self.authority.may_refresh() {
-            let remaining = current.revoke_after.saturating_sub(current.confirmed.elapsed(now));
+            let remaining = current
+                .revoke_after
+                .saturating_sub(current.confirmed.elapsed(now))
+                .saturating_sub(self.last_latency);
             if !(self.authority.last_resort(remaining) && current.check(now).is_ok()) {
                 return None;
             }
@@ -311,9 +318,15 @@ impl<C: RefreshClient> Refresher<C> {
         let newer = w.seen.is_some_and(|g| current.generation > g);
         // A 401 asks for a refresh only when the token is older than `min_refresh_gap`, and never sooner than
         // the back-off after a failed refresh: a stream of 401s during an outage is not a stream of refreshes.
+        // A follower re-reads the chain instead, at most once per `min_refresh_gap`, however new its token is.
         let too_soon = w.trigger == Trigger::Upstream401
-            && (current.confirmed.elapsed(&Stamp::now()) < self.settings.min_refresh_gap
-                || self.retry_at.is_some_and(|at| at > Instant::now()));
+            && if self.authority.may_refresh() {
+                current.confirmed.elapsed(&Stamp::now()) < self.settings.min_refresh_gap
+                    || self.retry_at.is_some_and(|at| at > Instant::now())
+            } else {
+                self.last_resync
+                    .is_some_and(|at| at.elapsed() < self.settings.min_refresh_gap)
+            };
         if newer || too_soon {
             let _ = w.reply.send(Ok(Outcome {
                 current,
@@ -354,6 +367,7 @@ impl<C: RefreshClient> Refresher<C> {
         };
         let latency = started.elapsed();
         let failed_before = self.failures;
+        self.last_latency = latency;
         let result = match result {
             Ok(Refreshed::New { token, expires_at }) => self.adopt_refreshed(&old, token, expires_at).await,
             Ok(Refreshed::Kept) => self.confirm(&old).await,
@@ -432,6 +446,25 @@ impl<C: RefreshClient> Refresher<C> {
     }
 
     fn fail(&mut self, old: &Current, e: &RefreshError) {
+        if let (RefreshError::Revoked(_), true) = (e, self.authority.shared()) {
+            // Someone else may have refreshed the shared chain (a new leader, a last-resort refresh): not usable
+            // here, but not revoked either, until the store says more.
+            self.cell.store(None);
+            self.failures = 0;
+            self.retry_at = None;
+            // The moment requests start to fail is logged at ERROR by `watch_usability`.
+            tracing::warn!(
+                event = "token_refused",
+                fingerprint = %old.token().fingerprint(),
+                "the upstream refused the token; waiting for the chain's newest link in the state Secret"
+            );
+            self.cell.update_status(|s| {
+                s.refreshing = false;
+                s.last_error = Some(format!("{e}; waiting for a newer link in the state Secret"));
+                s.last_fingerprint = Some(old.token().fingerprint());
+            });
+            return;
+        }
         if let RefreshError::Revoked(_) = e {
             self.cell.store(None);
             self.failures = 0;

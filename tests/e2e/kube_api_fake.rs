@@ -19,10 +19,10 @@ use kube::{
     Client, Config,
 };
 
-use crate::support::kube_api::{Answer, KubeApi, NAMESPACE};
+use crate::support::kube_api::{Answer, KubeApi, NAMESPACE, TOKEN};
 
 /// Long enough for a loaded machine; only a failing test waits this long.
-const WAIT: Duration = Duration::from_secs(10);
+const WAIT: Duration = Duration::from_secs(30);
 
 /// A kube client as the sidecar builds one: from the fake's kubeconfig, without kube's retries of 429/503.
 async fn secrets(api: &KubeApi, dir: &Path) -> Api<Secret> {
@@ -155,6 +155,56 @@ async fn an_update_with_a_stale_resource_version_gets_409_conflict_and_one_witho
 }
 
 #[tokio::test]
+async fn a_lease_needs_a_resource_version_and_a_put_creates_it_a_secret_is_not_created_and_no_op_updates_write_nothing()
+{
+    let (api, dir) = (KubeApi::spawn().await, tempfile::tempdir().unwrap());
+    api.seed_secret("state", &[("state", "1")]);
+    let client = client(&api, dir.path()).await;
+    let (secrets, leases) = (
+        Api::<Secret>::default_namespaced(client.clone()),
+        Api::<Lease>::default_namespaced(client),
+    );
+    let named = |name: &str| ObjectMeta {
+        name: Some(name.to_owned()),
+        ..ObjectMeta::default()
+    };
+
+    let lease = Lease {
+        metadata: named("lock"),
+        spec: Some(LeaseSpec::default()),
+    };
+    leases.replace("lock", &PostParams::default(), &lease).await.unwrap();
+    let invalid = api_error(
+        leases
+            .replace("lock", &PostParams::default(), &lease)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((invalid.code, invalid.reason.as_str()), (422, "Invalid"));
+    assert!(invalid
+        .message
+        .ends_with("metadata.resourceVersion: Invalid value: 0x0: must be specified for an update"));
+    let secret = Secret {
+        metadata: named("missing"),
+        ..Secret::default()
+    };
+    let missing = api_error(
+        secrets
+            .replace("missing", &PostParams::default(), &secret)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(missing.code, 404);
+
+    let before = api.resource_version();
+    let read = secrets.get("state").await.unwrap();
+    let same = secrets.replace("state", &PostParams::default(), &read).await.unwrap();
+    api.set_secret_key("state", "state", "1");
+    assert_eq!(same.metadata.resource_version, read.metadata.resource_version);
+    assert_eq!(api.resource_version(), before);
+}
+
+#[tokio::test]
 async fn creating_an_existing_name_gets_409_already_exists() {
     let (api, dir) = (KubeApi::spawn().await, tempfile::tempdir().unwrap());
     let secrets = secrets(&api, dir.path()).await;
@@ -228,6 +278,53 @@ async fn a_watch_from_a_resource_version_receives_writes_by_others_for_its_name_
     assert_eq!(
         secret.metadata.resource_version,
         Some(api.resource_version().to_string())
+    );
+}
+
+#[tokio::test]
+async fn on_the_wire_a_watch_is_chunked_json_lines_and_a_conflict_is_the_real_status_object() {
+    let api = KubeApi::spawn().await;
+    api.seed_secret("state", &[("state", "1")]);
+    let from = api.resource_version();
+    let url = format!("{}/api/v1/namespaces/{NAMESPACE}/secrets", api.url());
+    let raw = crate::support::client();
+
+    let watch = format!("{url}?watch=1&resourceVersion={from}&fieldSelector=metadata.name%3Dstate");
+    let mut stream = raw.get(watch).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(stream.headers()["transfer-encoding"], "chunked");
+    assert_eq!(stream.headers()["content-type"], "application/json");
+    let stale = serde_json::json!({ "metadata": { "name": "state", "resourceVersion": "1" } });
+    let conflict = raw
+        .put(format!("{url}/state"))
+        .bearer_auth(TOKEN)
+        .json(&stale)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(conflict.status(), 409);
+    let status: serde_json::Value = conflict.json().await.unwrap();
+    let message = r#"Operation cannot be fulfilled on secrets "state": the object has been modified; please apply your changes to the latest version and try again"#;
+    assert_eq!(
+        status,
+        serde_json::json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
+            "reason": "Conflict", "details": { "name": "state", "kind": "secrets" }, "code": 409,
+        })
+    );
+    api.set_secret_key("state", "state", "2");
+    let chunk = tokio::time::timeout(WAIT, stream.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let line = std::str::from_utf8(&chunk)
+        .unwrap()
+        .strip_suffix('\n')
+        .expect("one event per line");
+    let event: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(
+        (event["type"].as_str(), event["object"]["kind"].as_str()),
+        (Some("MODIFIED"), Some("Secret"))
     );
 }
 

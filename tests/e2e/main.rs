@@ -7,6 +7,7 @@ mod support;
 
 mod admin;
 mod cli;
+mod cluster;
 mod configuration;
 mod connections;
 mod errors;

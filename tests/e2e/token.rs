@@ -647,3 +647,60 @@ async fn a_refused_token_file_keeps_the_current_token_and_says_why() {
     assert!(cleared, "{}", proxy.status().await);
     assert_eq!(proxy.status().await["token"]["fingerprint"], in_use);
 }
+
+/// The checked hand-over through a mounted Secret: a two-segment token (opaque to the proxy, so the local checks
+/// pass) that the upstream refuses never costs the working chain, and while it is being checked every request
+/// carries the current token; a real new token is used once a refresh made with it has succeeded.
+#[tokio::test]
+async fn a_token_file_the_upstream_refuses_never_costs_the_working_chain() {
+    let (upstream, dir, _first, proxy) = on_a_mounted_secret().await;
+    let in_use = proxy.status().await["token"]["fingerprint"].clone();
+    upstream.sim.set_refresh_latency(Duration::from_millis(600));
+    publish_secret(
+        dir.path(),
+        "..2024_01_02_00_00_00.000000002",
+        "eyJhbGciOiJub25lIn0.typo",
+    );
+    let answered = std::sync::Mutex::new(Vec::new());
+    let refused = wait_for(|| async {
+        let (code, _) = get_json(&proxy.url("/digital-accounts")).await;
+        answered.lock().unwrap().push(code);
+        proxy.status().await["token"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("refused"))
+    })
+    .await;
+    let answered = answered.into_inner().unwrap();
+    assert!(refused, "the refusal is reported: {}", proxy.status().await);
+    assert!(
+        answered.iter().all(|c| *c == 200),
+        "every request was answered while the token was checked: {answered:?}"
+    );
+    assert!(
+        upstream.sim.requests().iter().all(|r| r.token_valid),
+        "no request carried the unproven token"
+    );
+    let status = proxy.status().await;
+    assert_eq!(status["token"]["fingerprint"], in_use);
+    assert_eq!(status["ready"], true);
+    assert!(proxy
+        .metrics()
+        .await
+        .contains("issettled_proxy_token_handover_refused_total 1"));
+    // A real rotation: the chain continues from the new token once the upstream accepts it.
+    upstream.sim.set_refresh_latency(Duration::ZERO);
+    let rotated = upstream.token();
+    publish_secret(dir.path(), "..2024_01_03_00_00_00.000000003", &rotated);
+    let moved = wait_for(|| async {
+        let s = proxy.status().await;
+        s["token"]["source"] == "refresh" && s["token"]["fingerprint"] != in_use && s["token"]["last_error"].is_null()
+    })
+    .await;
+    assert!(moved, "{}", proxy.status().await);
+    let calls = upstream.sim.refresh_calls();
+    assert_eq!(
+        calls.last().unwrap().token.as_deref(),
+        Some(rotated.as_str()),
+        "checked by a refresh made with it"
+    );
+}

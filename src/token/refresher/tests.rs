@@ -523,3 +523,151 @@ async fn a_new_token_file_is_used_at_once_when_there_is_no_usable_token() {
     })
     .await;
 }
+
+/// A replica cut off from the Kubernetes API: it may not refresh, except as a last resort.
+struct CutOff;
+
+impl crate::token::store::Authority for CutOff {
+    fn may_refresh(&self) -> bool {
+        false
+    }
+    fn shared(&self) -> bool {
+        true
+    }
+    fn last_resort(&self, _remaining: Duration) -> bool {
+        true
+    }
+}
+
+/// A store behind an API that does not answer.
+struct Unreachable;
+
+impl crate::token::store::ChainStore for Unreachable {
+    fn save<'a>(
+        &'a self,
+        _link: &'a crate::token::state_file::Persisted,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), crate::token::store::SaveError>> {
+        Box::pin(async {
+            Err(crate::token::store::SaveError::Failed(
+                "the API cannot be reached".into(),
+            ))
+        })
+    }
+    fn load(&self) -> futures_util::future::BoxFuture<'_, Result<Option<crate::token::state_file::Persisted>, String>> {
+        Box::pin(async { Err("the API cannot be reached".into()) })
+    }
+    fn key(&self) -> &'static str {
+        "cluster.state_secret"
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_last_resort_refresh_waits_for_the_chain_instead_of_marking_it_revoked() {
+    let client = scripted([Err(RefreshError::Revoked(401))]);
+    let cell = TokenCell::new();
+    let (events, rx) = mpsc::channel(4);
+    let (refresher, _handle) = Refresher::new(settings(), cell.clone(), client.clone(), Arc::new(Metrics::new()));
+    let mut refresher = refresher
+        .with_jitter(|| 1.0)
+        .with_chain(Box::new(Unreachable), Box::new(CutOff), rx);
+    refresher.adopt_initial(candidate("last-known"));
+    tokio::spawn(refresher.run(std::future::pending()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(calls(&client), 1, "the last-resort refresh was made");
+    assert!(cell.load().is_none(), "the refused token is not sent");
+    let snap = crate::token::snapshot(&cell);
+    assert_ne!(
+        snap.state,
+        TokenState::Revoked,
+        "not marked revoked: someone else may have refreshed the chain"
+    );
+    assert!(snap.last_error.unwrap().contains("waiting for a newer link"));
+    // The API answers again: the chain's newest link is used.
+    let link = crate::token::state_file::Persisted {
+        token: Token::parse("from-state").unwrap(),
+        confirmed_at: SystemTime::now(),
+        session_started_at: None,
+        origin: None,
+        generation: 3,
+    };
+    events
+        .send(crate::token::store::ChainEvent::Stored(Some(link)))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(cell.load().unwrap().token().expose(), "from-state");
+    assert_eq!(crate::token::snapshot(&cell).state, TokenState::Valid);
+}
+
+/// A follower: it may never refresh, and shares the chain.
+struct Follower;
+
+impl crate::token::store::Authority for Follower {
+    fn may_refresh(&self) -> bool {
+        false
+    }
+    fn shared(&self) -> bool {
+        true
+    }
+}
+
+/// A store holding one link, counting its reads.
+struct Holding(crate::token::state_file::Persisted, Arc<std::sync::atomic::AtomicUsize>);
+
+impl crate::token::store::ChainStore for Holding {
+    fn save<'a>(
+        &'a self,
+        _link: &'a crate::token::state_file::Persisted,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), crate::token::store::SaveError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn load(&self) -> futures_util::future::BoxFuture<'_, Result<Option<crate::token::state_file::Persisted>, String>> {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let link = self.0.clone();
+        Box::pin(async move { Ok(Some(link)) })
+    }
+    fn key(&self) -> &'static str {
+        "cluster.state_secret"
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_follower_answers_401s_by_rereading_the_chain_once_per_gap_and_never_calls_refresh() {
+    let client = scripted([]);
+    let cell = TokenCell::new();
+    let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let link = crate::token::state_file::Persisted {
+        token: Token::parse("newer").unwrap(),
+        confirmed_at: SystemTime::now(),
+        session_started_at: None,
+        origin: None,
+        generation: 9,
+    };
+    let (_events, rx) = mpsc::channel(4);
+    let (refresher, handle) = Refresher::new(settings(), cell.clone(), client.clone(), Arc::new(Metrics::new()));
+    let mut refresher = refresher.with_chain(Box::new(Holding(link, reads.clone())), Box::new(Follower), rx);
+    refresher.adopt_initial(candidate("older"));
+    tokio::spawn(refresher.run(std::future::pending()));
+    let seen = cell.load().unwrap().generation;
+    // A burst of 401s: one re-read, the newer token answers all of them.
+    let mut answers = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let handle = handle.clone();
+        answers.spawn(async move { handle.refresh_now(Trigger::Upstream401, Some(seen)).await });
+    }
+    while let Some(answer) = answers.join_next().await {
+        assert_eq!(answer.unwrap().unwrap().current.token().expose(), "newer");
+    }
+    assert_eq!(
+        reads.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one re-read for the burst"
+    );
+    // An admin refresh on a follower re-reads too (after min_refresh_gap), and answers with the token.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let outcome = handle.refresh_now(Trigger::Admin, None).await.unwrap();
+    assert_eq!(outcome.current.token().expose(), "newer");
+    assert_eq!(reads.load(std::sync::atomic::Ordering::SeqCst), 2);
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_eq!(calls(&client), 0, "a follower never calls the refresh endpoint");
+}

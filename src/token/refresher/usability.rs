@@ -9,6 +9,8 @@ use crate::token::cell::Unusable;
 pub(super) enum Down {
     /// The upstream refused the token (refresh answered 401/403).
     Revoked,
+    /// Cluster mode: no usable token until the chain's newest link is read from the state Secret.
+    AwaitingChain,
     /// Not usable for another reason.
     Unusable(Unusable),
 }
@@ -54,6 +56,11 @@ pub(super) fn log(change: Change, fingerprint: Option<String>) {
         Down::Revoked => (
             "the upstream refused the token (revoked)",
             "put a new administrator-issued token in token.file (or token.env, then restart)",
+        ),
+        Down::AwaitingChain => (
+            "no usable token from the shared chain",
+            "check that the Kubernetes API answers and the state Secret (cluster.state_secret) holds the chain; \
+             a new administrator-issued token goes in cluster.secret",
         ),
         Down::Unusable(Unusable::Missing) => (
             "no token is loaded",

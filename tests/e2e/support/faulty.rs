@@ -62,7 +62,7 @@ impl Faulty {
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(AtomicUsize::new(0));
         let heads = Arc::new(Mutex::new(Vec::new()));
-        let (counter, log) = (requests.clone(), heads.clone());
+        let (counter, log) = (requests, heads.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {

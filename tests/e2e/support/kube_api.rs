@@ -37,7 +37,7 @@ mod watch;
 /// The namespace of every object, and of the kubeconfig's context.
 pub(crate) const NAMESPACE: &str = "payments";
 /// The bearer token the kubeconfig carries; requests without it get 401.
-const TOKEN: &str = "fake-service-account-token";
+pub(crate) const TOKEN: &str = "fake-service-account-token";
 
 /// How the API answers every request, whatever it asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,18 +150,12 @@ impl KubeApi {
             .map(|(key, value)| ((*key).to_owned(), json!(STANDARD.encode(value))))
             .collect();
         let secret = json!({ "metadata": { "name": name }, "type": "Opaque", "data": data });
-        self.write(|store, target| store.create(target, secret), Kind::Secret);
+        self.write(Kind::Secret, |store, target| store.create(target, secret));
     }
 
     /// A Secret's key, decoded; `None` when the Secret or the key is missing.
     pub(crate) fn secret_key(&self, name: &str, key: &str) -> Option<String> {
-        let secret = self
-            .shared
-            .store
-            .lock()
-            .unwrap()
-            .get(&target(Kind::Secret), name)
-            .ok()?;
+        let secret = self.object(Kind::Secret, name)?;
         let decoded = STANDARD.decode(secret["data"][key].as_str()?).expect("base64 data");
         Some(String::from_utf8(decoded).expect("UTF-8 data"))
     }
@@ -169,26 +163,22 @@ impl KubeApi {
     /// Set one key of an existing Secret, as a person (`kubectl apply`) or a secret store would: a new
     /// resourceVersion, and the watchers see it.
     pub(crate) fn set_secret_key(&self, name: &str, key: &str, value: &str) {
-        self.write(
-            |store, target| {
-                let mut secret = store.get(target, name)?;
-                secret["data"][key] = json!(STANDARD.encode(value));
-                store.update(target, name, secret)
-            },
-            Kind::Secret,
-        );
+        self.write(Kind::Secret, |store, target| {
+            let mut secret = store.get(target, name)?;
+            secret["data"][key] = json!(STANDARD.encode(value));
+            store.update(target, name, secret)
+        });
     }
 
     /// Create a Lease.
     pub(crate) fn seed_lease(&self, name: &str, spec: LeaseSpec) {
         let lease = json!({ "metadata": { "name": name }, "spec": spec });
-        self.write(|store, target| store.create(target, lease), Kind::Lease);
+        self.write(Kind::Lease, |store, target| store.create(target, lease));
     }
 
     /// A Lease as stored.
     pub(crate) fn lease(&self, name: &str) -> Option<Lease> {
-        let lease = self.shared.store.lock().unwrap().get(&target(Kind::Lease), name).ok()?;
-        Some(serde_json::from_value(lease).expect("a Lease"))
+        Some(serde_json::from_value(self.object(Kind::Lease, name)?).expect("a Lease"))
     }
 
     /// Down: open connections (watches included) are cut, new ones accepted and closed at once. Up again: served.
@@ -216,7 +206,12 @@ impl KubeApi {
         self.shared.store.lock().unwrap().compact();
     }
 
-    fn write(&self, change: impl FnOnce(&mut Store, &Target) -> Result<Value, Failure>, kind: Kind) {
+    fn object(&self, kind: Kind, name: &str) -> Option<Value> {
+        self.shared.store.lock().unwrap().get(&target(kind), name).ok()
+    }
+
+    /// A helper's write: straight to the store (not logged as a request), and the watchers told.
+    fn write(&self, kind: Kind, change: impl FnOnce(&mut Store, &Target) -> Result<Value, Failure>) {
         let result = change(&mut self.shared.store.lock().unwrap(), &target(kind));
         if let Err(failure) = result {
             panic!("the fake API refused a helper's write: {}", failure.status);
@@ -332,6 +327,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         }
     }
     let mut store = shared.store.lock().unwrap();
+    let existed = path_name.as_ref().is_some_and(|name| store.get(&target, name).is_ok());
     let result = match (&method, path_name) {
         (&Method::GET, Some(name)) => store.get(&target, &name),
         (&Method::GET, None) => Ok(store.list(&target)),
@@ -344,19 +340,15 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         }
     };
     drop(store);
-    match result {
-        Ok(object) if method == Method::GET => Json(object).into_response(),
-        Ok(object) => {
-            shared.changes.send_replace(());
-            let code = if method == Method::POST {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            };
-            (code, Json(object)).into_response()
-        }
-        Err(failure) => fail(failure),
+    let object = match result {
+        Ok(object) => object,
+        Err(failure) => return fail(failure),
+    };
+    if method != Method::GET {
+        shared.changes.send_replace(());
     }
+    let created = method == Method::POST || method == Method::PUT && !existed;
+    (if created { StatusCode::CREATED } else { StatusCode::OK }, Json(object)).into_response()
 }
 
 /// A watch's `resourceVersion` (none or `0`: start with the current objects), bookmarks, timeout (default 30 min).

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use base64::{engine::general_purpose::STANDARD, Engine as _};
 use serde_json::{json, Value};
 
 /// How many change events a watch can be resumed across; older resourceVersions get 410 Gone.
@@ -27,9 +28,7 @@ pub(crate) struct Target {
 #[derive(Debug, Clone)]
 pub(crate) struct Event {
     resource_version: u64,
-    kind: Kind,
-    namespace: String,
-    name: String,
+    key: Key,
     pub(crate) kind_of_change: &'static str,
     pub(crate) object: Value,
 }
@@ -41,11 +40,14 @@ pub(crate) struct Failure {
     pub(crate) status: Value,
 }
 
+/// An object's kind, namespace and name.
+type Key = (Kind, String, String);
+
 /// Objects, resourceVersion, history.
 #[derive(Debug)]
 pub(crate) struct Store {
     resource_version: u64,
-    objects: BTreeMap<(Kind, String, String), Value>,
+    objects: BTreeMap<Key, Value>,
     history: VecDeque<Event>,
     /// A watch from a resourceVersion below this one cannot be served from the history (410 Gone).
     oldest_resumable: u64,
@@ -97,22 +99,14 @@ impl Target {
             }
             _ => return None,
         };
-        match rest {
-            [namespace, _] => Some(Target {
-                kind,
-                namespace: (*namespace).to_owned(),
-                name: None,
-            }),
-            [namespace, _, name] => Some(Target {
-                kind,
-                namespace: (*namespace).to_owned(),
-                name: Some((*name).to_owned()),
-            }),
-            _ => None,
-        }
+        let [namespace, _, name @ ..] = rest else {
+            return None;
+        };
+        let (namespace, name) = ((*namespace).to_owned(), name.first().map(|name| (*name).to_owned()));
+        (rest.len() <= 3).then_some(Target { kind, namespace, name })
     }
 
-    fn key(&self, name: &str) -> (Kind, String, String) {
+    fn key(&self, name: &str) -> Key {
         (self.kind, self.namespace.clone(), name.to_owned())
     }
 
@@ -122,10 +116,9 @@ impl Target {
         json!({ "kind": kind, "apiVersion": api_version, "metadata": { "resourceVersion": resource_version.to_string() } })
     }
 
-    fn matches(&self, event: &Event) -> bool {
-        event.kind == self.kind
-            && event.namespace == self.namespace
-            && self.name.as_ref().is_none_or(|name| *name == event.name)
+    /// Whether the object is of this target's kind and namespace (and has its name, if it names one).
+    fn covers(&self, (kind, namespace, name): &Key) -> bool {
+        *kind == self.kind && *namespace == self.namespace && self.name.as_ref().is_none_or(|n| n == name)
     }
 }
 
@@ -201,9 +194,7 @@ impl Store {
         let items: Vec<Value> = self
             .objects
             .iter()
-            .filter(|((kind, ns, name), _)| {
-                *kind == target.kind && *ns == target.namespace && target.name.as_ref().is_none_or(|n| n == name)
-            })
+            .filter(|(key, _)| target.covers(key))
             .map(|(_, object)| object.clone())
             .collect();
         let (api_version, kind) = target.kind.type_meta();
@@ -239,26 +230,43 @@ impl Store {
         Ok(self.write(target, &name, object, "ADDED"))
     }
 
-    /// PUT: the body's resourceVersion, when present, must be the current one (409 Conflict); without one the
-    /// update is unconditional (Secrets and Leases both allow that). Never creates (404).
+    /// PUT, by the real server's rules for these kinds: a body's resourceVersion must be the current one (409
+    /// Conflict); without one a Secret is updated unconditionally and a Lease refused (422 Invalid); a missing
+    /// Secret is 404 and a missing Lease created. An update that changes nothing writes nothing (no new
+    /// resourceVersion, no event).
     pub(crate) fn update(&mut self, target: &Target, name: &str, mut object: Value) -> Result<Value, Failure> {
-        let current = self.get(target, name)?;
         if object["metadata"]["name"].as_str() != Some(name) {
-            return Err(Failure::bad_request(
-                "the name of the object does not match the name on the URL".to_owned(),
-            ));
+            let message = "the name of the object does not match the name on the URL".to_owned();
+            return Err(Failure::bad_request(message));
         }
-        let sent = object["metadata"]["resourceVersion"].as_str().unwrap_or_default();
-        if !sent.is_empty() && sent != current["metadata"]["resourceVersion"] {
-            let message = format!(
-                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your \
-                 changes to the latest version and try again",
-                target.kind.qualified()
-            );
-            return Err(Failure::new(409, "Conflict", message, Some((target.kind, name))));
+        let current = match self.get(target, name) {
+            Err(_) if target.kind == Kind::Lease => return self.create(target, object),
+            found => found?,
+        };
+        let (kind, qualified) = (target.kind, target.kind.qualified());
+        match object["metadata"]["resourceVersion"].as_str().unwrap_or_default() {
+            "" if kind == Kind::Lease => {
+                let message = format!(
+                    "{qualified} \"{name}\" is invalid: metadata.resourceVersion: Invalid value: 0x0: must be \
+                     specified for an update"
+                );
+                return Err(Failure::new(422, "Invalid", message, Some((kind, name))));
+            }
+            sent if !sent.is_empty() && sent != current["metadata"]["resourceVersion"] => {
+                let message = format!(
+                    "Operation cannot be fulfilled on {qualified} \"{name}\": the object has been modified; please \
+                     apply your changes to the latest version and try again"
+                );
+                return Err(Failure::new(409, "Conflict", message, Some((kind, name))));
+            }
+            _ => {}
         }
-        for field in ["uid", "creationTimestamp"] {
+        for field in ["uid", "creationTimestamp", "resourceVersion"] {
             object["metadata"][field] = current["metadata"][field].clone();
+        }
+        let object = normalize(target, object);
+        if object == current {
+            return Ok(current);
         }
         Ok(self.write(target, name, object, "MODIFIED"))
     }
@@ -278,7 +286,7 @@ impl Store {
         let events = self
             .history
             .iter()
-            .filter(|e| e.resource_version > after && target.matches(e))
+            .filter(|e| e.resource_version > after && target.covers(&e.key))
             .cloned();
         Ok((events.collect(), self.resource_version))
     }
@@ -289,28 +297,9 @@ impl Store {
         self.oldest_resumable = self.resource_version;
     }
 
-    /// Store `object` as the API server would (type meta, namespace, a new resourceVersion; a Secret's
-    /// `stringData` merged into `data` as base64, its `type` defaulted) and record the event.
-    fn write(&mut self, target: &Target, name: &str, mut object: Value, kind_of_change: &'static str) -> Value {
-        let (api_version, kind) = target.kind.type_meta();
-        object["apiVersion"] = json!(api_version);
-        object["kind"] = json!(kind);
-        object["metadata"]["namespace"] = json!(target.namespace);
-        if target.kind == Kind::Secret {
-            if let Some(Value::Object(strings)) = object.as_object_mut().and_then(|o| o.remove("stringData")) {
-                for (key, value) in strings {
-                    let encoded = base64::Engine::encode(
-                        &base64::engine::general_purpose::STANDARD,
-                        value.as_str().unwrap_or_default(),
-                    );
-                    object["data"][key] = json!(encoded);
-                }
-            }
-            if object["type"].is_null() {
-                object["type"] = json!("Opaque");
-            }
-        }
-        let object = self.record(target, name, object, kind_of_change);
+    /// Store the object (normalized) and record the event.
+    fn write(&mut self, target: &Target, name: &str, object: Value, kind_of_change: &'static str) -> Value {
+        let object = self.record(target, name, normalize(target, object), kind_of_change);
         self.objects.insert(target.key(name), object.clone());
         object
     }
@@ -325,12 +314,31 @@ impl Store {
         }
         self.history.push_back(Event {
             resource_version: self.resource_version,
-            kind: target.kind,
-            namespace: target.namespace.clone(),
-            name: name.to_owned(),
+            key: target.key(name),
             kind_of_change,
             object: object.clone(),
         });
         object
     }
+}
+
+/// The object as the API server stores it: type meta, namespace, a Secret's `stringData` merged into `data`
+/// (base64) and its `type` defaulted.
+fn normalize(target: &Target, mut object: Value) -> Value {
+    let (api_version, kind) = target.kind.type_meta();
+    object["apiVersion"] = json!(api_version);
+    object["kind"] = json!(kind);
+    object["metadata"]["namespace"] = json!(target.namespace);
+    if target.kind == Kind::Secret {
+        if let Some(Value::Object(strings)) = object.as_object_mut().and_then(|o| o.remove("stringData")) {
+            for (key, value) in strings {
+                let encoded = STANDARD.encode(value.as_str().unwrap_or_default());
+                object["data"][key] = json!(encoded);
+            }
+        }
+        if object["type"].is_null() {
+            object["type"] = json!("Opaque");
+        }
+    }
+    object
 }

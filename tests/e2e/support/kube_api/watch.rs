@@ -84,6 +84,7 @@ async fn stream(shared: Arc<Shared>, target: Target, request: WatchRequest, tx: 
                 let _ = tx.send(Err(io::Error::other("watch dropped by the fake API"))).await;
                 return;
             }
+            () = tx.closed() => return,
             _ = changes.changed() => {}
             _ = bookmarks.tick(), if request.bookmarks => bookmark_due = true,
         }
