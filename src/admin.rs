@@ -16,7 +16,7 @@ use axum::{
 };
 
 use crate::{
-    errors::{json_response, json_value_response, ErrorContext, ProxyError},
+    errors::{json_response, json_value_response, AdminError, ErrorContext},
     metrics::{Metrics, TokenGauges},
     proxy::request_id,
     server::FromElsewhere,
@@ -62,14 +62,14 @@ pub fn router(state: Arc<AdminState>) -> Router {
 
 /// An error of the admin port, filled in like every other error: `member_identification` from the
 /// configuration, `troubleshooting_id` the request's `X-Request-Id` (or a new id, returned in that header).
-fn error_response(state: &AdminState, error: &ProxyError, path: &str, headers: &HeaderMap) -> Response {
+fn error_response(state: &AdminState, error: &AdminError, path: &str, headers: &HeaderMap) -> Response {
     with_error_context(state, error, path, headers, |_| {})
 }
 
 /// [`error_response`], with `amend` adding to the body.
 fn with_error_context(
     state: &AdminState,
-    error: &ProxyError,
+    error: &AdminError,
     path: &str,
     headers: &HeaderMap,
     amend: impl FnOnce(&mut crate::errors::ErrorBody),
@@ -108,13 +108,13 @@ async fn refuse_foreign_posts(State(state): State<Arc<AdminState>>, request: Req
 }
 
 /// Why a request is refused before routing, if it is: a state-changing one from elsewhere, or from a browser.
-pub fn foreign_post<B>(request: &http::Request<B>) -> Option<ProxyError> {
+pub fn foreign_post<B>(request: &http::Request<B>) -> Option<AdminError> {
     if request.method().is_safe() {
         None
     } else if request.extensions().get::<FromElsewhere>().is_some() {
-        Some(ProxyError::AdminFromElsewhere)
+        Some(AdminError::FromElsewhere)
     } else if browser_post(request.method(), request.headers()) {
-        Some(ProxyError::AdminCrossOrigin)
+        Some(AdminError::CrossOrigin)
     } else {
         None
     }
@@ -189,10 +189,10 @@ async fn refresh(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Re
             // answered garbage) is a failed refresh of a token that may still be usable.
             let error = match e {
                 RefreshError::Revoked(_) => {
-                    ProxyError::TokenUnavailable("the refresh was refused: the token is revoked")
+                    AdminError::TokenUnavailable("the refresh was refused: the token is revoked")
                 }
-                RefreshError::NoToken => ProxyError::TokenUnavailable("no token to refresh"),
-                other => ProxyError::RefreshFailed(other.to_string()),
+                RefreshError::NoToken => AdminError::TokenUnavailable("no token to refresh"),
+                other => AdminError::RefreshFailed(other.to_string()),
             };
             let token = token_json(&token::snapshot(&state.token));
             with_error_context(&state, &error, "/refresh", &headers, |body| {
@@ -217,14 +217,14 @@ async fn quit(State(state): State<Arc<AdminState>>) -> Response {
 async fn method_not_allowed(State(state): State<Arc<AdminState>>, request: Request) -> Response {
     error_response(
         &state,
-        &ProxyError::AdminMethodNotAllowed,
+        &AdminError::MethodNotAllowed,
         request.uri().path(),
         request.headers(),
     )
 }
 
 async fn not_found(State(state): State<Arc<AdminState>>, request: Request) -> Response {
-    error_response(&state, &ProxyError::NotFound, request.uri().path(), request.headers())
+    error_response(&state, &AdminError::NotFound, request.uri().path(), request.headers())
 }
 
 #[cfg(test)]

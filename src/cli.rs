@@ -25,6 +25,7 @@ pub enum Command {
         config: PathBuf,
     },
     /// Run a simulated IsSettled and the sidecar in front of it on the default ports, and print curl lines.
+    #[cfg(feature = "demo")]
     Demo,
     /// Validate a configuration and print it, secrets redacted. Exit 0 if valid, 2 if not.
     CheckConfig {

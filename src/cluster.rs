@@ -8,6 +8,8 @@ mod election;
 mod kube;
 mod lease;
 mod secret_store;
+#[cfg(test)]
+mod test_api;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -177,8 +179,13 @@ impl Authority for Arc<LeaseAuthority> {
 impl ClusterReport for LeaseAuthority {
     fn report(&self) -> ClusterStatus {
         let view = self.leadership.view();
+        // A leader past its step-down deadline (its elector has not run since) no longer says it leads.
+        let role = match view.role {
+            election::Role::Leader if !self.leadership.is_leader() => election::Role::Candidate,
+            role => role,
+        };
         ClusterStatus {
-            role: view.role.as_str(),
+            role: role.as_str(),
             identity: self.identity.clone(),
             leader: view.leader.clone(),
             lease_transitions: i64::from(view.transitions),

@@ -16,8 +16,6 @@ use http::{uri::Authority, uri::Scheme, Method};
 pub use file::FileConfig;
 pub use redact::render_effective;
 
-use crate::token::{Token, TokenError};
-
 /// Prefix of the environment variables that override file values.
 pub const ENV_PREFIX: &str = "ISSETTLED_PROXY";
 
@@ -78,30 +76,52 @@ pub struct UpstreamConfig {
     pub client_key_file: Option<PathBuf>,
 }
 
-/// Where the initial token comes from.
-#[derive(Debug, Clone)]
-pub struct EnvToken {
+/// `token.env`: the variable's name, and its value as it was when the configuration was loaded (the environment
+/// of a process does not change). The value is kept here unread: the token module parses it
+/// (`token::source::EnvToken`), and no `Debug` or error ever shows it.
+#[derive(Clone)]
+pub struct TokenEnv {
     /// Name of the variable (checked to be a variable name, so it is safe to print).
     pub name: String,
-    /// Its value when the configuration was loaded (the environment of a process does not change), or why there
-    /// is none to use.
-    pub value: Result<Token, EnvTokenError>,
+    value: Option<String>,
 }
 
-/// Why `token.env` gives no token. Never carries the value.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum EnvTokenError {
-    #[error("not set")]
-    NotSet,
-    #[error("refused: {0}")]
-    Refused(TokenError),
+// === impl TokenEnv ===
+
+impl TokenEnv {
+    /// The variable `name` as `env` has it.
+    pub(crate) fn read(name: &str, env: &HashMap<String, String>) -> Self {
+        Self {
+            name: name.to_owned(),
+            value: env.get(name).cloned(),
+        }
+    }
+
+    /// The variable's value, `None` when it was not set. A secret: parse it, never print it.
+    pub fn value(&self) -> Option<&str> {
+        self.value.as_deref()
+    }
+}
+
+impl std::fmt::Debug for TokenEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let value = if self.value.is_some() {
+            "<set, not shown>"
+        } else {
+            "<not set>"
+        };
+        f.debug_struct("TokenEnv")
+            .field("name", &self.name)
+            .field("value", &value)
+            .finish()
+    }
 }
 
 /// `[token]`, validated.
 #[derive(Debug, Clone)]
 pub struct TokenConfig {
     pub file: Option<PathBuf>,
-    pub env: Option<EnvToken>,
+    pub env: Option<TokenEnv>,
     pub state_file: Option<PathBuf>,
     pub refresh_path: String,
     pub refresh_method: Method,
@@ -216,11 +236,11 @@ impl ConfigError {
     }
 }
 
-/// Where the file part of the configuration comes from.
+/// The configuration file: a path, or its text.
 #[derive(Debug, Clone, Copy)]
-pub enum Source<'a> {
+pub enum ConfigFile<'a> {
     /// A file; YAML if it ends in `.yaml`/`.yml`, TOML otherwise.
-    File(&'a std::path::Path),
+    Path(&'a std::path::Path),
     /// TOML text (tests, the demo).
     Toml(&'a str),
     /// YAML text.
@@ -228,7 +248,7 @@ pub enum Source<'a> {
 }
 
 /// Load, merge the environment overrides, and validate.
-pub fn load(source: Source<'_>, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+pub fn load(source: ConfigFile<'_>, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
     use config::{Environment, File, FileFormat};
     let overrides = env::overrides(env)?;
     let environment = Environment::with_prefix(ENV_PREFIX)
@@ -237,7 +257,7 @@ pub fn load(source: Source<'_>, env: &HashMap<String, String>) -> Result<Config,
         .source(Some(overrides));
     let builder = config::Config::builder();
     let builder = match source {
-        Source::File(path) => {
+        ConfigFile::Path(path) => {
             if !path.is_file() {
                 return Err(ConfigError::Load(format!("{}: no such file", path.display())));
             }
@@ -248,8 +268,8 @@ pub fn load(source: Source<'_>, env: &HashMap<String, String>) -> Result<Config,
             let format = if yaml { FileFormat::Yaml } else { FileFormat::Toml };
             builder.add_source(File::from(path).format(format).required(true))
         }
-        Source::Toml(text) => builder.add_source(File::from_str(text, FileFormat::Toml)),
-        Source::Yaml(text) => builder.add_source(File::from_str(text, FileFormat::Yaml)),
+        ConfigFile::Toml(text) => builder.add_source(File::from_str(text, FileFormat::Toml)),
+        ConfigFile::Yaml(text) => builder.add_source(File::from_str(text, FileFormat::Yaml)),
     };
     let merged = builder
         .add_source(environment)
@@ -259,8 +279,9 @@ pub fn load(source: Source<'_>, env: &HashMap<String, String>) -> Result<Config,
     validate::validate(raw, env).map_err(|e| e.naming_its_variable(env))
 }
 
-/// Parse an upstream base URL as `upstream.base_url` is parsed.
-pub fn parse_base_url(text: &str) -> Result<BaseUrl, ConfigError> {
+/// Parse an upstream base URL as `upstream.base_url` is parsed (for the unit tests of its users).
+#[cfg(test)]
+pub(crate) fn parse_base_url(text: &str) -> Result<BaseUrl, ConfigError> {
     validate::base_url(text)
 }
 

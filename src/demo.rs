@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::{
     app::{self, AppError},
-    config::{self, Source},
+    config::{self, ConfigFile},
     shutdown,
     sim::{Sim, SimConfig},
     telemetry,
@@ -50,7 +50,7 @@ fn in_use(e: AppError) -> AppError {
 
 /// Run the demo until Ctrl-C.
 pub async fn run() -> Result<(), AppError> {
-    let signal = shutdown::os_signal();
+    let signals = shutdown::OsSignals::install();
     let sim = Sim::new(SimConfig {
         revoke_after: Duration::from_secs(60),
         token_ttl: Duration::from_secs(15 * 60),
@@ -58,7 +58,7 @@ pub async fn run() -> Result<(), AppError> {
     });
     let mut env = config::process_env();
     env.insert("ISSETTLED_DEMO_TOKEN".into(), sim.mint_admin_token());
-    let cfg = config::load(Source::Toml(DEMO_CONFIG), &env)?;
+    let cfg = config::load(ConfigFile::Toml(DEMO_CONFIG), &env)?;
     // Every port is bound before logging starts: a demo that cannot start says so in one line.
     let sim_listener = tokio::net::TcpListener::bind(SIM_ADDRESS)
         .await
@@ -80,5 +80,5 @@ pub async fn run() -> Result<(), AppError> {
         "{}",
         curl_lines(&cfg.listen.address.to_string(), &cfg.listen.admin_address.to_string())
     );
-    app::run(cfg, listeners, signal).await
+    app::run_until_signals(cfg, listeners, signals).await
 }

@@ -32,21 +32,12 @@ pub enum ProxyError {
     /// `Origin` not in `listen.allowed_origins`.
     #[error("the Origin header is not one of listen.allowed_origins")]
     OriginNotAllowed,
-    /// A state-changing request on the admin port that a browser sent for a web page (it carries `Origin`).
-    #[error("the admin port refuses POST requests that carry an Origin header (sent by browsers)")]
-    AdminCrossOrigin,
-    /// A state-changing request on the admin port from another machine or pod.
-    #[error("the admin port takes POST requests only from this machine or pod (use kubectl port-forward or exec)")]
-    AdminFromElsewhere,
     /// Request header block over the limits.
     #[error("request headers exceed the limits ({0})")]
     HeadersTooLarge(&'static str),
     /// Method outside `policy.allowed_methods`; the methods that are, for the `Allow` header.
     #[error("the method is not one of policy.allowed_methods ({0})")]
     MethodNotAllowed(Allow),
-    /// A method an admin endpoint does not serve.
-    #[error("this admin endpoint does not serve the method")]
-    AdminMethodNotAllowed,
     /// Body over `policy.max_body_bytes`.
     #[error("the request body exceeds policy.max_body_bytes")]
     PayloadTooLarge,
@@ -65,10 +56,28 @@ pub enum ProxyError {
     /// The proxy is shutting down.
     #[error("the proxy is shutting down")]
     ShuttingDown,
-    /// A request that did not match any route (admin port).
+}
+
+/// An error of the admin port's own requests (never forwarded upstream). Answered in the same nine-field schema
+/// as [`ProxyError`], with its codes from the same file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdminError {
+    /// A state-changing request that a browser sent for a web page (it carries `Origin`).
+    #[error("the admin port refuses POST requests that carry an Origin header (sent by browsers)")]
+    CrossOrigin,
+    /// A state-changing request from another machine or pod.
+    #[error("the admin port takes POST requests only from this machine or pod (use kubectl port-forward or exec)")]
+    FromElsewhere,
+    /// A method the path does not take.
+    #[error("the method is not allowed")]
+    MethodNotAllowed,
+    /// A request that did not match any route.
     #[error("not found")]
     NotFound,
-    /// `POST /refresh` on the admin port failed for a reason that leaves the token usable (or unknown).
+    /// `POST /refresh` left no usable token: refused (revoked), or none to refresh.
+    #[error("no usable token: {0}")]
+    TokenUnavailable(&'static str),
+    /// `POST /refresh` failed for a reason that leaves the token usable (or unknown).
     #[error("{0}")]
     RefreshFailed(String),
 }
@@ -81,18 +90,15 @@ impl ProxyError {
             BadRequest(_) => (StatusCode::BAD_REQUEST, "BAD_REQUEST"),
             EndpointNotPermitted | RefreshEndpoint => (StatusCode::FORBIDDEN, "ENDPOINT_NOT_PERMITTED"),
             HostNotAllowed => (StatusCode::FORBIDDEN, "HOST_NOT_ALLOWED"),
-            OriginNotAllowed | AdminCrossOrigin => (StatusCode::FORBIDDEN, "ORIGIN_NOT_ALLOWED"),
-            AdminFromElsewhere => (StatusCode::FORBIDDEN, "ADMIN_LOCAL_ONLY"),
+            OriginNotAllowed => (StatusCode::FORBIDDEN, "ORIGIN_NOT_ALLOWED"),
             HeadersTooLarge(_) => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "HEADERS_TOO_LARGE"),
-            MethodNotAllowed(_) | AdminMethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
+            MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
             PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
             UpstreamUnreachable(_) => (StatusCode::BAD_GATEWAY, "UPSTREAM_UNREACHABLE"),
             UpstreamProtocol(_) => (StatusCode::BAD_GATEWAY, "UPSTREAM_PROTOCOL_ERROR"),
             UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "UPSTREAM_TIMEOUT"),
             TokenUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "TOKEN_UNAVAILABLE"),
             ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "SHUTTING_DOWN"),
-            NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND"),
-            RefreshFailed(_) => (StatusCode::BAD_GATEWAY, "TOKEN_REFRESH_FAILED"),
         }
     }
 
@@ -106,18 +112,7 @@ impl ProxyError {
 
     /// The nine-field body for this error in the context of one request.
     pub fn body(&self, ctx: &ErrorContext<'_>) -> ErrorBody {
-        let (status, code) = self.status_and_code();
-        let mut body = ErrorBody::new(
-            schema::PROXY_SERVICE_NAME,
-            code,
-            status.canonical_reason().unwrap_or("Error"),
-            self.to_string(),
-        );
-        body.build_version = Some(env!("CARGO_PKG_VERSION").to_owned());
-        body.endpoint_url = ctx.endpoint_url.map(str::to_owned);
-        body.member_identification = ctx.member_id.map(str::to_owned);
-        body.troubleshooting_id = ctx.request_id.map(str::to_owned);
-        body
+        proxy_made_body(self.status_and_code(), self.to_string(), ctx)
     }
 
     /// The complete response for this error. A 405 says which methods are allowed (RFC 9110 §15.5.6: "The
@@ -152,6 +147,48 @@ impl std::fmt::Display for Allow {
     }
 }
 
+// === impl AdminError ===
+
+impl AdminError {
+    /// The admin port's mapping to status and contract code.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        use AdminError::*;
+        match self {
+            CrossOrigin => (StatusCode::FORBIDDEN, "ORIGIN_NOT_ALLOWED"),
+            FromElsewhere => (StatusCode::FORBIDDEN, "ADMIN_LOCAL_ONLY"),
+            MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
+            NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+            TokenUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "TOKEN_UNAVAILABLE"),
+            RefreshFailed(_) => (StatusCode::BAD_GATEWAY, "TOKEN_REFRESH_FAILED"),
+        }
+    }
+
+    /// The nine-field body for this error in the context of one request.
+    pub fn body(&self, ctx: &ErrorContext<'_>) -> ErrorBody {
+        proxy_made_body(self.status_and_code(), self.to_string(), ctx)
+    }
+
+    /// The complete response for this error.
+    pub fn to_response(&self, ctx: &ErrorContext<'_>) -> Response<Body> {
+        json_response(self.status_and_code().0, self.body(ctx).to_json())
+    }
+}
+
+/// The nine-field body of an error the proxy made itself (`service_name` says so).
+fn proxy_made_body((status, code): (StatusCode, &'static str), message: String, ctx: &ErrorContext<'_>) -> ErrorBody {
+    let mut body = ErrorBody::new(
+        schema::PROXY_SERVICE_NAME,
+        code,
+        status.canonical_reason().unwrap_or("Error"),
+        message,
+    );
+    body.build_version = Some(env!("CARGO_PKG_VERSION").to_owned());
+    body.endpoint_url = ctx.endpoint_url.map(str::to_owned);
+    body.member_identification = ctx.member_id.map(str::to_owned);
+    body.troubleshooting_id = ctx.request_id.map(str::to_owned);
+    body
+}
+
 /// A JSON response of `value` (the admin port's answers), ending with a newline like every JSON answer.
 pub fn json_value_response(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
     json_response(status, serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec()))
@@ -174,7 +211,8 @@ impl axum::response::IntoResponse for ProxyError {
     }
 }
 
-/// A JSON response with the given status and bytes, ending with a newline (added if missing).
+/// A JSON response with the given status and bytes, ending with a newline (added if missing): `curl` in a
+/// terminal then leaves the prompt on a line of its own.
 pub fn json_response(status: StatusCode, mut json: Vec<u8>) -> Response<Body> {
     if json.last() != Some(&b'\n') {
         json.push(b'\n');

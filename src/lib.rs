@@ -7,19 +7,21 @@
 //! # Layout
 //!
 //! Data flows one way: [`config`] → state ([`token`] cell and refresher, upstream clients) → [`server`] →
-//! [`proxy`] handler → upstream. Only [`app`] knows every part.
+//! [`proxy`] handler → upstream. Only [`app`] knows every part; it builds each component's own settings from the
+//! configuration in one place. docs/ARCHITECTURE.md draws the module graph from the code.
 //!
-//! - [`config`]: load, merge the environment, validate into a typed `Config`.
+//! - [`config`]: load, merge the environment, validate into a typed `Config` (it imports no component).
+//! - [`path`]: the request-path rules that both the configuration and the proxy apply.
 //! - [`token`]: the token type, the lock-free cell, JWT claims, the schedule, refresh calls, the refresher,
 //!   the token file watch and the state file.
 //! - [`proxy`]: the proxy port's handler and its pure parts (policy, headers, target, request id, content
 //!   codings), the request and response bodies, the clients.
-//! - [`errors`]: `ProxyError` and its one table of codes, the error schema, normalization, token scrubbing.
+//! - [`errors`]: `ProxyError` and `AdminError` and their one table of codes, the error schema, normalization, token scrubbing.
 //! - [`admin`]: `/healthz`, `/readyz`, `/status`, `/metrics`, `/refresh`, `/quitquitquit`.
-//! - [`preflight`]: the checks `run` makes at start and `check-config` makes too.
 //! - [`metrics`], [`shutdown`], [`telemetry`], [`clock`]: leaves.
 //! - [`server`]: accept loop, connection limits and timers, graceful drain.
-//! - [`sim`]: the simulated IsSettled used by `demo` and the tests; [`demo`], [`wait`], [`cli`]: commands.
+//! - `sim`: the simulated IsSettled used by `demo` and the tests, and `demo`, only with the `demo` feature (on by
+//!   default); [`wait`], [`cli`]: commands.
 
 pub mod admin;
 pub mod app;
@@ -27,13 +29,15 @@ pub mod cli;
 pub mod clock;
 pub(crate) mod cluster;
 pub mod config;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod errors;
 pub mod metrics;
-pub mod preflight;
+pub mod path;
 pub mod proxy;
 pub mod server;
 pub mod shutdown;
+#[cfg(feature = "demo")]
 pub mod sim;
 pub mod telemetry;
 pub mod token;

@@ -7,8 +7,8 @@ use clap::Parser;
 use issettled_proxy::{
     app,
     cli::{Cli, Command},
-    config::{self, Config, ConfigError, Source},
-    demo, preflight, telemetry, wait,
+    config::{self, Config, ConfigError, ConfigFile},
+    telemetry, wait,
 };
 
 /// mimalloc: see bench/README.md for the measurements behind it.
@@ -33,21 +33,22 @@ fn main() -> ExitCode {
         }
     };
     match command {
-        Command::Run { config } => match loaded(&config, preflight::startup) {
+        Command::Run { config } => match loaded(&config, app::startup) {
             Ok(cfg) => {
                 let _log = telemetry::init(cfg.log.format, &cfg.log.filter);
                 exit(runtime.block_on(app::run_bound(cfg)))
             }
             Err(e) => config_error(&e),
         },
-        Command::CheckConfig { config } => match loaded(&config, preflight::check) {
+        Command::CheckConfig { config } => match loaded(&config, app::check) {
             Ok(cfg) => {
-                print!("{}", config::render_effective(&cfg));
+                print!("{}", app::render_effective(&cfg));
                 ExitCode::SUCCESS
             }
             Err(e) => config_error(&e),
         },
-        Command::Demo => exit(runtime.block_on(demo::run())),
+        #[cfg(feature = "demo")]
+        Command::Demo => exit(runtime.block_on(issettled_proxy::demo::run())),
         Command::Wait { admin, timeout } => match runtime.block_on(wait::until_ready(&admin, timeout)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(why) => {
@@ -77,10 +78,10 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 /// Load the configuration file with the process environment and apply `checks` (`run` and `check-config` check
-/// the same things: see [`preflight`]); errors name the variable that set a bad value.
+/// the same things: see `app::startup` and `app::check`); their errors name the variable that set a bad value.
 fn loaded(path: &std::path::Path, checks: fn(&Config) -> Result<(), ConfigError>) -> Result<Config, ConfigError> {
     let env = config::process_env();
-    let cfg = config::load(Source::File(path), &env)?;
+    let cfg = config::load(ConfigFile::Path(path), &env)?;
     checks(&cfg).map_err(|e| e.naming_its_variable(&env))?;
     Ok(cfg)
 }

@@ -64,9 +64,9 @@ pub struct TokenGauges {
 
 /// Decrements the in-flight gauge when dropped.
 #[derive(Debug)]
-pub struct InFlight<'a>(&'a Metrics);
+pub struct InFlightGuard<'a>(&'a Metrics);
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlightGuard<'_> {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Relaxed);
     }
@@ -105,9 +105,9 @@ impl Metrics {
     }
 
     /// Count a request in flight until the guard drops.
-    pub fn in_flight(&self) -> InFlight<'_> {
+    pub fn in_flight(&self) -> InFlightGuard<'_> {
         self.in_flight.fetch_add(1, Relaxed);
-        InFlight(self)
+        InFlightGuard(self)
     }
 
     /// Count a finished request.

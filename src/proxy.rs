@@ -18,7 +18,7 @@ use std::{sync::Arc, time::Duration};
 use http::Method;
 
 use crate::{
-    config::{Config, InboundAuthorization},
+    config::InboundAuthorization,
     errors::Allow,
     metrics::Metrics,
     shutdown::ShutdownSignal,
@@ -27,7 +27,7 @@ use crate::{
 use pool::Pool;
 use target::Target;
 
-/// The request rules, from the configuration.
+/// The request rules (built from the configuration by the app).
 #[derive(Debug, Clone)]
 pub struct Rules {
     pub allowed_hosts: Vec<String>,
@@ -37,31 +37,12 @@ pub struct Rules {
     pub allow: Allow,
     pub allowed_path_prefixes: Vec<String>,
     /// `token.refresh_path`: the proxy's own endpoint, never forwarded for an app.
-    pub refresh_path: policy::RefreshPath,
+    pub refresh_path: crate::path::RefreshPath,
     pub max_body_bytes: u64,
     pub inbound_authorization: InboundAuthorization,
     pub retry_on_401: Vec<Method>,
     pub member_id: Option<String>,
     pub request_timeout: Duration,
-}
-
-impl Rules {
-    /// From the validated configuration.
-    pub fn from_config(cfg: &Config) -> Self {
-        Self {
-            allowed_hosts: cfg.listen.allowed_hosts.clone(),
-            allowed_origins: cfg.listen.allowed_origins.clone(),
-            allowed_methods: cfg.policy.allowed_methods.clone(),
-            allow: Allow::new(&cfg.policy.allowed_methods),
-            allowed_path_prefixes: cfg.policy.allowed_path_prefixes.clone(),
-            refresh_path: policy::RefreshPath::new(&cfg.token.refresh_path),
-            max_body_bytes: cfg.policy.max_body_bytes,
-            inbound_authorization: cfg.policy.inbound_authorization,
-            retry_on_401: cfg.policy.retry_on_401.clone(),
-            member_id: (!cfg.upstream.member_id.is_empty()).then(|| cfg.upstream.member_id.clone()),
-            request_timeout: cfg.upstream.request_timeout,
-        }
-    }
 }
 
 /// Everything the handler reads. Built once by the app.

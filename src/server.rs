@@ -26,7 +26,7 @@ use tokio::{
 };
 
 use crate::shutdown::{Phase, ShutdownSignal};
-use in_flight::InFlight;
+use in_flight::RequestsInFlight;
 
 /// An accepted connection: bytes both ways, and a readiness check for while it is parked.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static {
@@ -93,7 +93,7 @@ impl Accept for UnixListener {
 /// Connection-level limits from `[listen]`.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Connections beyond this are not served until one closes ([`Crowd`]).
+    /// Connections beyond this are not served until one closes ([`ListenerGroup`]).
     pub max_connections: usize,
     /// A request head not complete after this long closes the connection.
     pub header_read_timeout: Duration,
@@ -115,20 +115,20 @@ const PARK_SHARE: usize = 32;
 /// a few dozen connections from its app should not pay. Below the share, at most `max_connections / PARK_SHARE`
 /// connections keep their buffers (5 MiB at the default).
 #[derive(Debug, Clone)]
-pub struct Crowd {
+pub struct ListenerGroup {
     slots: Arc<Semaphore>,
     max: usize,
-    requests: InFlight,
+    requests: RequestsInFlight,
 }
 
-impl Crowd {
+impl ListenerGroup {
     /// A limit of `max_connections` (at least 1) for the listeners that will share it, which stop on `stop`.
     pub fn new(max_connections: usize, stop: ShutdownSignal) -> Self {
         let max = max_connections.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
         Self {
             slots: Arc::new(Semaphore::new(max)),
             max,
-            requests: InFlight::new(stop),
+            requests: RequestsInFlight::new(stop),
         }
     }
 
@@ -182,10 +182,10 @@ impl<T> Handler for T where
 {
 }
 
-/// Serve `handler` on `listener` within `crowd`'s connection limit until its shutdown signal reaches
+/// Serve `handler` on `listener` within `group`'s connection limit until its shutdown signal reaches
 /// [`Phase::Stopping`]; then stop accepting and return a future that resolves when every connection open in
-/// `crowd` has closed (the caller bounds it by `shutdown.grace`): a connection busy then finishes its request, an
-/// idle one stays open while any request of `crowd` is in flight and closes when none is (see [`connection`]).
+/// `group` has closed (the caller bounds it by `shutdown.grace`): a connection busy then finishes its request, an
+/// idle one stays open while any request of `group` is in flight and closes when none is (see [`connection`]).
 ///
 /// A connection is accepted first and then waits for a free slot, unserved: a slot taken before accepting would
 /// sit idle in one listener's accept while another listener sharing the limit has a connection waiting. So
@@ -194,10 +194,10 @@ pub async fn serve<A: Accept, H: Handler>(
     mut listener: A,
     handler: H,
     limits: Limits,
-    crowd: Crowd,
+    group: ListenerGroup,
 ) -> impl Future<Output = ()> {
-    let slots = crowd.slots.clone();
-    let stop = crowd.requests.signal().clone();
+    let slots = group.slots.clone();
+    let stop = group.requests.signal().clone();
     let stopping = stop.reached(Phase::Stopping);
     tokio::pin!(stopping);
     loop {
@@ -220,7 +220,7 @@ pub async fn serve<A: Accept, H: Handler>(
             () = &mut stopping => break,
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
         };
-        let connection = connection::serve(io, handler.clone(), limits, crowd.clone());
+        let connection = connection::serve(io, handler.clone(), limits, group.clone());
         tokio::spawn(async move {
             connection.await;
             drop(permit);
@@ -228,7 +228,7 @@ pub async fn serve<A: Accept, H: Handler>(
     }
     drop(listener);
     async move {
-        let _ = slots.acquire_many(crowd.max as u32).await;
+        let _ = slots.acquire_many(group.max as u32).await;
     }
 }
 
@@ -258,11 +258,11 @@ mod tests {
 
     #[test]
     fn the_crowd_counts_open_connections() {
-        let crowd = Crowd::new(32, crate::shutdown::Shutdown::new().signal());
-        assert!(!crowd.parks());
-        let _one = crowd.slots.clone().try_acquire_owned().unwrap();
-        assert!(!crowd.parks());
-        let _two = crowd.slots.clone().try_acquire_owned().unwrap();
-        assert!(crowd.parks());
+        let group = ListenerGroup::new(32, crate::shutdown::Shutdown::new().signal());
+        assert!(!group.parks());
+        let _one = group.slots.clone().try_acquire_owned().unwrap();
+        assert!(!group.parks());
+        let _two = group.slots.clone().try_acquire_owned().unwrap();
+        assert!(group.parks());
     }
 }

@@ -87,21 +87,56 @@ impl ShutdownSignal {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT, logging which. The handlers are installed when this is *called*, not when the
-/// future is first polled: a SIGTERM that arrives while the servers start must not kill the process outright.
-pub fn os_signal() -> impl std::future::Future<Output = ()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
-    async move {
-        let (Ok(mut term), Ok(mut int)) = handlers else {
-            tracing::error!("cannot install signal handlers");
-            return std::future::pending().await;
-        };
-        let name = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        };
-        tracing::info!(event = "shutdown_signal", signal = name, "shutting down gracefully");
+/// SIGTERM and SIGINT as they arrive, counted: the first starts the graceful shutdown, a second cuts it short
+/// (what operators expect of a second Ctrl-C). Each is logged with its name.
+#[derive(Debug, Clone)]
+pub struct OsSignals {
+    count: watch::Receiver<u32>,
+}
+
+// === impl OsSignals ===
+
+impl OsSignals {
+    /// Install the handlers now, not when a future is first polled: a SIGTERM that arrives while the servers
+    /// start must not kill the process outright. Call within the runtime.
+    pub fn install() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+        let (tx, count) = watch::channel(0);
+        tokio::spawn(async move {
+            let (Ok(mut term), Ok(mut int)) = handlers else {
+                tracing::error!("cannot install signal handlers");
+                // Keep the sender: no signal ever arrives.
+                return std::future::pending().await;
+            };
+            for n in 1.. {
+                let name = tokio::select! {
+                    _ = term.recv() => "SIGTERM",
+                    _ = int.recv() => "SIGINT",
+                };
+                if n == 1 {
+                    tracing::info!(event = "shutdown_signal", signal = name, "shutting down gracefully");
+                } else {
+                    tracing::warn!(
+                        event = "second_signal",
+                        signal = name,
+                        "a second signal: skipping the rest of shutdown.delay and shutdown.grace"
+                    );
+                }
+                tx.send_replace(n);
+            }
+        });
+        Self { count }
+    }
+
+    /// Resolves once the `n`th signal has arrived (1: the first).
+    pub fn nth(&self, n: u32) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut count = self.count.clone();
+        async move {
+            if count.wait_for(|c| *c >= n).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 }
 

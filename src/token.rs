@@ -17,9 +17,9 @@ pub use cell::{Current, Stamp, TokenCell, Unusable};
 pub use refresher::{RefreshHandle, Refresher, Settings, Trigger};
 pub use secret::{Token, TokenError};
 
-use crate::config::{EnvTokenError, TokenConfig};
+use crate::config::TokenConfig;
 use cell::Source;
-use source::Candidate;
+use source::{Candidate, EnvToken, EnvTokenError};
 
 /// The token's state as `/status` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,19 +102,6 @@ pub fn snapshot(cell: &TokenCell) -> Snapshot {
     }
 }
 
-/// The refresher's settings from the configuration.
-pub fn settings(cfg: &TokenConfig) -> Settings {
-    Settings {
-        refresh_interval: cfg.refresh_interval,
-        revoke_after: cfg.revoke_after,
-        refresh_before_expiry: cfg.refresh_before_expiry,
-        session_ttl: cfg.session_ttl,
-        min_refresh_gap: cfg.min_refresh_gap,
-        token_file: cfg.file.clone(),
-        state_file: cfg.state_file.clone(),
-    }
-}
-
 /// Find the token to start with: the newest usable one among the state file and the configured source
 /// (the token file if it holds a usable token, else the environment). Refusals are logged with a reason.
 pub fn initial_candidate(cfg: &TokenConfig) -> Option<Candidate> {
@@ -151,7 +138,7 @@ pub fn initial_candidate(cfg: &TokenConfig) -> Option<Candidate> {
         }
     });
     let configured = configured.or_else(|| {
-        let env = cfg.env.as_ref()?;
+        let env = EnvToken::parse(cfg.env.as_ref()?);
         let token = match &env.value {
             Ok(token) => token.clone(),
             Err(EnvTokenError::NotSet) => {

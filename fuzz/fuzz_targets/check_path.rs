@@ -2,7 +2,7 @@
 //! often it is percent-decoded.
 #![no_main]
 
-use issettled_proxy::proxy::policy::check_path;
+use issettled_proxy::path::check_path;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|path: &str| {

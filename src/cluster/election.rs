@@ -1,28 +1,91 @@
-//! PLACEHOLDER by the lead so that main compiles: the lease branch's file replaces this one whole (take theirs in a merge). Interface src/cluster.rs uses: Elector::new(api, LeaseSettings, on_api_error) -> (Elector, Leadership), Elector::run(stop); Leadership::{view, is_leader}; LeaderView {role, leader, transitions, api_reachable, lost_for_api_only}; Role::as_str; ApiSettings::from_config(&KubernetesConfig); kube::client(&ApiSettings) -> Result<kube::Client, ClusterError: Display>.
+//! The leader-election loop: drives the pure [`Election`] against `Api<Lease>` (get, then update with the
+//! resourceVersion read; never create, patch or delete: deploy ships the Lease), publishes this replica's standing
+//! as a [`Leadership`] watch, and releases the Lease on stop.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use k8s_openapi::{api::coordination::v1::Lease, apimachinery::pkg::apis::meta::v1::MicroTime};
+use k8s_openapi::{
+    api::coordination::v1::{Lease, LeaseSpec},
+    apimachinery::pkg::apis::meta::v1::MicroTime,
+    jiff::Timestamp,
+};
 use kube::{api::PostParams, Api};
 use tokio::{sync::watch, time::Instant};
+use tracing::{debug, info, warn};
 
-#[derive(Debug, Clone)]
+pub(crate) use super::lease::Role;
+use super::lease::{Action, Election, LeaseRecord, Loss};
+
+/// The election's timing and names (client-go semantics: lease_duration > renew_deadline > retry_period).
+#[derive(Clone, Debug)]
 pub(crate) struct LeaseSettings {
+    /// The Lease's name, in the client's namespace.
     pub(crate) name: String,
+    /// This replica's `holderIdentity`.
     pub(crate) identity: String,
+    /// How long others wait, from the last change they saw, before taking a Lease that is not renewed.
     pub(crate) lease_duration: Duration,
+    /// How long a leader keeps leading without a successful renewal.
     pub(crate) renew_deadline: Duration,
+    /// The pause between attempts (candidates add up to 50 % jitter).
     pub(crate) retry_period: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Role {
-    Leader,
-    Follower,
-    Candidate,
+/// This replica's standing, as last known.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct LeaderView {
+    pub(crate) role: Role,
+    /// The Lease's holder as last read (`None`: free, or not read yet).
+    pub(crate) leader: Option<String>,
+    /// `leaseTransitions` as last read.
+    pub(crate) transitions: i32,
+    /// False when the last Lease call failed because the API did not answer.
+    pub(crate) api_reachable: bool,
+    /// This replica stepped down only because its renewals could not reach the API.
+    pub(crate) lost_for_api_only: bool,
+    /// While leading: the monotonic instant at which it must step down unless a renewal succeeds. Judged by the
+    /// reader too, so that a process that was stopped (SIGSTOP, a paused VM) stops refreshing the moment it
+    /// wakes, before its elector task has run.
+    pub(crate) lead_until: Option<Instant>,
 }
 
+/// A read-only handle on the elector's [`LeaderView`].
+#[derive(Clone, Debug)]
+pub(crate) struct Leadership {
+    rx: watch::Receiver<LeaderView>,
+}
+
+/// Called with the operation (`lease_get`, `lease_update`) of each failed Lease call, for the metrics.
+pub(crate) type OnApiError = Arc<dyn Fn(&'static str) + Send + Sync>;
+
+/// Runs the election for one replica; see [`Elector::run`].
+pub(crate) struct Elector {
+    api: Api<Lease>,
+    settings: LeaseSettings,
+    election: Election,
+    /// The Lease object as last read or written: updates keep its metadata (labels, owners) and send its spec.
+    lease: Option<Lease>,
+    tx: watch::Sender<LeaderView>,
+    on_api_error: OnApiError,
+    /// The fraction of `retry_period` a candidate adds to its pause, in [0, 0.5].
+    jitter: Box<dyn FnMut() -> f64 + Send + Sync>,
+}
+
+/// Why one call failed.
+#[derive(Debug)]
+enum CallError {
+    /// 409: someone else wrote first; read before writing again.
+    Conflict,
+    /// The Lease does not exist.
+    NotFound,
+    /// Any other failure; `unreachable`: the API did not answer (network, timeout, 5xx, 429).
+    Failed { unreachable: bool, reason: String },
+}
+
+// === impl Role ===
+
 impl Role {
+    /// The contract's spelling, for `/status`.
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Role::Leader => "leader",
@@ -32,145 +95,350 @@ impl Role {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct LeaderView {
-    pub(crate) role: Role,
-    pub(crate) leader: Option<String>,
-    pub(crate) transitions: i32,
-    pub(crate) api_reachable: bool,
-    pub(crate) lost_for_api_only: bool,
-}
-
-#[derive(Debug, Clone)]
-pub(crate) struct Leadership {
-    rx: watch::Receiver<LeaderView>,
-}
+// === impl Leadership ===
 
 impl Leadership {
     pub(crate) fn view(&self) -> LeaderView {
         self.rx.borrow().clone()
     }
+
+    /// Leading, and not past the step-down deadline by this process's monotonic clock.
     pub(crate) fn is_leader(&self) -> bool {
-        self.rx.borrow().role == Role::Leader
+        let view = self.rx.borrow();
+        view.role == Role::Leader && view.lead_until.is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Waits for the next change of the view; never returns once the elector has ended.
+    #[cfg(test)]
+    pub(crate) async fn changed(&mut self) {
+        if self.rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// A handle whose view the test sets through the returned sender.
+    #[cfg(test)]
+    pub(crate) fn fixed(view: LeaderView) -> (watch::Sender<LeaderView>, Leadership) {
+        let (tx, rx) = watch::channel(view);
+        (tx, Leadership { rx })
     }
 }
 
-pub(crate) struct Elector {
-    api: Api<Lease>,
-    s: LeaseSettings,
-    tx: watch::Sender<LeaderView>,
-    on_error: Arc<dyn Fn(&'static str) + Send + Sync>,
-}
-
-impl std::fmt::Debug for Elector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Elector").finish_non_exhaustive()
-    }
-}
+// === impl Elector ===
 
 impl Elector {
-    pub(crate) fn new(
-        api: Api<Lease>,
-        s: LeaseSettings,
-        on_error: Arc<dyn Fn(&'static str) + Send + Sync>,
-    ) -> (Elector, Leadership) {
-        let (tx, rx) = watch::channel(LeaderView {
+    pub(crate) fn new(api: Api<Lease>, settings: LeaseSettings, on_api_error: OnApiError) -> (Elector, Leadership) {
+        let initial = LeaderView {
             role: Role::Candidate,
             leader: None,
             transitions: 0,
             api_reachable: true,
             lost_for_api_only: false,
-        });
-        (Elector { api, s, tx, on_error }, Leadership { rx })
+            lead_until: None,
+        };
+        let (tx, rx) = watch::channel(initial);
+        let election = Election::new(
+            settings.identity.clone(),
+            settings.lease_duration,
+            settings.renew_deadline,
+        );
+        let elector = Elector {
+            api,
+            settings,
+            election,
+            lease: None,
+            tx,
+            on_api_error,
+            jitter: Box::new(|| rand::random::<f64>() * 0.5),
+        };
+        (elector, Leadership { rx })
     }
 
-    pub(crate) async fn run(self, stop: impl Future<Output = ()>) {
-        tokio::pin!(stop);
-        let mut observed: Option<(String, Instant)> = None; // (rv-less record key, when seen to change)
-        let mut renewed = Instant::now();
+    /// Replaces the random jitter (tests).
+    #[cfg(test)]
+    pub(crate) fn with_jitter(mut self, jitter: impl FnMut() -> f64 + Send + Sync + 'static) -> Self {
+        self.jitter = Box::new(jitter);
+        self
+    }
+
+    /// Run until `stop` completes; then, if leading, release the Lease (holderIdentity cleared,
+    /// leaseDurationSeconds = 1, written with the resourceVersion last read) and return.
+    ///
+    /// An attempt in flight when `stop` completes finishes first (each call is bounded), so the release is
+    /// written with what that attempt learnt.
+    pub(crate) async fn run(mut self, stop: impl Future<Output = ()>) {
+        let mut stop = std::pin::pin!(stop);
+        info!(lease = %self.settings.name, identity = %self.settings.identity, "leader election started");
         loop {
-            let now = Instant::now();
-            let leading = self.tx.borrow().role == Role::Leader;
-            if leading && now.duration_since(renewed) > self.s.renew_deadline {
-                self.tx.send_modify(|v| {
-                    v.role = Role::Candidate;
-                    v.lost_for_api_only = !v.api_reachable;
-                });
-            }
-            match self.api.get(&self.s.name).await {
-                Ok(mut lease) => {
-                    let spec = lease.spec.clone().unwrap_or_default();
-                    let holder = spec.holder_identity.clone().unwrap_or_default();
-                    let key = format!("{holder}/{:?}", spec.renew_time);
-                    if observed.as_ref().is_none_or(|(k, _)| *k != key) {
-                        observed = Some((key, now));
-                    }
-                    let since = now.duration_since(observed.as_ref().unwrap().1);
-                    let dur = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(15).max(1) as u64);
-                    let mine = holder == self.s.identity;
-                    let free = holder.is_empty() || since > dur;
-                    if mine || free {
-                        let mut spec2 = spec.clone();
-                        let t = MicroTime(k8s_openapi::jiff::Timestamp::now());
-                        if !mine {
-                            spec2.acquire_time = Some(t.clone());
-                            spec2.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
-                        }
-                        spec2.holder_identity = Some(self.s.identity.clone());
-                        spec2.renew_time = Some(t);
-                        spec2.lease_duration_seconds = Some(self.s.lease_duration.as_secs().max(1) as i32);
-                        lease.spec = Some(spec2.clone());
-                        let sent = Instant::now();
-                        match self.api.replace(&self.s.name, &PostParams::default(), &lease).await {
-                            Ok(_) => {
-                                renewed = sent;
-                                self.tx.send_replace(LeaderView {
-                                    role: Role::Leader,
-                                    leader: Some(self.s.identity.clone()),
-                                    transitions: spec2.lease_transitions.unwrap_or(0),
-                                    api_reachable: true,
-                                    lost_for_api_only: false,
-                                });
-                            }
-                            Err(_) => (self.on_error)("lease_update"),
-                        }
-                    } else {
-                        self.tx.send_replace(LeaderView {
-                            role: Role::Follower,
-                            leader: Some(holder),
-                            transitions: spec.lease_transitions.unwrap_or(0),
-                            api_reachable: true,
-                            lost_for_api_only: false,
-                        });
-                    }
-                }
-                Err(_) => {
-                    (self.on_error)("lease_get");
-                    self.tx.send_modify(|v| v.api_reachable = false);
-                }
-            }
-            let jitter = self.s.retry_period.mul_f64(rand::random::<f64>() * 0.5);
+            self.attempt().await;
+            self.publish();
+            let wake = self.next_attempt_at(Instant::now());
             tokio::select! {
+                biased;
                 () = &mut stop => break,
-                () = tokio::time::sleep(self.s.retry_period + jitter) => {}
+                () = tokio::time::sleep_until(wake) => {}
             }
         }
-        if self.tx.borrow().role == Role::Leader {
-            if let Ok(mut lease) = self.api.get(&self.s.name).await {
-                if let Some(spec) = lease.spec.as_mut() {
-                    spec.holder_identity = None;
-                    spec.lease_duration_seconds = Some(1);
-                }
-                if self
-                    .api
-                    .replace(&self.s.name, &PostParams::default(), &lease)
-                    .await
-                    .is_ok()
-                {
-                    tracing::info!(event = "lease_released", "released the Lease");
-                }
+        self.release().await;
+    }
+
+    /// One round of client-go's `tryAcquireOrRenew`: a leader updates straight from the Lease it last wrote; on a
+    /// conflict, and for everyone else, read, decide, write.
+    async fn attempt(&mut self) {
+        self.check_deadline();
+        if !self.election.is_leader() || matches!(self.write_decision().await, Err(CallError::Conflict)) {
+            // A failed write was logged and counted where it failed; the next attempt retries.
+            if self.read().await.is_ok() {
+                let _ = self.write_decision().await;
             }
-            self.tx.send_modify(|v| v.role = Role::Candidate);
+        }
+        self.check_deadline();
+    }
+
+    /// Reads the Lease into the election.
+    async fn read(&mut self) -> Result<(), CallError> {
+        let result = self.bounded(self.api.get(&self.settings.name)).await;
+        match result {
+            Ok(lease) => {
+                let record = record(&lease);
+                let before = self.election.observed().map(|r| r.holder.clone());
+                self.lease = Some(lease);
+                if let Some(loss) = self.election.observe(record.clone(), Instant::now()) {
+                    self.lost(loss, Some(&record.holder));
+                } else if before.as_deref() != Some(record.holder.as_str())
+                    && !record.holder.is_empty()
+                    && record.holder != self.settings.identity
+                {
+                    info!(lease = %self.settings.name, leader = %record.holder, "the lease is held by another replica");
+                }
+                Ok(())
+            }
+            Err(error) => {
+                self.failed("lease_get", &error);
+                Err(error)
+            }
         }
     }
+
+    /// Writes what the election decides, if anything.
+    async fn write_decision(&mut self) -> Result<(), CallError> {
+        let Action::Write(record) = self.election.decide(Instant::now(), Timestamp::now()) else {
+            return Ok(());
+        };
+        let sent_at = Instant::now();
+        match self.update(&record).await {
+            Ok(stored) => {
+                let stored = record_of(stored, &mut self.lease);
+                let transitions = stored.transitions;
+                if self.election.wrote(stored, sent_at) {
+                    info!(lease = %self.settings.name, identity = %self.settings.identity, transitions, "became leader");
+                }
+                Ok(())
+            }
+            Err(error) => {
+                self.failed("lease_update", &error);
+                Err(error)
+            }
+        }
+    }
+
+    /// Updates the Lease to `record`, keeping the rest of the object as last read.
+    async fn update(&self, record: &LeaseRecord) -> Result<Lease, CallError> {
+        let mut lease = self.lease.clone().unwrap_or_default();
+        lease.metadata.name = Some(self.settings.name.clone());
+        lease.metadata.resource_version = Some(record.resource_version.clone());
+        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+        spec.holder_identity = Some(record.holder.clone());
+        spec.lease_duration_seconds = Some(record.lease_duration_seconds);
+        spec.acquire_time = record.acquire_time.map(MicroTime);
+        spec.renew_time = record.renew_time.map(MicroTime);
+        spec.lease_transitions = Some(record.transitions);
+        self.bounded(self.api.replace(&self.settings.name, &PostParams::default(), &lease))
+            .await
+    }
+
+    /// `call`, bounded so that no call outlives a leader's renew deadline (nor, for others, a renew deadline).
+    async fn bounded<T>(&self, call: impl Future<Output = Result<T, kube::Error>>) -> Result<T, CallError> {
+        let now = Instant::now();
+        let until = self
+            .election
+            .step_down_at()
+            .unwrap_or(now + self.settings.renew_deadline)
+            .max(now);
+        match tokio::time::timeout_at(until, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(classify(&error)),
+            Err(_) => Err(CallError::Failed {
+                unreachable: true,
+                reason: format!("no answer within {:?}", until - now),
+            }),
+        }
+    }
+
+    fn failed(&mut self, op: &'static str, error: &CallError) {
+        let name = &self.settings.name;
+        match error {
+            CallError::Conflict => {
+                // Not an API failure: another replica wrote first. Read before writing again.
+                self.election.failed(false);
+                debug!(lease = %name, "lease update conflicted; reading it again");
+            }
+            CallError::NotFound => {
+                (self.on_api_error)(op);
+                self.election.failed(false);
+                let namespace = self.api.resource_url();
+                warn!(
+                    lease = %name,
+                    path = %namespace,
+                    "the Lease does not exist: the proxy creates nothing; apply the Lease from deploy/ (cluster \
+                     variant) in this namespace or set cluster.lease to the existing one; retrying"
+                );
+            }
+            CallError::Failed { unreachable, reason } => {
+                (self.on_api_error)(op);
+                self.election.failed(*unreachable);
+                warn!(lease = %name, op, unreachable, error = %reason, "Kubernetes API call failed");
+            }
+        }
+    }
+
+    fn check_deadline(&mut self) {
+        if let Some(loss) = self.election.check_deadline(Instant::now()) {
+            self.lost(loss, None);
+            self.publish();
+        }
+    }
+
+    fn lost(&self, loss: Loss, holder: Option<&str>) {
+        let (name, identity) = (&self.settings.name, &self.settings.identity);
+        match loss {
+            Loss::TakenOver => {
+                info!(lease = %name, identity = %identity, leader = holder.unwrap_or(""), "lost the lease: another replica holds it")
+            }
+            Loss::Deadline { api_only } => info!(
+                lease = %name,
+                identity = %identity,
+                api_only,
+                renew_deadline = ?self.settings.renew_deadline,
+                "lost the lease: no renewal succeeded within renew_deadline"
+            ),
+        }
+    }
+
+    /// Sends the current view to the [`Leadership`] handles when it changed.
+    fn publish(&self) {
+        let view = self.view(Instant::now());
+        self.tx.send_if_modified(|current| {
+            let changed = *current != view;
+            *current = view;
+            changed
+        });
+    }
+
+    fn view(&self, now: Instant) -> LeaderView {
+        let observed = self.election.observed();
+        LeaderView {
+            role: self.election.role(now),
+            leader: observed.map(|r| r.holder.clone()).filter(|h| !h.is_empty()),
+            transitions: observed.map_or(0, |r| r.transitions),
+            api_reachable: self.election.api_reachable(),
+            lost_for_api_only: self.election.lost_for_api_only(),
+            lead_until: self.election.step_down_at().filter(|_| self.election.is_leader()),
+        }
+    }
+
+    /// A leader renews every `retry_period`; others add up to 50 % jitter, so candidates do not move in step.
+    fn next_attempt_at(&mut self, now: Instant) -> Instant {
+        let retry = self.settings.retry_period;
+        if self.election.is_leader() {
+            return now + retry;
+        }
+        now + retry.mul_f64(1.0 + (self.jitter)().clamp(0.0, 0.5))
+    }
+
+    /// Gives the Lease up if it is ours: no longer leader first (the view says so before the write), then the
+    /// update that clears the holder; on a conflict, once more if a fresh read still names us.
+    async fn release(&mut self) {
+        let was_leader = self.election.is_leader();
+        for _ in 0..2 {
+            let Some(record) = self.election.release(Timestamp::now()) else {
+                break;
+            };
+            self.publish();
+            match self.update(&record).await {
+                Ok(stored) => {
+                    let stored = record_of(stored, &mut self.lease);
+                    self.election.observe(stored, Instant::now());
+                    info!(lease = %self.settings.name, identity = %self.settings.identity, "released the lease");
+                    break;
+                }
+                Err(CallError::Conflict) => {
+                    if self.read().await.is_err() {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    self.failed("lease_update", &error);
+                    if was_leader {
+                        warn!(lease = %self.settings.name, "could not release the lease; another replica takes it when it expires");
+                    }
+                    break;
+                }
+            }
+        }
+        self.publish();
+        info!(lease = %self.settings.name, identity = %self.settings.identity, "leader election stopped");
+    }
 }
+
+impl std::fmt::Debug for Elector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Elector")
+            .field("settings", &self.settings)
+            .field("election", &self.election)
+            .finish()
+    }
+}
+
+/// The record in a Lease as the API returned it.
+fn record(lease: &Lease) -> LeaseRecord {
+    let spec = lease.spec.clone().unwrap_or_default();
+    LeaseRecord {
+        holder: spec.holder_identity.unwrap_or_default(),
+        lease_duration_seconds: spec.lease_duration_seconds.unwrap_or(0),
+        acquire_time: spec.acquire_time.map(|t| t.0),
+        renew_time: spec.renew_time.map(|t| t.0),
+        transitions: spec.lease_transitions.unwrap_or(0),
+        resource_version: lease.metadata.resource_version.clone().unwrap_or_default(),
+    }
+}
+
+/// Keeps `stored` as the object last seen and returns its record.
+fn record_of(stored: Lease, last: &mut Option<Lease>) -> LeaseRecord {
+    let record = record(&stored);
+    *last = Some(stored);
+    record
+}
+
+fn classify(error: &kube::Error) -> CallError {
+    match error {
+        kube::Error::Api(status) if status.code == 409 => CallError::Conflict,
+        kube::Error::Api(status) if status.code == 404 => CallError::NotFound,
+        kube::Error::Api(status) => CallError::Failed {
+            unreachable: status.code == 429 || status.code >= 500,
+            reason: format!("{} {}", status.code, status.reason),
+        },
+        // The API answered, but not with a Lease.
+        kube::Error::SerdeError(_) => CallError::Failed {
+            unreachable: false,
+            reason: error.to_string(),
+        },
+        _ => CallError::Failed {
+            unreachable: true,
+            reason: error.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests;

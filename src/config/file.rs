@@ -37,19 +37,19 @@ pub(super) fn list_from_text(text: &str) -> Vec<String> {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct FileConfig {
-    pub listen: Listen,
-    pub upstream: Upstream,
-    pub token: Token,
-    pub policy: Policy,
-    pub log: Log,
-    pub shutdown: Shutdown,
-    pub cluster: Cluster,
+    pub listen: ListenSection,
+    pub upstream: UpstreamSection,
+    pub token: TokenSection,
+    pub policy: PolicySection,
+    pub log: LogSection,
+    pub shutdown: ShutdownSection,
+    pub cluster: ClusterSection,
 }
 
 /// `[listen]`
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct Listen {
+pub struct ListenSection {
     pub address: String,
     pub admin_address: String,
     pub max_connections: u64,
@@ -62,7 +62,7 @@ pub struct Listen {
     pub unix_socket: String,
 }
 
-impl Default for Listen {
+impl Default for ListenSection {
     fn default() -> Self {
         Self {
             address: "127.0.0.1:8080".into(),
@@ -80,7 +80,7 @@ impl Default for Listen {
 /// `[upstream]`
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct Upstream {
+pub struct UpstreamSection {
     pub base_url: String,
     pub member_id: String,
     pub connect_timeout: String,
@@ -90,7 +90,7 @@ pub struct Upstream {
     pub client_key_file: String,
 }
 
-impl Default for Upstream {
+impl Default for UpstreamSection {
     fn default() -> Self {
         Self {
             base_url: String::new(),
@@ -107,7 +107,7 @@ impl Default for Upstream {
 /// `[token]`
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct Token {
+pub struct TokenSection {
     pub file: String,
     pub env: String,
     pub state_file: String,
@@ -120,7 +120,7 @@ pub struct Token {
     pub min_refresh_gap: String,
 }
 
-impl Default for Token {
+impl Default for TokenSection {
     fn default() -> Self {
         Self {
             file: String::new(),
@@ -140,7 +140,7 @@ impl Default for Token {
 /// `[policy]`
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct Policy {
+pub struct PolicySection {
     #[serde(deserialize_with = "list")]
     pub allowed_methods: Vec<String>,
     #[serde(deserialize_with = "list")]
@@ -151,7 +151,7 @@ pub struct Policy {
     pub retry_on_401: Vec<String>,
 }
 
-impl Default for Policy {
+impl Default for PolicySection {
     fn default() -> Self {
         Self {
             allowed_methods: vec!["GET".into(), "POST".into(), "DELETE".into()],
@@ -166,12 +166,12 @@ impl Default for Policy {
 /// `[log]`
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct Log {
+pub struct LogSection {
     pub format: String,
     pub level: String,
 }
 
-impl Default for Log {
+impl Default for LogSection {
     fn default() -> Self {
         Self {
             format: "json".into(),
@@ -183,13 +183,13 @@ impl Default for Log {
 /// `[shutdown]`
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct Shutdown {
+pub struct ShutdownSection {
     pub delay: String,
     pub grace: String,
     pub enable_quit_endpoint: bool,
 }
 
-impl Default for Shutdown {
+impl Default for ShutdownSection {
     fn default() -> Self {
         Self {
             delay: "0s".into(),
@@ -202,7 +202,7 @@ impl Default for Shutdown {
 /// `[cluster]`
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct Cluster {
+pub struct ClusterSection {
     pub mode: String,
     pub namespace: String,
     pub secret: String,
@@ -214,7 +214,7 @@ pub struct Cluster {
     pub retry_period: String,
 }
 
-impl Default for Cluster {
+impl Default for ClusterSection {
     fn default() -> Self {
         Self {
             mode: "off".into(),

@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 
 use super::*;
-use crate::token::TokenError;
 
 const MINIMAL: &str = r#"
 [upstream]
@@ -27,7 +26,7 @@ fn err_key(result: Result<Config, ConfigError>) -> String {
 
 #[test]
 fn minimal_file_takes_defaults() {
-    let c = load(Source::Toml(MINIMAL), &HashMap::new()).unwrap();
+    let c = load(ConfigFile::Toml(MINIMAL), &HashMap::new()).unwrap();
     assert_eq!(c.listen.address.to_string(), "127.0.0.1:8080");
     assert_eq!(c.listen.admin_address.to_string(), "127.0.0.1:8081");
     assert_eq!(c.upstream.base_url.prefix, "/v1");
@@ -48,7 +47,7 @@ fn environment_overrides_file_including_lists() {
         ("ISSETTLED_PROXY__TOKEN__REFRESH_INTERVAL", "1s"),
         ("ISSETTLED_PROXY__LISTEN__MAX_CONNECTIONS", "7"),
     ]);
-    let c = load(Source::Toml(MINIMAL), &e).unwrap();
+    let c = load(ConfigFile::Toml(MINIMAL), &e).unwrap();
     assert_eq!(c.upstream.base_url.authority.as_str(), "127.0.0.1:9999");
     assert_eq!(c.policy.allowed_path_prefixes, vec!["/payments", "/digital-accounts"]);
     assert_eq!(c.token.refresh_interval, Duration::from_secs(1));
@@ -63,7 +62,7 @@ fn list_overrides_may_be_written_as_json_arrays() {
         ("ISSETTLED_PROXY__POLICY__RETRY_ON_401", "[]"),
         ("ISSETTLED_PROXY__POLICY__ALLOWED_PATH_PREFIXES", r#"["/payments"]"#),
     ]);
-    let c = load(Source::Toml(MINIMAL), &e).unwrap();
+    let c = load(ConfigFile::Toml(MINIMAL), &e).unwrap();
     assert!(c.listen.allowed_hosts.is_empty(), "[] means any Host");
     assert_eq!(c.policy.allowed_methods, vec![Method::GET, Method::POST]);
     assert!(c.policy.retry_on_401.is_empty());
@@ -80,11 +79,11 @@ fn a_blank_list_entry_is_refused_not_read_as_no_restriction() {
         ("policy", "retry_on_401"),
     ] {
         let text = format!("{MINIMAL}\n[{section}]\n{key} = [\" \"]\n");
-        let err = load(Source::Toml(&text), &HashMap::new()).unwrap_err();
+        let err = load(ConfigFile::Toml(&text), &HashMap::new()).unwrap_err();
         assert_eq!(err_key(Err(err)), format!("{section}.{key}"));
     }
     let e = env(&[("ISSETTLED_PROXY__LISTEN__ALLOWED_HOSTS", "[]x")]);
-    assert!(load(Source::Toml(MINIMAL), &e).is_err(), "`[]x` is no host");
+    assert!(load(ConfigFile::Toml(MINIMAL), &e).is_err(), "`[]x` is no host");
     // In a variable: a blank piece is refused too; only a blank value is no entries.
     for (var, value, key) in [
         (
@@ -103,11 +102,11 @@ fn a_blank_list_entry_is_refused_not_read_as_no_restriction() {
             "listen.allowed_hosts",
         ),
     ] {
-        let got = load(Source::Toml(MINIMAL), &env(&[(var, value)]));
+        let got = load(ConfigFile::Toml(MINIMAL), &env(&[(var, value)]));
         assert_eq!(err_key(got), key, "{var}={value:?}");
     }
     let c = load(
-        Source::Toml(MINIMAL),
+        ConfigFile::Toml(MINIMAL),
         &env(&[("ISSETTLED_PROXY__LISTEN__ALLOWED_HOSTS", " ")]),
     )
     .unwrap();
@@ -117,13 +116,13 @@ fn a_blank_list_entry_is_refused_not_read_as_no_restriction() {
 #[test]
 fn unknown_keys_are_refused() {
     let text = format!("{MINIMAL}\nsurprise = 1\n");
-    assert!(err_key(load(Source::Toml(&text), &HashMap::new())).contains("surprise"));
+    assert!(err_key(load(ConfigFile::Toml(&text), &HashMap::new())).contains("surprise"));
     let text = MINIMAL.replace("member_id", "member_idx");
-    assert!(err_key(load(Source::Toml(&text), &HashMap::new())).contains("member_idx"));
+    assert!(err_key(load(ConfigFile::Toml(&text), &HashMap::new())).contains("member_idx"));
     // An unknown key in a variable: the variable is named.
     let e = env(&[("ISSETTLED_PROXY__UPSTREAM__NOPE", "1")]);
     assert_eq!(
-        err_key(load(Source::Toml(MINIMAL), &e)),
+        err_key(load(ConfigFile::Toml(MINIMAL), &e)),
         "ISSETTLED_PROXY__UPSTREAM__NOPE"
     );
 }
@@ -162,7 +161,7 @@ fn bad_values_name_their_key() {
         ),
     ];
     for (k, v, key) in cases {
-        let result = load(Source::Toml(MINIMAL), &env(&[(k, v)]));
+        let result = load(ConfigFile::Toml(MINIMAL), &env(&[(k, v)]));
         let message = result.as_ref().map(drop).unwrap_err().to_string();
         assert_eq!(err_key(result), key, "{k}={v}");
         // An operator reading the file would not see the value: the message names the variable (not the value).
@@ -170,7 +169,7 @@ fn bad_values_name_their_key() {
     }
     // A bad value from the file names no variable.
     let text = MINIMAL.replace("[token]", "[token]\nrefresh_interval = \"20m\"");
-    let message = load(Source::Toml(&text), &HashMap::new()).unwrap_err().to_string();
+    let message = load(ConfigFile::Toml(&text), &HashMap::new()).unwrap_err().to_string();
     assert!(
         message.starts_with("token.refresh_interval") && !message.contains("set by"),
         "{message}"
@@ -180,20 +179,21 @@ fn bad_values_name_their_key() {
 #[test]
 fn a_token_source_is_required_and_env_is_read_from_the_map() {
     let text = MINIMAL.replace("file = \"/var/run/secrets/issettled/token\"", "");
-    assert_eq!(err_key(load(Source::Toml(&text), &HashMap::new())), "token.file");
+    assert_eq!(err_key(load(ConfigFile::Toml(&text), &HashMap::new())), "token.file");
     let e = env(&[("ISSETTLED_PROXY__TOKEN__ENV", "MY_TOKEN"), ("MY_TOKEN", "abc.def\n")]);
-    let c = load(Source::Toml(&text), &e).unwrap();
+    let c = load(ConfigFile::Toml(&text), &e).unwrap();
     let t = c.token.env.unwrap();
     assert_eq!(t.name, "MY_TOKEN");
-    assert_eq!(t.value.unwrap().expose(), "abc.def");
+    // Kept as it was; the token module parses it (and trims the newline).
+    assert_eq!(t.value(), Some("abc.def\n"));
 }
 
 #[test]
 fn shipped_example_files_parse_the_same() {
     let toml = include_str!("../../config/issettled-proxy.example.toml");
     let yaml = include_str!("../../config/issettled-proxy.example.yaml");
-    let a = load(Source::Toml(toml), &HashMap::new()).unwrap();
-    let b = load(Source::Yaml(yaml), &HashMap::new()).unwrap();
+    let a = load(ConfigFile::Toml(toml), &HashMap::new()).unwrap();
+    let b = load(ConfigFile::Yaml(yaml), &HashMap::new()).unwrap();
     assert_eq!(a.raw, b.raw);
     assert_eq!(a.raw, {
         let mut d = FileConfig::default();
@@ -205,13 +205,12 @@ fn shipped_example_files_parse_the_same() {
 }
 
 #[test]
-fn redacted_rendering_never_shows_the_env_token() {
+fn neither_rendering_nor_debug_shows_the_env_token() {
     let text = MINIMAL.replace("file = \"/var/run/secrets/issettled/token\"", "env = \"MY_TOKEN\"");
     let e = env(&[("MY_TOKEN", "super-secret-token-value")]);
-    let c = load(Source::Toml(&text), &e).unwrap();
-    let out = render_effective(&c);
+    let c = load(ConfigFile::Toml(&text), &e).unwrap();
+    let out = render_effective(&c, &[]);
     assert!(!out.contains("super-secret-token-value"));
-    assert!(out.contains("sha256:"));
     assert!(!format!("{c:?}").contains("super-secret-token-value"));
 }
 
@@ -220,12 +219,12 @@ fn token_env_must_be_a_variable_name_and_is_never_echoed() {
     let text = MINIMAL.replace("file = \"/var/run/secrets/issettled/token\"", "");
     for name in ["MY_TOKEN", "_t", "a1", &"N".repeat(64)] {
         let e = env(&[("ISSETTLED_PROXY__TOKEN__ENV", name)]);
-        assert_eq!(load(Source::Toml(&text), &e).unwrap().token.env.unwrap().name, name);
+        assert_eq!(load(ConfigFile::Toml(&text), &e).unwrap().token.env.unwrap().name, name);
     }
     let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjk5OTk5OTk5OTl9.c2lnbmF0dXJl";
     for bad in [jwt, "1ABC", "MY-TOKEN", "MY TOKEN", &"N".repeat(65)] {
         let e = env(&[("ISSETTLED_PROXY__TOKEN__ENV", bad)]);
-        let err = load(Source::Toml(&text), &e).unwrap_err();
+        let err = load(ConfigFile::Toml(&text), &e).unwrap_err();
         assert!(
             matches!(&err, ConfigError::Invalid { key, .. } if key == "token.env"),
             "{bad}: {err}"
@@ -244,7 +243,7 @@ fn an_override_naming_only_a_section_is_refused_without_its_value() {
         "ISSETTLED_PROXY____ENV",
         "ISSETTLED_PROXY__TOKEN__ENV__X",
     ] {
-        let err = load(Source::Toml(MINIMAL), &env(&[(name, "secret-value")])).unwrap_err();
+        let err = load(ConfigFile::Toml(MINIMAL), &env(&[(name, "secret-value")])).unwrap_err();
         assert!(
             matches!(&err, ConfigError::Invalid { key, .. } if key == name),
             "{name}: {err}"
@@ -252,48 +251,18 @@ fn an_override_naming_only_a_section_is_refused_without_its_value() {
         assert!(!err.to_string().contains("secret-value"), "{err}");
     }
     // Variables that only share the start of the prefix are not overrides.
-    assert!(load(Source::Toml(MINIMAL), &env(&[("ISSETTLED_PROXY_TOKEN", "x")])).is_ok());
-}
-
-#[test]
-fn an_unusable_env_token_keeps_its_reason_and_check_config_shows_it() {
-    let text = MINIMAL.replace("file = \"/var/run/secrets/issettled/token\"", "env = \"MY_TOKEN\"");
-    let value = |e: &HashMap<String, String>| load(Source::Toml(&text), e).unwrap().token.env.unwrap().value;
-    assert_eq!(value(&HashMap::new()).unwrap_err(), EnvTokenError::NotSet);
-    assert_eq!(
-        value(&env(&[("MY_TOKEN", " \n")])).unwrap_err(),
-        EnvTokenError::Refused(TokenError::Empty)
-    );
-    let e = env(&[("MY_TOKEN", "has spaces in it")]);
-    assert_eq!(
-        value(&e).unwrap_err(),
-        EnvTokenError::Refused(TokenError::InvalidCharacters)
-    );
-    let out = render_effective(&load(Source::Toml(&text), &e).unwrap());
-    assert!(
-        out.contains("# token.env MY_TOKEN: refused: the token contains characters"),
-        "{out}"
-    );
-    assert!(!out.contains("has spaces"), "{out}");
-    // A JWT past its exp (1 s after the epoch): parsed, but check-config says it will be refused.
-    let expired = "eyJhbGciOiJub25lIn0.eyJleHAiOjF9.";
-    let out = render_effective(&load(Source::Toml(&text), &env(&[("MY_TOKEN", expired)])).unwrap());
-    assert!(
-        out.contains("refused: the token is a JWT whose exp has passed"),
-        "{out}"
-    );
-    assert!(!out.contains(expired), "{out}");
+    assert!(load(ConfigFile::Toml(MINIMAL), &env(&[("ISSETTLED_PROXY_TOKEN", "x")])).is_ok());
 }
 
 #[test]
 fn allowed_hosts_with_a_port_are_refused() {
     for ok in ["localhost", "127.0.0.1", "::1", "[::1]", "api.example"] {
         let e = env(&[("ISSETTLED_PROXY__LISTEN__ALLOWED_HOSTS", ok)]);
-        assert!(load(Source::Toml(MINIMAL), &e).is_ok(), "{ok}");
+        assert!(load(ConfigFile::Toml(MINIMAL), &e).is_ok(), "{ok}");
     }
     for bad in ["localhost:8080", "127.0.0.1:8080", "[::1]:8080", "[::1"] {
         let e = env(&[("ISSETTLED_PROXY__LISTEN__ALLOWED_HOSTS", bad)]);
-        let err = load(Source::Toml(MINIMAL), &e).unwrap_err();
+        let err = load(ConfigFile::Toml(MINIMAL), &e).unwrap_err();
         assert!(
             matches!(&err, ConfigError::Invalid { key, .. } if key == "listen.allowed_hosts"),
             "{bad}: {err}"
@@ -316,7 +285,7 @@ fn the_admin_address_must_differ_from_the_proxy_address() {
             ("ISSETTLED_PROXY__LISTEN__ADDRESS", address),
             ("ISSETTLED_PROXY__LISTEN__ADMIN_ADDRESS", admin),
         ]);
-        load(Source::Toml(MINIMAL), &e)
+        load(ConfigFile::Toml(MINIMAL), &e)
     };
     for (address, admin) in conflicts {
         assert_eq!(
@@ -340,7 +309,7 @@ fn a_token_in_place_of_a_path_is_refused_and_never_echoed() {
     let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjk5OTk5OTk5OTl9.c2lnbmF0dXJl";
     for key in ["FILE", "STATE_FILE"] {
         let e = env(&[(&format!("ISSETTLED_PROXY__TOKEN__{key}") as &str, jwt)]);
-        let err = load(Source::Toml(MINIMAL), &e).unwrap_err();
+        let err = load(ConfigFile::Toml(MINIMAL), &e).unwrap_err();
         let want = format!("token.{}", key.to_lowercase());
         assert!(
             matches!(&err, ConfigError::Invalid { key, .. } if *key == want),
@@ -350,20 +319,20 @@ fn a_token_in_place_of_a_path_is_refused_and_never_echoed() {
     }
     // Paths that merely have dots are fine.
     let e = env(&[("ISSETTLED_PROXY__TOKEN__FILE", "/run/secrets/eyJ.token.v2")]);
-    assert!(load(Source::Toml(MINIMAL), &e).is_ok());
+    assert!(load(ConfigFile::Toml(MINIMAL), &e).is_ok());
 }
 
 #[test]
 fn allowed_methods_are_those_issettled_supports_in_any_case() {
     let text = format!("{MINIMAL}\n[policy]\nallowed_methods = [\"get\", \"Post\", \"DELETE\"]\n");
-    let c = load(Source::Toml(&text), &HashMap::new()).unwrap();
+    let c = load(ConfigFile::Toml(&text), &HashMap::new()).unwrap();
     assert_eq!(
         c.policy.allowed_methods,
         vec![Method::GET, Method::POST, Method::DELETE]
     );
     for other in ["PUT", "connect", "PATCH", "HEAD", "OPTIONS", "TRACE"] {
         let text = format!("{MINIMAL}\n[policy]\nallowed_methods = [\"GET\", \"{other}\"]\n");
-        let message = load(Source::Toml(&text), &HashMap::new()).unwrap_err().to_string();
+        let message = load(ConfigFile::Toml(&text), &HashMap::new()).unwrap_err().to_string();
         assert!(
             message.starts_with("policy.allowed_methods: ") && message.contains("GET, POST and DELETE"),
             "{other}: {message}"
@@ -375,7 +344,7 @@ fn allowed_methods_are_those_issettled_supports_in_any_case() {
 #[test]
 fn every_allowed_method_is_counted_by_its_name() {
     let text = format!("{MINIMAL}\n[policy]\nallowed_methods = [\"GET\", \"POST\", \"DELETE\"]\n");
-    let c = load(Source::Toml(&text), &HashMap::new()).unwrap();
+    let c = load(ConfigFile::Toml(&text), &HashMap::new()).unwrap();
     let metrics = crate::metrics::Metrics::new();
     for m in &c.policy.allowed_methods {
         metrics.request(m, 200, Duration::ZERO);
@@ -392,12 +361,15 @@ fn every_allowed_method_is_counted_by_its_name() {
 
 fn cluster(extra: &str, env_pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
     let text = format!("{MINIMAL}[cluster]\nmode = \"kubernetes\"\n{extra}");
-    load(Source::Toml(&text), &env(env_pairs))
+    load(ConfigFile::Toml(&text), &env(env_pairs))
 }
 
 #[test]
 fn cluster_mode_off_by_default_and_kubernetes_takes_names_and_identity_from_the_pod() {
-    assert!(load(Source::Toml(MINIMAL), &HashMap::new()).unwrap().cluster.is_none());
+    assert!(load(ConfigFile::Toml(MINIMAL), &HashMap::new())
+        .unwrap()
+        .cluster
+        .is_none());
     let c = cluster(
         "",
         &[
@@ -422,7 +394,7 @@ fn cluster_mode_off_by_default_and_kubernetes_takes_names_and_identity_from_the_
         .unwrap();
     // The Secrets are the token source: no token.file or token.env needed.
     let text = "[upstream]\nbase_url = \"https://api.issettled.example\"\n[cluster]\nmode = \"kubernetes\"\nidentity = \"a\"\n";
-    assert!(load(Source::Toml(text), &HashMap::new()).is_ok());
+    assert!(load(ConfigFile::Toml(text), &HashMap::new()).is_ok());
     assert_eq!((c.identity.as_str(), c.namespace.as_deref()), ("me", Some("ns")));
 }
 
@@ -462,5 +434,5 @@ fn cluster_names_must_be_valid_kubernetes_names() {
         "the two Secrets differ"
     );
     let text = format!("{MINIMAL}[cluster]\nmode = \"k8s\"\n");
-    assert_eq!(err_key(load(Source::Toml(&text), &HashMap::new())), "cluster.mode");
+    assert_eq!(err_key(load(ConfigFile::Toml(&text), &HashMap::new())), "cluster.mode");
 }

@@ -7,10 +7,9 @@ use std::{collections::HashMap, net::SocketAddr, path::PathBuf, str::FromStr, ti
 use http::{Method, Uri};
 
 use super::{
-    BaseUrl, ClusterConfig, Config, ConfigError, EnvToken, EnvTokenError, FileConfig, InboundAuthorization,
-    KubernetesConfig, ListenConfig, LogConfig, LogFormat, PolicyConfig, ShutdownConfig, TokenConfig, UpstreamConfig,
+    BaseUrl, ClusterConfig, Config, ConfigError, FileConfig, InboundAuthorization, KubernetesConfig, ListenConfig,
+    LogConfig, LogFormat, PolicyConfig, ShutdownConfig, TokenConfig, TokenEnv, UpstreamConfig,
 };
-use crate::token::Token;
 
 fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::invalid(key, reason)
@@ -100,7 +99,7 @@ pub(crate) fn base_url(text: &str) -> Result<BaseUrl, ConfigError> {
         return Err(invalid(KEY, "must not have a query or fragment"));
     }
     let prefix = uri.path().trim_end_matches('/').to_owned();
-    if crate::proxy::policy::check_path(if prefix.is_empty() { "/" } else { &prefix }).is_err() {
+    if crate::path::check_path(if prefix.is_empty() { "/" } else { &prefix }).is_err() {
         return Err(invalid(
             KEY,
             "path prefix must not contain dot-segments, backslashes or `//`",
@@ -141,7 +140,7 @@ fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() == b.port() && a.port() != 0 && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
-fn listen(f: &super::file::Listen) -> Result<ListenConfig, ConfigError> {
+fn listen(f: &super::file::ListenSection) -> Result<ListenConfig, ConfigError> {
     if f.max_connections == 0 {
         return Err(invalid("listen.max_connections", "must be at least 1"));
     }
@@ -173,7 +172,7 @@ fn listen(f: &super::file::Listen) -> Result<ListenConfig, ConfigError> {
     })
 }
 
-fn upstream(f: &super::file::Upstream) -> Result<UpstreamConfig, ConfigError> {
+fn upstream(f: &super::file::UpstreamSection) -> Result<UpstreamConfig, ConfigError> {
     let client_cert_file = readable_file("upstream.client_cert_file", &f.client_cert_file)?;
     let client_key_file = readable_file("upstream.client_key_file", &f.client_key_file)?;
     if client_cert_file.is_some() != client_key_file.is_some() {
@@ -214,7 +213,11 @@ fn is_env_name(name: &str) -> bool {
 }
 
 /// `[token]`; `clustered`: in cluster mode the Secrets are the token source, so neither file nor env is needed.
-fn token(f: &super::file::Token, env: &HashMap<String, String>, clustered: bool) -> Result<TokenConfig, ConfigError> {
+fn token(
+    f: &super::file::TokenSection,
+    env: &HashMap<String, String>,
+    clustered: bool,
+) -> Result<TokenConfig, ConfigError> {
     let file = optional_path(&f.file);
     let env_name = f.env.trim();
     for (key, value) in [("token.file", &f.file), ("token.state_file", &f.state_file)] {
@@ -242,13 +245,7 @@ fn token(f: &super::file::Token, env: &HashMap<String, String>, clustered: bool)
             ),
         ));
     }
-    let env_token = (!env_name.is_empty()).then(|| EnvToken {
-        name: env_name.to_owned(),
-        value: match env.get(env_name) {
-            Some(v) => Token::parse(v).map_err(EnvTokenError::Refused),
-            None => Err(EnvTokenError::NotSet),
-        },
-    });
+    let env_token = (!env_name.is_empty()).then(|| TokenEnv::read(env_name, env));
     let refresh_path = f.refresh_path.trim().to_owned();
     if !refresh_path.starts_with('/') {
         return Err(invalid("token.refresh_path", "must start with `/`"));
@@ -279,14 +276,14 @@ fn token(f: &super::file::Token, env: &HashMap<String, String>, clustered: bool)
     })
 }
 
-fn policy(f: &super::file::Policy) -> Result<PolicyConfig, ConfigError> {
+fn policy(f: &super::file::PolicySection) -> Result<PolicyConfig, ConfigError> {
     const PREFIXES: &str = "policy.allowed_path_prefixes";
     let mut allowed_path_prefixes = Vec::new();
     for p in entries(PREFIXES, &f.allowed_path_prefixes)? {
         if !p.starts_with('/') {
             return Err(invalid(PREFIXES, format!("`{p}` must start with `/`")));
         }
-        if crate::proxy::policy::check_path(p).is_err() {
+        if crate::path::check_path(p).is_err() {
             return Err(invalid(
                 PREFIXES,
                 format!("`{p}` has dot-segments, backslashes or `//`"),
@@ -323,7 +320,7 @@ fn policy(f: &super::file::Policy) -> Result<PolicyConfig, ConfigError> {
     })
 }
 
-fn log(f: &super::file::Log, env: &HashMap<String, String>) -> Result<LogConfig, ConfigError> {
+fn log(f: &super::file::LogSection, env: &HashMap<String, String>) -> Result<LogConfig, ConfigError> {
     let format = match f.format.trim() {
         "json" => LogFormat::Json,
         "pretty" => LogFormat::Pretty,
@@ -343,7 +340,7 @@ fn log(f: &super::file::Log, env: &HashMap<String, String>) -> Result<LogConfig,
     Ok(LogConfig { format, level, filter })
 }
 
-fn shutdown(f: &super::file::Shutdown) -> Result<ShutdownConfig, ConfigError> {
+fn shutdown(f: &super::file::ShutdownSection) -> Result<ShutdownConfig, ConfigError> {
     Ok(ShutdownConfig {
         delay: duration("shutdown.delay", &f.delay)?,
         grace: duration("shutdown.grace", &f.grace)?,
@@ -376,7 +373,7 @@ fn kubernetes_name(key: &str, name: &str, label: bool) -> Result<String, ConfigE
     Ok(name.to_owned())
 }
 
-fn cluster(f: &super::file::Cluster, env: &HashMap<String, String>) -> Result<ClusterConfig, ConfigError> {
+fn cluster(f: &super::file::ClusterSection, env: &HashMap<String, String>) -> Result<ClusterConfig, ConfigError> {
     match f.mode.trim() {
         "off" => return Ok(None),
         "kubernetes" => {}

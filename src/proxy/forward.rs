@@ -253,15 +253,15 @@ fn check(state: &ProxyState, parts: &Parts) -> Result<(), ProxyError> {
     policy::header_limits(&parts.headers).map_err(ProxyError::HeadersTooLarge)?;
     let path = parts.uri.path();
     // One scan decides the usual path for both checks below.
-    let plain = policy::plain(path);
+    let plain = crate::path::plain(path);
     if !plain {
-        policy::check_segments(path).map_err(|_| {
+        crate::path::check_segments(path).map_err(|_| {
             ProxyError::BadRequest(
                 "the path is not allowed: dot-segments, backslashes, encoded separators and `//` are refused",
             )
         })?;
     }
-    if !policy::prefix_allowed(path, &rules.allowed_path_prefixes) {
+    if !crate::path::prefix_allowed(path, &rules.allowed_path_prefixes) {
         return Err(ProxyError::EndpointNotPermitted);
     }
     // The app must not mint a token with the proxy's (or spend the proxy's refresh): the upstream path is

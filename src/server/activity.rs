@@ -1,9 +1,9 @@
 //! Per-connection activity: the connection's I/O ([`super::conn_io`]) notes that bytes moved, the service notes requests
 //! in flight and finished keep-alive responses, and the watchdog ([`Watchdog::tick`]) tells a slow request head
-//! from an idle keep-alive connection. Requests are also counted across the listeners ([`InFlight`]), for
+//! from an idle keep-alive connection. Requests are also counted across the listeners ([`RequestsInFlight`]), for
 //! shutdown.
 //!
-//! The hot path only stores relaxed atomic flags (no clock reads) and counts in [`InFlight`]; the watchdog counts
+//! The hot path only stores relaxed atomic flags (no clock reads) and counts in [`RequestsInFlight`]; the watchdog counts
 //! its own ticks, so both timeouts are accurate to one watchdog period, and never early: a connection is cut
 //! after at least the configured time, at most one period more.
 
@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use super::in_flight::InFlight;
+use super::in_flight::RequestsInFlight;
 
 /// What the watchdog should do with a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +29,7 @@ pub(super) enum Verdict {
 #[derive(Debug)]
 pub(super) struct Activity {
     /// Requests in flight on every connection of the listeners served together (this one's are among them).
-    requests: InFlight,
+    requests: RequestsInFlight,
     /// Bytes moved since the watchdog last looked.
     moved: AtomicBool,
     /// A request head is being received (or owed: a new connection owes its first one).
@@ -82,7 +82,7 @@ impl Drop for InRequest {
 }
 
 impl Activity {
-    pub(super) fn new(requests: InFlight) -> Self {
+    pub(super) fn new(requests: RequestsInFlight) -> Self {
         Self {
             requests,
             moved: AtomicBool::new(false),
@@ -226,7 +226,7 @@ mod tests {
     use super::*;
 
     fn activity() -> Activity {
-        Activity::new(InFlight::new(crate::shutdown::Shutdown::new().signal()))
+        Activity::new(RequestsInFlight::new(crate::shutdown::Shutdown::new().signal()))
     }
 
     #[test]

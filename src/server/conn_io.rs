@@ -118,7 +118,7 @@ mod tests {
         drop(near);
         let mut io = ConnIo::new(
             far,
-            Arc::new(Activity::new(super::super::in_flight::InFlight::new(
+            Arc::new(Activity::new(super::super::in_flight::RequestsInFlight::new(
                 crate::shutdown::Shutdown::new().signal(),
             ))),
         );

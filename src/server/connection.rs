@@ -5,7 +5,7 @@
 //! socket back and its buffers are freed; only the socket and this task remain until the client sends again (as
 //! nginx frees its buffers between keep-alive requests). Ten thousand idle keep-alive connections so cost a few
 //! KiB each instead of about 25. Parking costs each request a rebuild of hyper's connection, so a connection
-//! parks only while the listener has many open ([`super::Crowd`]); with a few, it stays active between requests.
+//! parks only while the listener has many open ([`super::ListenerGroup`]); with a few, it stays active between requests.
 //! An HTTP/2 connection (prior knowledge) is served by hyper throughout.
 //!
 //! In both states the watchdog ([`super::activity`]) closes slow request heads and idle connections.
@@ -38,9 +38,9 @@ use tower::{util::Oneshot, ServiceExt as _};
 use super::{
     activity::{Activity, InRequest, Verdict, Watchdog},
     conn_io::ConnIo,
-    in_flight::InFlight,
-    on_wake::Wakes,
-    Crowd, FromElsewhere, Handler, Limits, Stream, PARSER_MAX_BUFFER, PARSER_MAX_HEADERS,
+    in_flight::RequestsInFlight,
+    on_wake::WakeFilter,
+    FromElsewhere, Handler, Limits, ListenerGroup, Stream, PARSER_MAX_BUFFER, PARSER_MAX_HEADERS,
 };
 use crate::shutdown::Phase;
 
@@ -48,13 +48,13 @@ use crate::shutdown::Phase;
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Serve one accepted connection until it closes.
-pub(super) async fn serve<I: Stream, H: Handler>(io: I, handler: H, limits: Limits, crowd: Crowd) {
-    let activity = Arc::new(Activity::new(crowd.requests.clone()));
-    let mut guard = Guard::new(&limits, activity.clone(), &crowd.requests);
+pub(super) async fn serve<I: Stream, H: Handler>(io: I, handler: H, limits: Limits, group: ListenerGroup) {
+    let activity = Arc::new(Activity::new(group.requests.clone()));
+    let mut guard = Guard::new(&limits, activity.clone(), &group.requests);
     let mut io = ConnIo::new(io, activity.clone());
     let sniffed = tokio::select! {
         biased;
-        alarm = guard.next(true) => return alarm.log(),
+        reason = guard.next(true) => return reason.log(),
         first = first_bytes(&mut io) => first,
     };
     let from_elsewhere = io.get_ref().peer_elsewhere();
@@ -71,7 +71,7 @@ pub(super) async fn serve<I: Stream, H: Handler>(io: I, handler: H, limits: Limi
                 // Boxed: hyper's HTTP/2 state is large, and rare here; it should not size every connection's task.
                 Box::pin(serve_http2(io, service, &mut guard)).await;
             } else {
-                serve_http1(io, service, &crowd, &mut guard).await;
+                serve_http1(io, service, &group, &mut guard).await;
             }
         }
         Ok(None) => {}
@@ -96,16 +96,21 @@ async fn first_bytes<I: Stream>(io: &mut ConnIo<I>) -> io::Result<Option<(Bytes,
     }
 }
 
-async fn serve_http1<I: Stream, H: Handler>(mut io: ConnIo<I>, service: Service<H>, crowd: &Crowd, guard: &mut Guard) {
+async fn serve_http1<I: Stream, H: Handler>(
+    mut io: ConnIo<I>,
+    service: Service<H>,
+    group: &ListenerGroup,
+    guard: &mut Guard,
+) {
     let mut builder = http1::Builder::new();
     builder.max_headers(PARSER_MAX_HEADERS).max_buf_size(PARSER_MAX_BUFFER);
-    let wakes = Wakes::new();
+    let wake_filter = WakeFilter::new();
     loop {
         if !io.has_unread() {
             // Parked.
             tokio::select! {
                 biased;
-                alarm = guard.next(true) => return alarm.log(),
+                reason = guard.next(true) => return reason.log(),
                 ready = poll_fn(|cx| io.get_ref().poll_read_ready(cx)) => {
                     if ready.is_err() {
                         return;
@@ -125,7 +130,7 @@ async fn serve_http1<I: Stream, H: Handler>(mut io: ConnIo<I>, service: Service<
                 // Park after a keep-alive response once no request waits for its answer (a pipelined one would
                 // otherwise be answered `Connection: close`), if enough connections are open for it to matter:
                 // hyper finishes writing, then returns the socket.
-                if polled.is_pending() && !closing && !parking && activity.idle_after_keep_alive() && crowd.parks() {
+                if polled.is_pending() && !closing && !parking && activity.idle_after_keep_alive() && group.parks() {
                     Pin::new(&mut *conn).graceful_shutdown();
                     parking = true;
                     continue;
@@ -135,8 +140,8 @@ async fn serve_http1<I: Stream, H: Handler>(mut io: ConnIo<I>, service: Service<
             tokio::select! {
                 biased;
                 served = run => break served,
-                alarm = wakes.on_wake(guard.next(!closing)) => {
-                    if !alarm.wind_down(&mut closing) {
+                reason = wake_filter.on_wake(guard.next(!closing)) => {
+                    if !reason.wind_down(&mut closing) {
                         return;
                     }
                     Pin::new(&mut *conn).graceful_shutdown();
@@ -160,7 +165,7 @@ async fn serve_http1<I: Stream, H: Handler>(mut io: ConnIo<I>, service: Service<
 async fn serve_http2<I: Stream, H: Handler>(io: ConnIo<I>, service: Service<H>, guard: &mut Guard) {
     let conn = http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
-    let wakes = Wakes::new();
+    let wake_filter = WakeFilter::new();
     let mut closing = false;
     loop {
         tokio::select! {
@@ -171,8 +176,8 @@ async fn serve_http2<I: Stream, H: Handler>(io: ConnIo<I>, service: Service<H>, 
                 }
                 return;
             }
-            alarm = wakes.on_wake(guard.next(!closing)) => {
-                if !alarm.wind_down(&mut closing) {
+            reason = wake_filter.on_wake(guard.next(!closing)) => {
+                if !reason.wind_down(&mut closing) {
                     return;
                 }
                 conn.as_mut().graceful_shutdown();
@@ -183,17 +188,17 @@ async fn serve_http2<I: Stream, H: Handler>(io: ConnIo<I>, service: Service<H>, 
 
 /// Why a connection should close (or, if active, stop taking requests).
 #[derive(Debug, Clone, Copy)]
-enum Alarm {
+enum CloseReason {
     Stop,
     HeaderTimeout,
     Idle,
 }
 
-impl Alarm {
-    /// On an active connection: the first stop or idle alarm lets hyper finish the requests in flight (true: shut
+impl CloseReason {
+    /// On an active connection: the first stop or idle time-out lets hyper finish the requests in flight (true: shut
     /// it down gracefully); a second one, or a header time-out, closes the connection now (false).
     fn wind_down(self, closing: &mut bool) -> bool {
-        if matches!(self, Alarm::Stop | Alarm::Idle) && !*closing {
+        if matches!(self, CloseReason::Stop | CloseReason::Idle) && !*closing {
             *closing = true;
             return true;
         }
@@ -202,7 +207,7 @@ impl Alarm {
     }
 
     fn log(self) {
-        if let Alarm::HeaderTimeout = self {
+        if let CloseReason::HeaderTimeout = self {
             tracing::debug!("request headers not complete within listen.header_read_timeout: closing");
         }
     }
@@ -217,7 +222,7 @@ struct Guard {
 }
 
 impl Guard {
-    fn new(limits: &Limits, activity: Arc<Activity>, requests: &InFlight) -> Self {
+    fn new(limits: &Limits, activity: Arc<Activity>, requests: &RequestsInFlight) -> Self {
         let period = watchdog_period(limits);
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -238,17 +243,17 @@ impl Guard {
         }
     }
 
-    /// The next alarm; shutdown (for HTTP/1: stopped and drained) counts only while `watch_stop` (it is acted on
+    /// The next reason to close; shutdown (for HTTP/1: stopped and drained) counts only while `watch_stop` (it is acted on
     /// once).
-    async fn next(&mut self, watch_stop: bool) -> Alarm {
+    async fn next(&mut self, watch_stop: bool) -> CloseReason {
         loop {
             tokio::select! {
                 biased;
-                () = self.stopping.as_mut(), if watch_stop => return Alarm::Stop,
+                () = self.stopping.as_mut(), if watch_stop => return CloseReason::Stop,
                 _ = self.ticks.tick() => match self.watchdog.tick(&self.activity) {
                     Verdict::Keep => {}
-                    Verdict::HeaderTimeout => return Alarm::HeaderTimeout,
-                    Verdict::Idle => return Alarm::Idle,
+                    Verdict::HeaderTimeout => return CloseReason::HeaderTimeout,
+                    Verdict::Idle => return CloseReason::Idle,
                 },
             }
         }
@@ -310,7 +315,7 @@ impl<H: Handler> hyper::service::Service<Request<Incoming>> for Service<H> {
             req.map(Body::new)
         } else {
             let activity = self.activity.clone();
-            req.map(|inner| Body::new(RequestBody { inner, activity }))
+            req.map(|inner| Body::new(EndReportingBody { inner, activity }))
         };
         if self.from_elsewhere {
             req.extensions_mut().insert(FromElsewhere);
@@ -398,18 +403,18 @@ impl HttpBody for ResponseBody {
 
 /// A request body that tells the connection when it has been read to its end: until then hyper has request
 /// bytes to read or discard, and the connection must not be parked. Dropped before its end, it tells that too.
-struct RequestBody {
+struct EndReportingBody {
     inner: Incoming,
     activity: Arc<Activity>,
 }
 
-impl Drop for RequestBody {
+impl Drop for EndReportingBody {
     fn drop(&mut self) {
         self.activity.request_body_dropped();
     }
 }
 
-impl HttpBody for RequestBody {
+impl HttpBody for EndReportingBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -469,7 +474,12 @@ mod tests {
             idle_timeout: Duration::from_secs(60),
         };
         let shutdown = crate::shutdown::Shutdown::new();
-        let task = serve(stream, axum::Router::new(), limits, Crowd::new(1, shutdown.signal()));
+        let task = serve(
+            stream,
+            axum::Router::new(),
+            limits,
+            ListenerGroup::new(1, shutdown.signal()),
+        );
         assert!(
             std::mem::size_of_val(&task) <= 1536,
             "{} bytes",

@@ -15,7 +15,7 @@ use crate::shutdown::{Phase, ShutdownSignal};
 
 /// The count, shared by every connection of the listeners served together.
 #[derive(Debug, Clone)]
-pub(super) struct InFlight(Arc<Shared>);
+pub(super) struct RequestsInFlight(Arc<Shared>);
 
 #[derive(Debug)]
 struct Shared {
@@ -27,7 +27,7 @@ struct Shared {
     stop: ShutdownSignal,
 }
 
-impl InFlight {
+impl RequestsInFlight {
     /// None in flight yet; `stop` is the shutdown of the listeners counted.
     pub(super) fn new(stop: ShutdownSignal) -> Self {
         Self(Arc::new(Shared {
@@ -87,7 +87,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn drained_once_stopped_and_the_last_request_ends() {
         let shutdown = Shutdown::new();
-        let in_flight = InFlight::new(shutdown.signal());
+        let in_flight = RequestsInFlight::new(shutdown.signal());
         in_flight.begin();
         in_flight.begin();
         let waiter = {

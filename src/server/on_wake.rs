@@ -38,12 +38,12 @@ impl Wake for Flag {
 
 /// One flag and its waker, made once per connection.
 #[derive(Debug)]
-pub(super) struct Wakes {
+pub(super) struct WakeFilter {
     flag: Arc<Flag>,
     waker: Waker,
 }
 
-impl Wakes {
+impl WakeFilter {
     pub(super) fn new() -> Self {
         let flag = Arc::new(Flag::default());
         let waker = Waker::from(flag.clone());
@@ -53,16 +53,16 @@ impl Wakes {
     /// `fut`, polled on its first poll and then only after one of its wakers fired.
     pub(super) fn on_wake<F: Future>(&self, fut: F) -> OnWake<'_, F> {
         self.flag.woken.store(true, Ordering::Release);
-        OnWake { fut, wakes: self }
+        OnWake { fut, filter: self }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// See [`Wakes::on_wake`].
+    /// See [`WakeFilter::on_wake`].
     pub(super) struct OnWake<'a, F> {
         #[pin]
         fut: F,
-        wakes: &'a Wakes,
+        filter: &'a WakeFilter,
     }
 }
 
@@ -72,11 +72,11 @@ impl<F: Future> Future for OnWake<'_, F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
         // Registered before the flag is read: a wake in between still reaches the task.
-        this.wakes.flag.task.register(cx.waker());
-        if !this.wakes.flag.woken.swap(false, Ordering::AcqRel) {
+        this.filter.flag.task.register(cx.waker());
+        if !this.filter.flag.woken.swap(false, Ordering::AcqRel) {
             return Poll::Pending;
         }
-        this.fut.poll(&mut Context::from_waker(&this.wakes.waker))
+        this.fut.poll(&mut Context::from_waker(&this.filter.waker))
     }
 }
 
@@ -88,7 +88,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_inner_future_runs_on_its_own_wakes_only() {
-        let wakes = Wakes::new();
+        let wakes = WakeFilter::new();
         let polls = std::cell::Cell::new(0);
         let sleep = tokio::time::sleep(Duration::from_secs(1));
         tokio::pin!(sleep);

@@ -214,7 +214,8 @@ impl<C: RefreshClient> Refresher<C> {
     }
 
     /// Replace the jitter source (tests make backoff deterministic).
-    pub fn with_jitter(mut self, jitter: impl FnMut() -> f64 + Send + Sync + 'static) -> Self {
+    #[cfg(test)]
+    pub(crate) fn with_jitter(mut self, jitter: impl FnMut() -> f64 + Send + Sync + 'static) -> Self {
         self.jitter = Box::new(jitter);
         self
     }

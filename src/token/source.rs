@@ -11,6 +11,7 @@ use super::{
     jwt::{self, Claims},
     secret::{fingerprint, Token, TokenError},
 };
+use crate::config::TokenEnv;
 
 /// A token found at start, with what tells how new it is.
 #[derive(Debug, Clone)]
@@ -27,6 +28,49 @@ pub struct Candidate {
     /// The fingerprint of the file or environment token this one descends from by refreshes (its own, for
     /// those two sources; the state file's record, if it has one).
     pub origin: Option<String>,
+}
+
+/// The token in `token.env`, parsed, or why there is none to use.
+#[derive(Debug, Clone)]
+pub struct EnvToken {
+    /// Name of the variable (checked to be a variable name, so it is safe to print).
+    pub name: String,
+    pub value: Result<Token, EnvTokenError>,
+}
+
+/// Why `token.env` gives no token. Never carries the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvTokenError {
+    #[error("not set")]
+    NotSet,
+    #[error("refused: {0}")]
+    Refused(TokenError),
+}
+
+// === impl EnvToken ===
+
+impl EnvToken {
+    /// Parse the variable's value as the configuration captured it.
+    pub fn parse(var: &TokenEnv) -> Self {
+        Self {
+            name: var.name.clone(),
+            value: match var.value() {
+                Some(v) => Token::parse(v).map_err(EnvTokenError::Refused),
+                None => Err(EnvTokenError::NotSet),
+            },
+        }
+    }
+
+    /// What `check-config` says about it: set (by its fingerprint) and usable, or why it will be refused.
+    pub fn describe(&self, now: SystemTime) -> String {
+        match &self.value {
+            Ok(token) => match check(token, now) {
+                Ok(_) => format!("set, {}", token.fingerprint()),
+                Err(e) => format!("set, {}, refused: {e}", token.fingerprint()),
+            },
+            Err(e) => e.to_string(),
+        }
+    }
 }
 
 /// Check a token handed over from outside (file, environment, refresh): usable now, or why not.
@@ -138,9 +182,30 @@ impl FileWatch {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::{collections::HashMap, time::Duration};
 
     use super::*;
+
+    #[test]
+    fn an_unusable_env_token_keeps_its_reason() {
+        let parse = |value: Option<&str>| {
+            let env: HashMap<String, String> = value
+                .map(|v| ("MY_TOKEN".to_owned(), v.to_owned()))
+                .into_iter()
+                .collect();
+            EnvToken::parse(&TokenEnv::read("MY_TOKEN", &env)).value
+        };
+        assert_eq!(parse(None).unwrap_err(), EnvTokenError::NotSet);
+        assert_eq!(
+            parse(Some(" \n")).unwrap_err(),
+            EnvTokenError::Refused(TokenError::Empty)
+        );
+        assert_eq!(
+            parse(Some("has spaces in it")).unwrap_err(),
+            EnvTokenError::Refused(TokenError::InvalidCharacters)
+        );
+        assert_eq!(parse(Some("abc.def\n")).unwrap().expose(), "abc.def");
+    }
 
     fn cand(source: Source, iat: Option<u64>, modified: u64) -> Candidate {
         let at = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(s);

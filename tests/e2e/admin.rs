@@ -1,4 +1,4 @@
-//! The admin port (issue 6, points 3 and 4): readiness through a revoked token and a new token file, every
+//! The admin port: readiness through a revoked token and a new token file, every
 //! `/status` field of the contract, `/metrics` as valid Prometheus text that counts requests by status, no token in
 //! either, `POST /refresh` answering the token object, and the error schema on unknown paths.
 

@@ -1,6 +1,6 @@
 //! The command line as the contract fixes it, on the real binary: `--version`, `check-config` (exit 0/2, the key
-//! named, the token never printed), exit 1 on an address in use, no token in trace-level logs (issue 3 point 8),
-//! `wait` (issue 6 point 2) and a `demo` smoke test.
+//! named, the token never printed), exit 1 on an address in use, no token in trace-level logs,
+//! `wait` and a `demo` smoke test.
 
 use std::time::{Duration, Instant};
 
@@ -254,7 +254,7 @@ async fn an_address_in_use_exits_1() {
     drop(taken);
 }
 
-/// Issue 3 point 8: at trace level, through requests, an error echoing the token, refreshes (admin and after an
+/// At trace level, through requests, an error echoing the token, refreshes (admin and after an
 /// upstream 401) and a SIGTERM, no token the upstream ever issued appears in the output.
 #[tokio::test]
 async fn no_token_in_trace_logs() {

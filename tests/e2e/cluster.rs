@@ -385,13 +385,31 @@ async fn a_new_administrator_token_reaches_every_replica_and_a_refused_one_chang
     assert!(failed.is_empty(), "zero failures: {failed:?}");
 }
 
+/// The leader is stopped (SIGSTOP) while its refresh call is in flight; another replica takes over and writes
+/// newer links; the old leader wakes with the answer to its call: its write meets the fence (a conflict), it
+/// adopts the newer state, and the generation never goes back. (An upstream that lets a refreshed-away token
+/// live on, so that both refreshes succeed: the harder case for the fence.)
 #[tokio::test]
 async fn a_stale_leader_woken_from_sigstop_never_overwrites_a_newer_link() {
-    let f = Fixture::new().await;
-    let a = f.start("replica-a").await;
-    let b = f.start("replica-b").await;
+    let upstream = Upstream::spawn_with(SimConfig {
+        revoke_after: Duration::from_secs(8),
+        ..SimConfig::default()
+    })
+    .await;
+    let f = Fixture::on(upstream).await;
+    // The answer to the stopped leader's call waits for it (no request time-out while it sleeps).
+    let patient = |id: &str| f.config(id).set("upstream", "request_timeout", "\"60s\"");
+    let a = f.start_with(patient("replica-a")).await;
+    let b = f.start_with(patient("replica-b")).await;
     let leader = the_leader(&[&a, &b]).await.id.clone();
     let (stale, other) = if a.id == leader { (&a, &b) } else { (&b, &a) };
+    f.upstream.sim.set_refresh_latency(Duration::from_millis(1500));
+    let calls = f.upstream.sim.refresh_calls().len();
+    within(Duration::from_secs(5), async || {
+        f.upstream.sim.refresh_calls().len() > calls
+    })
+    .await
+    .expect("a refresh call in flight");
     stale.run.signal("STOP");
     let took = within(Duration::from_secs(15), async || {
         f.holder().is_some_and(|h| h != leader)
@@ -399,7 +417,15 @@ async fn a_stale_leader_woken_from_sigstop_never_overwrites_a_newer_link() {
     .await;
     assert!(took.is_some(), "the other replica leads");
     // Let the new leader write a few links, then wake the stale one.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    within(Duration::from_secs(10), async || {
+        other.status().await["cluster"]["role"] == "leader"
+    })
+    .await
+    .expect("leads");
+    let written = f.generation();
+    within(Duration::from_secs(10), async || f.generation() >= written + 2)
+        .await
+        .expect("newer links");
     let high = f.generation();
     stale.run.signal("CONT");
     let mut lowest_after = u64::MAX;
@@ -418,9 +444,10 @@ async fn a_stale_leader_woken_from_sigstop_never_overwrites_a_newer_link() {
         lowest_after >= high,
         "the generation never went back: {lowest_after} < {high}"
     );
+    assert!(stale.run.stdout().contains("state_conflict"), "its write met the fence");
+    f.upstream.sim.set_refresh_latency(Duration::ZERO);
     let (_, failed) = load(&[stale, other], Duration::from_secs(3)).await;
-    assert!(failed.is_empty(), "no request uses a stale token: {failed:?}");
-    f.assert_one_chain();
+    assert!(failed.is_empty(), "no request uses the stale token: {failed:?}");
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! The life of an inbound connection: a keep-alive connection is parked between requests (hyper's buffers freed)
 //! and wakes for the next one; pipelined and split requests survive a park; `Connection: close` and HTTP/1.0 are
-//! honoured; idle time-out and shutdown close parked connections; HTTP/2 with prior knowledge is served.
+//! honoured; idle time-out and shutdown close parked connections; HTTP/2 with prior knowledge is served; the Unix
+//! socket serves with mode 0660 and the TCP port's rules.
 //!
 //! Connections park only while more than `max_connections / 32` are open (src/server.rs). The tests that
 //! depend on the connection's state run in both: parked (`max_connections = 16`: every idle connection parks)
@@ -274,6 +275,66 @@ async fn a_slow_reader_gets_the_whole_body_past_the_idle_time_out() {
     assert_eq!(raw_status(&String::from_utf8_lossy(&out[..n])), 200);
     assert!(complete, "the response was cut short after {} bytes", out.len());
     assert!(out.len() > size);
+}
+
+#[tokio::test]
+async fn the_unix_socket_has_mode_0660_and_serves_curl() {
+    use std::os::unix::fs::PermissionsExt;
+    let upstream = Upstream::spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("proxy.sock");
+    let proxy = ProxyBuilder::new(&upstream.url, &upstream.token())
+        .set("LISTEN__UNIX_SOCKET", &socket.display().to_string())
+        .spawn()
+        .await;
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o660, "{mode:o}");
+    let output = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::process::Command::new("curl")
+            .args([
+                "--silent",
+                "--show-error",
+                "--max-time",
+                "5",
+                "--write-out",
+                "\n%{http_code}",
+                "--unix-socket",
+            ])
+            .arg(&socket)
+            .arg("http://localhost/digital-accounts")
+            .output(),
+    )
+    .await
+    .unwrap()
+    .expect("curl runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let (body, code) = stdout.rsplit_once('\n').unwrap();
+    assert_eq!(code, "200", "{stdout} {}", String::from_utf8_lossy(&output.stderr));
+    let accounts: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(accounts[0]["id"], "DA-1001");
+    let seen = upstream.sim.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].path_and_query, "/digital-accounts");
+    assert!(seen[0].token_valid);
+    // The Unix socket has the same rules as the TCP port.
+    let output = tokio::process::Command::new("curl")
+        .args([
+            "--silent",
+            "--output",
+            "/dev/null",
+            "--write-out",
+            "%{http_code}",
+            "--unix-socket",
+        ])
+        .arg(&socket)
+        .args(["-H", "Host: evil.example", "http://localhost/digital-accounts"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "403");
+    assert_eq!(upstream.sim.requests().len(), 1);
+    drop(proxy);
 }
 
 /// A proxy-made error answered before the request body arrived (503 `TOKEN_UNAVAILABLE` to a POST whose body is

@@ -1,4 +1,4 @@
-//! Issue 2 point 9: the running binary driven end to end by curl and by Python's standard library, checked
+//! Interoperability: the running binary driven end to end by curl and by Python's standard library, checked
 //! against what the simulated IsSettled received (the proxy's Bearer token, never the app's).
 
 use std::time::Duration;
@@ -184,6 +184,70 @@ async fn python_standard_library_end_to_end() {
         assert!(upstream.sim.issued_tokens().contains(&token));
         assert!(r.token_valid);
     }
+
+    running.term();
+    assert_eq!(running.wait(Duration::from_secs(10)).await.code(), Some(0));
+}
+
+/// The fenced block of README.md in the section `heading` whose first line starts with `fence` (```sh, ```python)
+/// and that contains `needle`.
+fn readme_block(heading: &str, fence: &str, needle: &str) -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme.split(heading).nth(1).expect("the README section");
+    let section = section.split("\n## ").next().unwrap();
+    section
+        .split(fence)
+        .skip(1)
+        .filter_map(|rest| {
+            rest.split_once("\n```")
+                .map(|(block, _)| block.trim_start_matches('\n'))
+        })
+        .find(|block| block.contains(needle))
+        .unwrap_or_else(|| panic!("no {fence} block with {needle} in {heading}"))
+        .to_owned()
+}
+
+/// The README's "How an app calls it" examples, run as written (the address swapped for the test's) on a machine
+/// with proxy variables set: with the README's `NO_PROXY` line they reach the sidecar; curl without it goes to
+/// the (dead) proxy instead, which is why the README says so.
+#[tokio::test]
+async fn the_readme_examples_reach_the_sidecar_with_a_proxy_variable_set() {
+    let (upstream, cfg, mut running) = start().await;
+    let heading = "## How an app calls it";
+    let here = |block: String| block.replace("127.0.0.1:8080", &cfg.address.to_string());
+    let no_proxy = readme_block(heading, "```sh", "NO_PROXY=");
+    let curl = here(readme_block(heading, "```sh", "curl "));
+    let python = here(readme_block(heading, "```python", "urllib"));
+    // A proxy that is not there: a request sent to it fails.
+    let dead = format!("http://127.0.0.1:{}", crate::support::binary::free_port());
+    let shell = |script: String| {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(script).env_remove("NO_PROXY").env_remove("no_proxy");
+        for var in ["http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "ALL_PROXY"] {
+            cmd.env(var, &dead);
+        }
+        cmd
+    };
+
+    let out = output(shell(format!("{no_proxy}\n{curl}")), Duration::from_secs(15)).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+    let account: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|_| panic!("not JSON: {stdout}"));
+    assert_eq!(account["id"], "DA-1001", "{account}");
+
+    let script = format!("{no_proxy}\nexec python3 - <<'PY'\n{python}\nPY\n");
+    let out = output(shell(script), Duration::from_secs(20)).await;
+    assert!(out.status.success(), "python: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(!out.stdout.is_empty(), "python printed nothing");
+    let seen = upstream.sim.requests();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[1].method, http::Method::POST);
+    assert!(seen.iter().all(|r| r.token_valid));
+
+    // Without the NO_PROXY line, curl sends the request to the proxy variable's address.
+    let out = output(shell(curl), Duration::from_secs(15)).await;
+    assert!(out.stdout.is_empty() || !String::from_utf8_lossy(&out.stdout).contains("DA-1001"));
+    assert_eq!(upstream.sim.requests().len(), 2, "reached the sidecar without NO_PROXY");
 
     running.term();
     assert_eq!(running.wait(Duration::from_secs(10)).await.code(), Some(0));

@@ -6,16 +6,22 @@
 mod support;
 
 mod admin;
+mod bodies;
 mod cli;
 mod cluster;
 mod configuration;
 mod connections;
 mod errors;
 mod forwarding;
-mod hardening;
+mod framing;
+mod headers;
 mod interop;
 mod kube_api_fake;
+mod limits;
 mod logging;
+mod origins;
+mod paths;
 mod shutdown;
 mod token;
 mod upstream;
+mod upstream_faults;

@@ -1,4 +1,4 @@
-//! Issue 6 point 1: graceful shutdown. With 50 slow requests in flight, SIGTERM (or `POST /quitquitquit`, when
+//! Graceful shutdown. With 50 slow requests in flight, SIGTERM (or `POST /quitquitquit`, when
 //! enabled) turns `/readyz` 503 at once, keeps serving for `shutdown.delay`, then refuses new connections, lets
 //! all 50 finish with 200 and exits 0 within `shutdown.delay` + `shutdown.grace`.
 
@@ -346,4 +346,43 @@ async fn a_hanging_refresh_does_not_hold_the_exit_past_the_grace() {
     assert!(matches!(ended, Ok(Ok(()))), "{ended:?}");
     assert!(t0.elapsed() < Duration::from_secs(3), "exit took {:?}", t0.elapsed());
     refresh.abort();
+}
+
+/// A second signal during the shutdown skips what is left of `shutdown.delay` (here 30 s) and `shutdown.grace`
+/// (30 s, with a request in flight), gives a refresh that hangs at most its last 2 s, and exits 1, saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_cuts_the_shutdown_short_and_exits_1() {
+    let upstream = Upstream::spawn().await;
+    let cfg = BinConfig::new(&upstream.url)
+        .set("shutdown", "delay", "\"30s\"")
+        .set("shutdown", "grace", "\"30s\"")
+        .set("upstream", "request_timeout", "\"60s\"");
+    cfg.write_token(&upstream.token());
+    let mut running: Running = cfg.start_ready().await;
+    let slow = fire(&cfg.url("/slow?ms=50000"), 1);
+    until_in_flight(&upstream, 1).await;
+    let calls = upstream.sim.refresh_calls().len();
+    upstream
+        .sim
+        .script_refresh(vec![issettled_proxy::sim::ScriptedResponse::Hang]);
+    let refresh = tokio::spawn(client().post(cfg.admin_url("/refresh")).send());
+    assert!(
+        crate::support::wait_for(|| async { upstream.sim.refresh_calls().len() > calls }).await,
+        "the refresh call did not reach the upstream"
+    );
+
+    running.term();
+    becomes_unready_at_once(&cfg.admin_url("/readyz")).await;
+    running.signal("INT");
+    let status = running.wait(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(1), "stderr:\n{}", running.stderr());
+    let logs = running.stdout();
+    for event in ["shutdown_signal", "second_signal", "refresh_abandoned", "stopped_early"] {
+        assert!(logs.contains(event), "no {event} in the log:\n{logs}");
+    }
+    assert!(running.stderr().contains("second signal"), "{}", running.stderr());
+    refresh.abort();
+    for task in slow {
+        task.abort();
+    }
 }

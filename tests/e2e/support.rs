@@ -11,7 +11,7 @@ use std::{
 
 use issettled_proxy::{
     app::{self, AppError, Listeners},
-    config::{self, Source},
+    config::{self, ConfigFile},
     sim::{Sim, SimConfig},
 };
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
@@ -20,6 +20,7 @@ pub(crate) mod binary;
 pub(crate) mod faulty;
 pub(crate) mod keepalive;
 pub(crate) mod kube_api;
+pub(crate) mod refusals;
 pub(crate) mod tls;
 
 /// The simulated IsSettled, serving on `127.0.0.1:0`.
@@ -150,7 +151,7 @@ impl ProxyBuilder {
 
     /// The validated configuration.
     pub(crate) fn config(&self) -> config::Config {
-        config::load(Source::Toml(&self.toml), &self.env).expect("test configuration")
+        config::load(ConfigFile::Toml(&self.toml), &self.env).expect("test configuration")
     }
 
     /// Bind ephemeral ports and run the app.

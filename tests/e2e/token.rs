@@ -1,15 +1,20 @@
-//! The token lifecycle end to end (issue 3): scheduled refreshes under load, backoff on transient failures,
+//! The token lifecycle end to end: scheduled refreshes under load, backoff on transient failures,
 //! revocation and recovery through a Kubernetes-style token file swap, single-flight refresh after upstream 401s,
 //! every refresh response shape, the state file across a restart, `exp`-driven refreshes and `min_refresh_gap`.
 //!
-//! Acceptance point 8 (the token in no log line) is covered by the CLI tests, which capture the logs.
+//! That the token is in no log line is checked by the CLI tests, which capture the logs (`no_token_in_trace_logs`);
+//! that an echoed token comes back as its fingerprint, at the end of this file.
 
 use std::{
     os::unix::fs::PermissionsExt,
     time::{Duration, Instant, SystemTime},
 };
 
-use crate::support::{assert_schema, client, get_json, publish_secret, readyz, wait_for, ProxyBuilder, Upstream};
+use crate::support::{
+    assert_schema, client, get_json, publish_secret, readyz,
+    refusals::{proxy_for, seen_paths},
+    wait_for, ProxyBuilder, Upstream,
+};
 use issettled_proxy::{
     sim::{RefreshShape, ScriptedResponse, SimConfig},
     token::secret::fingerprint,
@@ -26,7 +31,7 @@ fn rfc3339(v: &Value) -> SystemTime {
     humantime::parse_rfc3339(v.as_str().unwrap_or_else(|| panic!("not a time: {v}"))).unwrap()
 }
 
-/// Point 1: `refresh_interval` 1 s for 10 s under 200 concurrent clients.
+/// `refresh_interval` 1 s for 10 s under 200 concurrent clients.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_second_refreshes_under_200_clients_fail_no_request_and_send_only_valid_tokens() {
     let upstream = Upstream::spawn_with(SimConfig {
@@ -110,7 +115,7 @@ async fn on_a_mounted_secret() -> (Upstream, tempfile::TempDir, String, crate::s
     (upstream, dir, first, proxy)
 }
 
-/// Point 2: refresh answers 500 three times, then normally.
+/// Refresh answers 500 three times, then normally.
 ///
 /// Backoff uses full jitter (base 1 s, floor 250 ms), so strictly growing delays cannot be asserted end to end;
 /// `transient_failures_back_off_with_growing_delays_then_recover` in `src/token/refresher/tests.rs` checks the
@@ -183,7 +188,7 @@ async fn three_refresh_500s_are_retried_with_backoff_and_the_token_is_refreshed_
     );
 }
 
-/// Point 3: refresh answers 401 → not ready, 503 `TOKEN_UNAVAILABLE`; a new token by symlink swap → ready.
+/// Refresh answers 401 → not ready, 503 `TOKEN_UNAVAILABLE`; a new token by symlink swap → ready.
 #[tokio::test]
 async fn a_revoked_token_makes_the_proxy_unready_until_a_new_token_file_is_swapped_in() {
     let (upstream, dir, _, proxy) = on_a_mounted_secret().await;
@@ -247,7 +252,7 @@ async fn a_revoked_token_makes_the_proxy_unready_until_a_new_token_file_is_swapp
     assert_eq!(s["token"]["state"], "valid");
 }
 
-/// Point 4: 100 concurrent GETs meeting 401 → one refresh, all succeed; a POST meeting 401 is not replayed.
+/// 100 concurrent GETs meeting 401 → one refresh, all succeed; a POST meeting 401 is not replayed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_upstream_401s_cause_one_refresh_and_gets_succeed_while_a_post_is_not_replayed() {
     let upstream = Upstream::spawn().await;
@@ -316,7 +321,7 @@ async fn concurrent_upstream_401s_cause_one_refresh_and_gets_succeed_while_a_pos
     assert_eq!(posts, 1, "a POST is never replayed");
 }
 
-/// Point 5: every refresh response shape of the contract.
+/// Every refresh response shape of the contract.
 #[tokio::test]
 async fn every_refresh_response_shape_yields_a_working_token() {
     let (upstream, proxy) = crate::support::refreshed_proxy().await;
@@ -380,7 +385,7 @@ async fn every_refresh_response_shape_yields_a_working_token() {
     assert!(!text.contains("unchanged"), "{text}");
 }
 
-/// Point 6: the refreshed token survives a restart through `state_file`, which is mode 0600, in a directory the
+/// The refreshed token survives a restart through `state_file`, which is mode 0600, in a directory the
 /// proxy creates (mode 0700) when it is missing.
 #[tokio::test]
 async fn a_restart_continues_with_the_persisted_token_not_the_stale_token_file() {
@@ -484,7 +489,7 @@ async fn a_restart_with_a_new_configured_token_uses_it_not_the_persisted_one() {
     assert_eq!(proxy.status().await["token"]["state"], "valid");
 }
 
-/// Point 7: a JWT whose `exp` is 60 s away is refreshed by `exp - refresh_before_expiry`, long before the
+/// A JWT whose `exp` is 60 s away is refreshed by `exp - refresh_before_expiry`, long before the
 /// 10 minute interval. (`refresh_before_expiry` is 55 s here: with the default 2 m, a 60 s token would be due
 /// at once after every refresh.)
 #[tokio::test]
@@ -529,7 +534,7 @@ async fn a_token_expiring_in_60s_is_refreshed_before_exp_minus_refresh_before_ex
     );
 }
 
-/// Point 9: 50 upstream 401s on a token refreshed a second ago cause no refresh (`min_refresh_gap` 5 s).
+/// 50 upstream 401s on a token refreshed a second ago cause no refresh (`min_refresh_gap` 5 s).
 #[tokio::test]
 async fn upstream_401s_within_min_refresh_gap_cause_no_refresh() {
     let (upstream, proxy) = crate::support::refreshed_proxy().await;
@@ -702,5 +707,40 @@ async fn a_token_file_the_upstream_refuses_never_costs_the_working_chain() {
         calls.last().unwrap().token.as_deref(),
         Some(rotated.as_str()),
         "checked by a refresh made with it"
+    );
+}
+
+#[tokio::test]
+async fn an_echoed_token_comes_back_as_its_fingerprint_and_redirects_are_not_followed() {
+    let upstream = Upstream::spawn().await;
+    let proxy = proxy_for(&upstream).await;
+    let r = client().get(proxy.url("/errors/echo-token")).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let header = r.headers()["x-debug-token"].to_str().unwrap().to_owned();
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_schema(&body);
+    assert_eq!(body["code"], "INVALID_TOKEN_SCOPE", "the upstream's own code is kept");
+    let sent = upstream.sim.requests()[0].token.clone().unwrap();
+    let fingerprint = issettled_proxy::token::secret::fingerprint(&sent);
+    let text = body.to_string();
+    for t in upstream.sim.issued_tokens() {
+        assert!(
+            !text.contains(&t) && !header.contains(&t),
+            "a token leaked: {text} / {header}"
+        );
+    }
+    assert!(text.contains(&fingerprint), "{text}");
+    assert_eq!(header, fingerprint);
+
+    let r = client().get(proxy.url("/redirect")).send().await.unwrap();
+    assert_eq!(r.status(), 302);
+    assert_eq!(
+        r.headers()["location"],
+        "https://elsewhere.example/landing?from=issettled"
+    );
+    assert_eq!(
+        seen_paths(&upstream),
+        ["/errors/echo-token", "/redirect"],
+        "one request, not followed"
     );
 }

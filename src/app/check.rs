@@ -1,11 +1,12 @@
-//! The checks after loading the configuration that need the file system: what `run` refuses at start, and what
-//! `check-config` refuses. One set of checks for both, so a configuration `check-config` passes is one `run`
-//! starts with; neither binds a socket or contacts the network.
+//! The checks after loading the configuration that need the file system, and the effective configuration
+//! `check-config` prints. What `run` refuses at start ([`startup`]), `check-config` refuses too ([`check`]): one set
+//! of checks for both, so a configuration `check-config` passes is one `run` starts with; neither binds a socket
+//! or contacts the network.
 
 use std::{io::ErrorKind, path::Path, time::SystemTime};
 
 use crate::{
-    config::{Config, ConfigError, EnvTokenError},
+    config::{Config, ConfigError},
     proxy::client,
     token::{self, source},
 };
@@ -15,9 +16,7 @@ use crate::{
 /// one is refused when the configuration is loaded.)
 pub fn startup(cfg: &Config) -> Result<(), ConfigError> {
     client::tls_config(&cfg.upstream)?;
-    if let Some(path) = &cfg.token.state_file {
-        token::state_file::check_place(path).map_err(|reason| ConfigError::invalid("token.state_file", reason))?;
-    }
+    state_file_place(cfg, token::state_file::check_place)?;
     if let Some(path) = &cfg.listen.unix_socket {
         unix_socket_place(path).map_err(|reason| ConfigError::invalid("listen.unix_socket", reason))?;
     }
@@ -34,11 +33,15 @@ pub fn check(cfg: &Config) -> Result<(), ConfigError> {
 }
 
 /// A token file or variable holding a token that can never be used. A token file that does not exist (yet) is
-/// fine: a Secret may be mounted later.
+/// fine: a Secret may be mounted later. (In cluster mode neither is read.)
 fn initial_token(cfg: &Config) -> Result<(), ConfigError> {
+    if cfg.cluster.is_some() {
+        return Ok(());
+    }
     let now = SystemTime::now();
     if let Some(path) = &cfg.token.file {
-        let usable = source::read_file(path)
+        // With a token file, token.env is not read.
+        return source::read_file(path)
             .and_then(|read| match read {
                 Some((token, _)) => source::check(&token, now)
                     .map(drop)
@@ -46,19 +49,25 @@ fn initial_token(cfg: &Config) -> Result<(), ConfigError> {
                 None => Ok(()),
             })
             .map_err(|reason| ConfigError::invalid("token.file", format!("{reason}; the proxy would refuse it")));
-        // With a usable file, token.env is not read.
-        return usable;
     }
-    match cfg.token.env.as_ref().map(|env| (&env.name, &env.value)) {
-        Some((name, Err(e @ EnvTokenError::Refused(_)))) => Err(ConfigError::invalid(
+    let Some(var) = &cfg.token.env else {
+        return Ok(());
+    };
+    let env = source::EnvToken::parse(var);
+    let usable = match &env.value {
+        Ok(token) => source::check(token, now).map(drop).map_err(|e| e.to_string()),
+        Err(source::EnvTokenError::NotSet) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    };
+    usable.map_err(|e| {
+        ConfigError::invalid(
             "token.env",
-            format!("the variable {name}: {e} (value not shown)"),
-        )),
-        Some((name, Ok(token))) => source::check(token, now)
-            .map(drop)
-            .map_err(|e| ConfigError::invalid("token.env", format!("the variable {name}: {e} (value not shown)"))),
-        _ => Ok(()),
-    }
+            format!(
+                "the variable {}: {e} (value not shown); the proxy would refuse it",
+                env.name
+            ),
+        )
+    })
 }
 
 /// A Unix socket can be created at `path`: its directory exists and a file can be made in it (probed with a file
@@ -89,9 +98,51 @@ fn unix_socket_place(path: &Path) -> Result<(), String> {
     }
 }
 
+/// What `check-config` prints: the effective configuration, and what the token in `token.env` (if any) will be,
+/// by its fingerprint only.
+pub fn render_effective(cfg: &Config) -> String {
+    let notes: Vec<String> = cfg
+        .token
+        .env
+        .iter()
+        .map(|var| {
+            let env = token::source::EnvToken::parse(var);
+            format!("token.env {}: {}", env.name, env.describe(std::time::SystemTime::now()))
+        })
+        .collect();
+    crate::config::render_effective(cfg, &notes)
+}
+
+/// Apply `rule` to `token.state_file`, if set; its refusal is a configuration error naming the key.
+pub(super) fn state_file_place(
+    cfg: &Config,
+    rule: fn(&std::path::Path) -> Result<(), String>,
+) -> Result<(), ConfigError> {
+    match &cfg.token.state_file {
+        Some(path) => rule(path).map_err(|reason| ConfigError::invalid("token.state_file", reason)),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
+    use crate::config::{load, ConfigFile};
+
+    const WITH_ENV_TOKEN: &str = r#"
+[upstream]
+base_url = "https://api.issettled.example/v1/"
+member_id = "bankName"
+[token]
+env = "MY_TOKEN"
+"#;
+
+    fn rendered(value: &str) -> String {
+        let env: HashMap<String, String> = [("MY_TOKEN".to_owned(), value.to_owned())].into();
+        render_effective(&load(ConfigFile::Toml(WITH_ENV_TOKEN), &env).unwrap())
+    }
 
     #[test]
     fn a_unix_socket_needs_an_existing_writable_directory() {
@@ -110,5 +161,30 @@ mod tests {
             1,
             "the probe is removed"
         );
+    }
+
+    #[test]
+    fn check_config_shows_the_env_token_by_its_fingerprint_only() {
+        let out = rendered("super-secret-token-value");
+        assert!(!out.contains("super-secret-token-value"), "{out}");
+        assert!(out.contains("# token.env MY_TOKEN: set, sha256:"), "{out}");
+    }
+
+    #[test]
+    fn check_config_says_why_the_env_token_will_be_refused() {
+        let out = rendered("has spaces in it");
+        assert!(
+            out.contains("# token.env MY_TOKEN: refused: the token contains characters"),
+            "{out}"
+        );
+        assert!(!out.contains("has spaces"), "{out}");
+        // A JWT past its exp (1 s after the epoch): parsed, but check-config says it will be refused.
+        let expired = "eyJhbGciOiJub25lIn0.eyJleHAiOjF9.";
+        let out = rendered(expired);
+        assert!(
+            out.contains("refused: the token is a JWT whose exp has passed"),
+            "{out}"
+        );
+        assert!(!out.contains(expired), "{out}");
     }
 }
