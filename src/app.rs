@@ -166,7 +166,7 @@ impl App {
     /// (joined to the Kubernetes API in cluster mode), the proxy's and the admin port's state.
     pub async fn build(cfg: &Config) -> Result<Self, AppError> {
         let tls = client::tls_config(&cfg.upstream)?;
-        let upstream = Arc::new(client::upstream_pool(&cfg.upstream, tls.clone()));
+        let upstream = Arc::new(client::upstream_pool(&cfg.upstream, tls.clone())?);
         let metrics = Arc::new(Metrics::new().with_log_lines_dropped(telemetry::dropped_lines));
         let (refresher, cell, refresh) = token_keeper(cfg, tls, &metrics)?;
         let (refresher, cluster) = join_the_cluster(cfg, refresher, &metrics).await?;

@@ -179,13 +179,8 @@ impl Authority for Arc<LeaseAuthority> {
 impl ClusterReport for LeaseAuthority {
     fn report(&self) -> ClusterStatus {
         let view = self.leadership.view();
-        // A leader past its step-down deadline (its elector has not run since) no longer says it leads.
-        let role = match view.role {
-            election::Role::Leader if !self.leadership.is_leader() => election::Role::Candidate,
-            role => role,
-        };
         ClusterStatus {
-            role: role.as_str(),
+            role: view.role.as_str(),
             identity: self.identity.clone(),
             leader: view.leader.clone(),
             lease_transitions: i64::from(view.transitions),

@@ -3,6 +3,9 @@
 //! Other modules return these typed errors; only this file knows the codes. Building a response is pure:
 //! logging and counting happen in the handler that owns the request.
 
+// A panic aborts the process (`panic = "abort"`): nothing on the request path may unwrap or expect.
+#![deny(clippy::expect_used, clippy::unwrap_used)]
+
 pub mod normalize;
 pub mod schema;
 pub mod scrub;

@@ -1,6 +1,9 @@
 //! Every metric the contract names, in one place: lock-free atomic counters updated on the hot path and a
 //! Prometheus text renderer. Labels are fixed, small sets: methods, status codes, error codes, refresh results.
 
+// A panic aborts the process (`panic = "abort"`): nothing on the request path may unwrap or expect.
+#![deny(clippy::expect_used, clippy::unwrap_used)]
+
 use std::{
     fmt::Write as _,
     sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed},

@@ -1,6 +1,9 @@
 //! The proxy port: every request goes through one handler ([`forward`]) that checks it, injects the token,
 //! sends it to the one configured upstream, and streams the answer back (or normalizes an error).
 
+// A panic aborts the process (`panic = "abort"`): nothing on the request path may unwrap or expect.
+#![deny(clippy::expect_used, clippy::unwrap_used)]
+
 pub mod body;
 pub mod client;
 pub mod deadline;

@@ -5,6 +5,9 @@
 //! `axum::serve` sets no header-read timer, and hyper's own timer also closes idle keep-alive connections after
 //! the header timeout; so each connection gets a small watchdog ([`activity`]) that tells the two apart.
 
+// A panic aborts the process (`panic = "abort"`): nothing on the request path may unwrap or expect.
+#![deny(clippy::expect_used, clippy::unwrap_used)]
+
 mod activity;
 mod conn_io;
 mod connection;

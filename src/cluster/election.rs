@@ -2,7 +2,11 @@
 //! resourceVersion read; never create, patch or delete: deploy ships the Lease), publishes this replica's standing
 //! as a [`Leadership`] watch, and releases the Lease on stop.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use k8s_openapi::{
     api::coordination::v1::{Lease, LeaseSpec},
@@ -43,16 +47,15 @@ pub(crate) struct LeaderView {
     pub(crate) api_reachable: bool,
     /// This replica stepped down only because its renewals could not reach the API.
     pub(crate) lost_for_api_only: bool,
-    /// While leading: the monotonic instant at which it must step down unless a renewal succeeds. Judged by the
-    /// reader too, so that a process that was stopped (SIGSTOP, a paused VM) stops refreshing the moment it
-    /// wakes, before its elector task has run.
-    pub(crate) lead_until: Option<Instant>,
 }
 
 /// A read-only handle on the elector's [`LeaderView`].
 #[derive(Clone, Debug)]
 pub(crate) struct Leadership {
     rx: watch::Receiver<LeaderView>,
+    /// Until when the view's `Leader` holds (the renew deadline): past it, this replica is no leader even if the
+    /// elector has not run since (a process woken from SIGSTOP, a starved task). `None`: no bound (`fixed`).
+    lead_until: Arc<Mutex<Option<Instant>>>,
 }
 
 /// Called with the operation (`lease_get`, `lease_update`) of each failed Lease call, for the metrics.
@@ -66,6 +69,7 @@ pub(crate) struct Elector {
     /// The Lease object as last read or written: updates keep its metadata (labels, owners) and send its spec.
     lease: Option<Lease>,
     tx: watch::Sender<LeaderView>,
+    lead_until: Arc<Mutex<Option<Instant>>>,
     on_api_error: OnApiError,
     /// The fraction of `retry_period` a candidate adds to its pause, in [0, 0.5].
     jitter: Box<dyn FnMut() -> f64 + Send + Sync>,
@@ -99,16 +103,22 @@ impl Role {
 
 impl Leadership {
     pub(crate) fn view(&self) -> LeaderView {
-        self.rx.borrow().clone()
+        let mut view = self.rx.borrow().clone();
+        let lead_until = *self.lead_until.lock().unwrap_or_else(PoisonError::into_inner);
+        if view.role == Role::Leader && lead_until.is_some_and(|until| Instant::now() >= until) {
+            // What the elector will say when it runs: stepped down, for the API alone if it did not answer.
+            view.role = Role::Candidate;
+            view.lost_for_api_only = !view.api_reachable;
+        }
+        view
     }
 
-    /// Leading, and not past the step-down deadline by this process's monotonic clock.
     pub(crate) fn is_leader(&self) -> bool {
-        let view = self.rx.borrow();
-        view.role == Role::Leader && view.lead_until.is_some_and(|until| Instant::now() < until)
+        self.view().role == Role::Leader
     }
 
-    /// Waits for the next change of the view; never returns once the elector has ended.
+    /// Waits for the next change of the view; never returns once the elector has ended. (Test-only until a caller
+    /// needs it: the refresher asks `is_leader` when it is about to refresh.)
     #[cfg(test)]
     pub(crate) async fn changed(&mut self) {
         if self.rx.changed().await.is_err() {
@@ -120,7 +130,13 @@ impl Leadership {
     #[cfg(test)]
     pub(crate) fn fixed(view: LeaderView) -> (watch::Sender<LeaderView>, Leadership) {
         let (tx, rx) = watch::channel(view);
-        (tx, Leadership { rx })
+        (
+            tx,
+            Leadership {
+                rx,
+                lead_until: Arc::new(Mutex::new(None)),
+            },
+        )
     }
 }
 
@@ -134,9 +150,9 @@ impl Elector {
             transitions: 0,
             api_reachable: true,
             lost_for_api_only: false,
-            lead_until: None,
         };
         let (tx, rx) = watch::channel(initial);
+        let lead_until = Arc::new(Mutex::new(Some(Instant::now())));
         let election = Election::new(
             settings.identity.clone(),
             settings.lease_duration,
@@ -148,10 +164,11 @@ impl Elector {
             election,
             lease: None,
             tx,
+            lead_until: lead_until.clone(),
             on_api_error,
             jitter: Box::new(|| rand::random::<f64>() * 0.5),
         };
-        (elector, Leadership { rx })
+        (elector, Leadership { rx, lead_until })
     }
 
     /// Replaces the random jitter (tests).
@@ -327,7 +344,11 @@ impl Elector {
 
     /// Sends the current view to the [`Leadership`] handles when it changed.
     fn publish(&self) {
-        let view = self.view(Instant::now());
+        let now = Instant::now();
+        // The bound first: a view that says leader is never read without it.
+        *self.lead_until.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(self.election.step_down_at().unwrap_or(now));
+        let view = self.view(now);
         self.tx.send_if_modified(|current| {
             let changed = *current != view;
             *current = view;
@@ -343,7 +364,6 @@ impl Elector {
             transitions: observed.map_or(0, |r| r.transitions),
             api_reachable: self.election.api_reachable(),
             lost_for_api_only: self.election.lost_for_api_only(),
-            lead_until: self.election.step_down_at().filter(|_| self.election.is_leader()),
         }
     }
 

@@ -88,7 +88,7 @@ pub fn tls_config(cfg: &UpstreamConfig) -> Result<ClientConfig, ConfigError> {
 }
 
 /// The forwarding client: pooled keep-alive connections, HTTP/1.1 or HTTP/2 by ALPN.
-pub fn upstream_pool(cfg: &UpstreamConfig, tls: ClientConfig) -> Pool {
+pub fn upstream_pool(cfg: &UpstreamConfig, tls: ClientConfig) -> Result<Pool, ConfigError> {
     let connector = HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
@@ -96,6 +96,7 @@ pub fn upstream_pool(cfg: &UpstreamConfig, tls: ClientConfig) -> Pool {
         .enable_http2()
         .wrap_connector(Connector::new(cfg.connect_timeout));
     Pool::new(connector, &cfg.base_url.scheme, &cfg.base_url.authority, POOL_MAX_IDLE)
+        .map_err(|e| invalid("upstream.base_url", e.to_string()))
 }
 
 /// The refresh client.

@@ -9,7 +9,7 @@ use axum::{
     response::Response,
 };
 use bytes::Bytes;
-use http::{header, request::Parts, HeaderMap, HeaderValue, StatusCode};
+use http::{header, request::Parts, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use tokio::time::Instant;
@@ -35,6 +35,9 @@ use crate::{
 /// The most of an upstream error body that is read.
 pub const MAX_ERROR_BODY: usize = 64 * 1024;
 
+/// How often a replay refused unprocessed is sent again (see [`send_again`]).
+const MAX_REFUSALS: usize = 8;
+
 /// What the log line reports besides the request.
 #[derive(Debug, Default)]
 struct Exchange {
@@ -50,7 +53,7 @@ pub async fn forward(State(state): State<Arc<ProxyState>>, req: Request) -> Resp
     let uri = req.uri().clone();
     let request_id = request_id::pick(req.headers());
     let mut exchange = Exchange::default();
-    let result = handle(&state, req, uri.path(), &request_id, started, &mut exchange).await;
+    let result = handle(&state, req, &uri, &request_id, started, &mut exchange).await;
     let mut response = result.unwrap_or_else(|e| {
         let (_, code) = e.status_and_code();
         if e.is_upstream_fault() {
@@ -83,7 +86,7 @@ pub async fn forward(State(state): State<Arc<ProxyState>>, req: Request) -> Resp
 async fn handle(
     state: &ProxyState,
     req: Request,
-    path: &str,
+    app_uri: &http::Uri,
     request_id: &HeaderValue,
     started: Instant,
     exchange: &mut Exchange,
@@ -91,54 +94,53 @@ async fn handle(
     if state.shutdown.phase() == Phase::Stopping {
         return Err(ProxyError::ShuttingDown);
     }
+    let path = app_uri.path();
     let (mut parts, body) = req.into_parts();
     check(state, &parts)?;
     let token = state
         .token
         .usable(&Stamp::now())
         .map_err(|u| ProxyError::TokenUnavailable(u.reason()))?;
-    let uri = state
-        .target
-        .uri(parts.uri.path_and_query())
-        .map_err(|_| ProxyError::BadRequest("the request target is not a valid path"))?;
+    parts.uri = upstream_uri(state, app_uri)?;
     headers::to_upstream(&mut parts.headers, token.header(), request_id);
     encoding::limit_accept_encoding(&mut parts.headers);
     let (body, failure) = limit_body(body, &parts.headers, state.rules.max_body_bytes)?;
     let deadline = started + state.rules.request_timeout;
     // A request may be replayed only if it has no body and its method is listed in `retry_on_401`.
-    let replay = (state.rules.retry_on_401.contains(&parts.method) && body.is_end_stream()).then(|| Replay {
-        method: parts.method.clone(),
-        headers: parts.headers.clone(),
-        uri: uri.clone(),
-    });
-    parts.uri = uri;
+    let replay = (state.rules.retry_on_401.contains(&parts.method) && body.is_end_stream())
+        .then(|| Replay::keep(&parts, app_uri, request_id));
     // The app's HTTP version is its own hop's; the upstream connection's is chosen by ALPN.
     parts.version = http::Version::HTTP_11;
     let first = http::Request::from_parts(parts, body);
     let mut response = match state.client.send(first, deadline).await {
         Ok(response) => response,
         Err(e) => match &replay {
-            // Refused before the upstream processed it (an HTTP/2 GOAWAY or REFUSED_STREAM): once more, on
-            // another connection.
+            // Refused before the upstream processed it (an HTTP/2 GOAWAY or REFUSED_STREAM): again, on a newer
+            // connection.
             Some(again) if e.unprocessed() => {
                 exchange.retried = true;
-                send(state, again.clone().request(None), deadline).await?
+                send_again(state, again, token.header(), deadline).await?
             }
             _ => return Err(classify(&e, failure.as_deref().and_then(Failure::get))),
         },
     };
     let mut used = token;
     if response.status() == StatusCode::UNAUTHORIZED {
-        // The refresh counts against the same deadline: past it, the app gets the 401 rather than a late 504.
-        let refreshed = tokio::time::timeout_at(deadline, after_401(state, &used, replay.is_some()))
-            .await
-            .ok()
-            .flatten();
-        if let Some(current) = refreshed {
-            if let Some(again) = replay {
-                exchange.retried = true;
-                response = send(state, again.request(Some(current.header())), deadline).await?;
-                used = current;
+        match &replay {
+            // Not replayable: refresh for the next request (no task, no wait), answer this one now.
+            None => state.refresh.nudge(used.generation),
+            Some(again) => {
+                // The refresh counts against the same deadline: past it, the app gets the 401 rather than a
+                // late 504.
+                let refreshed = tokio::time::timeout_at(deadline, after_401(state, &used))
+                    .await
+                    .ok()
+                    .flatten();
+                if let Some(current) = refreshed {
+                    exchange.retried = true;
+                    response = send_again(state, again, current.header(), deadline).await?;
+                    used = current;
+                }
             }
         }
     }
@@ -170,27 +172,58 @@ async fn handle(
     Ok(error_response(head, &clean, &fill, used.token().expose(), &fingerprint))
 }
 
-/// A bodiless request kept to be sent again: after a 401 and a refresh (`retry_on_401`), or once when HTTP/2
-/// refused it unprocessed. The copy is made before the first send, for the methods `retry_on_401` lists.
-#[derive(Debug, Clone)]
-struct Replay {
+/// What is kept of a bodiless request to send it again: after a 401 and a refresh (`retry_on_401`), or once when
+/// HTTP/2 refused it unprocessed. Kept before the first send, which consumes the request, for every request of a
+/// method `retry_on_401` lists (every GET, by default), and almost never used: so it copies as little as it can.
+/// The target is derived again from the app's URI, and the token and request id are set again; only the other
+/// upstream headers are copied (often none: then nothing is allocated).
+#[derive(Debug)]
+struct Replay<'a> {
     method: http::Method,
-    headers: HeaderMap,
-    uri: http::Uri,
+    app_uri: &'a http::Uri,
+    request_id: &'a HeaderValue,
+    headers: Vec<(HeaderName, HeaderValue)>,
 }
 
-impl Replay {
-    /// The request again, with a new token if one is given.
-    fn request(mut self, token: Option<&HeaderValue>) -> http::Request<RequestBody> {
-        if let Some(token) = token {
-            self.headers.insert(header::AUTHORIZATION, token.clone());
+impl<'a> Replay<'a> {
+    /// Keep what the request with these `parts` (upstream headers set) needs to be sent again.
+    fn keep(parts: &Parts, app_uri: &'a http::Uri, request_id: &'a HeaderValue) -> Self {
+        let headers = parts
+            .headers
+            .iter()
+            .filter(|(name, _)| **name != header::AUTHORIZATION && **name != request_id::HEADER)
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect();
+        Self {
+            method: parts.method.clone(),
+            app_uri,
+            request_id,
+            headers,
         }
-        let mut again = http::Request::new(RequestBody::empty());
-        *again.method_mut() = self.method;
-        *again.uri_mut() = self.uri;
-        *again.headers_mut() = self.headers;
-        again
     }
+
+    /// The request again, with `token`.
+    fn request(&self, state: &ProxyState, token: &HeaderValue) -> Result<http::Request<RequestBody>, ProxyError> {
+        let mut again = http::Request::new(RequestBody::empty());
+        *again.method_mut() = self.method.clone();
+        *again.uri_mut() = upstream_uri(state, self.app_uri)?;
+        let headers = again.headers_mut();
+        headers.reserve(self.headers.len() + 2);
+        for (name, value) in &self.headers {
+            headers.append(name.clone(), value.clone());
+        }
+        headers.insert(header::AUTHORIZATION, token.clone());
+        headers.insert(request_id::HEADER, self.request_id.clone());
+        Ok(again)
+    }
+}
+
+/// The upstream request target for the app's request.
+fn upstream_uri(state: &ProxyState, app_uri: &http::Uri) -> Result<http::Uri, ProxyError> {
+    state
+        .target
+        .uri(app_uri.path_and_query())
+        .map_err(|_| ProxyError::BadRequest("the request target is not a valid path"))
 }
 
 /// The upstream's error in the schema: same status, the upstream's other headers kept, JSON body. The output is
@@ -291,13 +324,23 @@ fn limit_body(body: Body, headers: &HeaderMap, max: u64) -> Result<(RequestBody,
     }
 }
 
-/// Send a bodiless request again (a replay), bounded by the deadline.
-async fn send(
+/// Send a bodiless request again (a replay) with `token`, by the deadline; and again while the upstream refuses
+/// it unprocessed (HTTP/2 GOAWAY or REFUSED_STREAM: the connection is going away, the next attempt goes to a
+/// newer one), up to [`MAX_REFUSALS`] times. All requests waiting for a new connection share one, so an upstream
+/// that shuts connections down after a few requests refuses some of them more than once.
+async fn send_again(
     state: &ProxyState,
-    req: http::Request<RequestBody>,
+    again: &Replay<'_>,
+    token: &HeaderValue,
     deadline: Instant,
 ) -> Result<http::Response<PooledBody>, ProxyError> {
-    state.client.send(req, deadline).await.map_err(|e| classify(&e, None))
+    let mut refusals = 0;
+    loop {
+        match state.client.send(again.request(state, token)?, deadline).await {
+            Err(e) if e.unprocessed() && refusals < MAX_REFUSALS => refusals += 1,
+            sent => return sent.map_err(|e| classify(&e, None)),
+        }
+    }
 }
 
 /// Map a client error to the contract's codes: the app's body failed (recorded by the body itself: hyper's
@@ -320,19 +363,11 @@ fn classify(e: &SendError, body: Option<BodyFailure>) -> ProxyError {
     }
 }
 
-/// After an upstream 401: ask for a refresh (joined with any in flight; skipped within `min_refresh_gap`).
-/// Returns the token to retry with when a retry makes sense and the caller waits for it.
-async fn after_401(state: &ProxyState, used: &Arc<Current>, wait: bool) -> Option<Arc<Current>> {
-    let refresh = state.refresh.clone();
+/// After an upstream 401 on a request that can be replayed: ask for a refresh (joined with any in flight; skipped
+/// within `min_refresh_gap`) and wait for it. Returns the token to retry with when a retry makes sense.
+async fn after_401(state: &ProxyState, used: &Current) -> Option<Arc<Current>> {
     let seen = used.generation;
-    if !wait {
-        // Not replayable: refresh for the next request, answer this one now.
-        tokio::spawn(async move {
-            let _ = refresh.refresh_now(Trigger::Upstream401, Some(seen)).await;
-        });
-        return None;
-    }
-    match refresh.refresh_now(Trigger::Upstream401, Some(seen)).await {
+    match state.refresh.refresh_now(Trigger::Upstream401, Some(seen)).await {
         Ok(outcome) if outcome.refreshed || outcome.current.generation != seen => Some(outcome.current),
         _ => None,
     }

@@ -9,14 +9,22 @@
 //! closed as it was taken, or requests still queued on an HTTP/2 connection when its GOAWAY arrived); anything
 //! that may have reached the upstream is never replayed here.
 //!
-//! The shared HTTP/2 connection is kept honest two ways: PINGs every [`H2_PING_INTERVAL`], also while idle,
-//! close it when the peer stops answering; and a request that times out on it retires it from the slot, so the
-//! next request opens a new one instead of waiting on a connection that may be dead (requests in flight on the
-//! old one keep it until they end).
+//! A connection is made once for many requests where it may be shared: while the upstream's protocol is not
+//! known to be HTTP/1.1 (the first requests of an `https://` upstream, or after the shared HTTP/2 connection
+//! closed), concurrent requests wait for one connection attempt (one TLS handshake) instead of making one each,
+//! and share its outcome. HTTP/1.1 connections, one per concurrent request, are then made in parallel.
+//!
+//! The shared HTTP/2 connection is replaced only when it fails: it closed (a GOAWAY, a connection error), or
+//! PINGs every [`H2_PING_INTERVAL`], also while idle, went unanswered (a peer gone without FIN or RST). One
+//! request's time-out says nothing about the connection (a slow endpoint), and retiring it would cost every other
+//! request a new handshake.
 
 use std::{
     pin::Pin,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -24,11 +32,15 @@ use std::{
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
-use http::{header, uri::Authority, HeaderValue, Request, Response, Uri};
+use http::{
+    header,
+    uri::{Authority, PathAndQuery},
+    HeaderValue, Request, Response, Uri,
+};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::{
     body::Incoming,
-    client::conn::{http1, http2, TrySendError},
+    client::conn::{http1, http2},
 };
 use hyper_rustls::HttpsConnector;
 use hyper_util::{
@@ -65,6 +77,11 @@ pub enum SendError {
     /// No response head before the deadline.
     #[error("no response from the upstream before the deadline")]
     Timeout,
+    /// A bodiless HTTP/2 request hyper had taken but not yet opened a stream for (it waited for one of the
+    /// upstream's `SETTINGS_MAX_CONCURRENT_STREAMS`) when the connection closed: nothing of it was sent. hyper
+    /// then drops it (a "dispatch gone" error of the user kind, the only one a request without a body can get).
+    #[error(transparent)]
+    Unopened(hyper::Error),
 }
 
 impl SendError {
@@ -73,6 +90,9 @@ impl SendError {
     /// upstream promised to process (§6.8; h2 gives exactly those streams the GOAWAY's error, and streams opened
     /// after it). A request hyper handed back unsent is retried here already; these it had taken.
     pub fn unprocessed(&self) -> bool {
+        if matches!(self, SendError::Unopened(_)) {
+            return true;
+        }
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(self);
         while let Some(s) = source {
             if let Some(e) = s.downcast_ref::<h2::Error>() {
@@ -97,6 +117,32 @@ pub struct Pool {
     host: HeaderValue,
     idle: ArrayQueue<Idle>,
     h2: ArcSwapOption<http2::SendRequest<RequestBody>>,
+    /// The last connection made negotiated HTTP/1.1 (always, for `http://`): connections are made in parallel.
+    /// Otherwise one at a time, under [`Pool::connecting`].
+    http1: AtomicBool,
+    /// Held while a connection that may be shared is being made; holds the last attempt's failure, which the
+    /// requests that waited for it share.
+    connecting: tokio::sync::Mutex<Option<SharedConnectError>>,
+    /// Connection attempts finished under [`Pool::connecting`]: a waiter that sees it change while it waited
+    /// takes that attempt's outcome instead of making its own.
+    attempts: AtomicU64,
+}
+
+/// A connect failure shared by the requests that waited for the same attempt: it reads as the failure itself,
+/// which is its source.
+#[derive(Debug, Clone)]
+struct SharedConnectError(Arc<dyn std::error::Error + Send + Sync>);
+
+impl std::fmt::Display for SharedConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SharedConnectError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
 }
 
 #[derive(Debug)]
@@ -107,8 +153,16 @@ struct Idle {
 
 enum Fresh {
     Http1(http1::SendRequest<RequestBody>),
-    Http2(http2::SendRequest<RequestBody>),
+    /// Already in the slot, shared.
+    Http2(H2),
 }
+
+/// `scheme://authority` cannot be a pool's origin.
+#[derive(Debug, thiserror::Error)]
+#[error("not a usable upstream origin: {0}")]
+pub struct InvalidOrigin(String);
+
+// === impl Pool ===
 
 impl Pool {
     /// A pool keeping at most `max_idle` idle HTTP/1.1 connections to `scheme://authority`.
@@ -117,77 +171,64 @@ impl Pool {
         scheme: &http::uri::Scheme,
         authority: &Authority,
         max_idle: usize,
-    ) -> Self {
+    ) -> Result<Self, InvalidOrigin> {
         let origin = Uri::builder()
             .scheme(scheme.clone())
             .authority(authority.clone())
             .path_and_query("/")
             .build()
-            .expect("scheme and authority from a validated base_url");
-        let host = HeaderValue::from_str(authority.as_str()).expect("an authority is a valid header value");
-        Self {
+            .map_err(|e| InvalidOrigin(e.to_string()))?;
+        let host = HeaderValue::from_str(authority.as_str()).map_err(|e| InvalidOrigin(e.to_string()))?;
+        Ok(Self {
             connector,
             origin,
             host,
             idle: ArrayQueue::new(max_idle.max(1)),
             h2: ArcSwapOption::empty(),
-        }
+            http1: AtomicBool::new(*scheme == http::uri::Scheme::HTTP),
+            connecting: tokio::sync::Mutex::new(None),
+            attempts: AtomicU64::new(0),
+        })
     }
 
     /// Send `req` (origin-form URI: path and query) and return the response head by `deadline`
-    /// ([`SendError::Timeout`] after it); its body streams from the connection. A time-out on the shared HTTP/2
-    /// connection retires it (see the module doc).
+    /// ([`SendError::Timeout`] after it); its body streams from the connection.
     pub async fn send(
         self: &Arc<Self>,
         req: Request<RequestBody>,
         deadline: Instant,
     ) -> Result<Response<PooledBody>, SendError> {
-        let mut on_h2 = None;
-        let sent = tokio::time::timeout_at(deadline, self.exchange(req, &mut on_h2)).await;
-        sent.unwrap_or_else(|_| {
-            // Only if no other request has put a new one there meanwhile.
-            self.h2.compare_and_swap(&on_h2, None);
-            Err(SendError::Timeout)
-        })
+        let sent = tokio::time::timeout_at(deadline, self.exchange(req)).await;
+        sent.unwrap_or(Err(SendError::Timeout))
     }
 
-    /// [`Pool::send`] without the deadline; `on_h2` is the HTTP/2 connection the request is waiting on, if any.
-    async fn exchange(
-        self: &Arc<Self>,
-        mut req: Request<RequestBody>,
-        on_h2: &mut Option<H2>,
-    ) -> Result<Response<PooledBody>, SendError> {
+    /// [`Pool::send`] without the deadline.
+    async fn exchange(self: &Arc<Self>, mut req: Request<RequestBody>) -> Result<Response<PooledBody>, SendError> {
         loop {
             let shared = self.h2.load_full();
             if let Some(h2) = &shared {
                 if !h2.is_closed() {
-                    on_h2.clone_from(&shared);
-                    match self.send_h2(h2, req).await {
+                    match self.send_h2(h2, req).await? {
                         Ok(response) => return Ok(response),
-                        Err(mut e) => match e.take_message() {
-                            // Never written: the connection closed first (after a GOAWAY). Try another.
-                            Some(unsent) => req = unsent,
-                            None => return Err(SendError::Exchange(e.into_error())),
-                        },
+                        // Never written: the connection closed first (after a GOAWAY). Try another.
+                        Err(unsent) => req = unsent,
                     }
-                    *on_h2 = None;
                 }
                 // Only if no other request has put a new one there meanwhile.
                 self.h2.compare_and_swap(&shared, None);
             }
             let (mut sender, reused) = match self.checkout() {
                 Some(sender) => (sender, true),
-                None => match self.connect().await? {
-                    Fresh::Http1(sender) => (sender, false),
-                    Fresh::Http2(sender) => {
-                        let sender = Arc::new(sender);
-                        self.h2.store(Some(sender.clone()));
-                        *on_h2 = Some(sender.clone());
+                None => match self.connect_shared().await? {
+                    // Another request's connection: to the slot, or to the pool once it is idle.
+                    None => continue,
+                    Some(Fresh::Http1(sender)) => (sender, false),
+                    Some(Fresh::Http2(sender)) => {
                         // A new connection that cannot take one request is not retried.
-                        return self
-                            .send_h2(&sender, req)
-                            .await
-                            .map_err(|e| SendError::Exchange(e.into_error()));
+                        return match self.send_h2(&sender, req).await? {
+                            Ok(response) => Ok(response),
+                            Err(_) => Err(SendError::Connect("the new HTTP/2 connection closed at once".into())),
+                        };
                     }
                 },
             };
@@ -201,7 +242,7 @@ impl Pool {
                     req.uri()
                         .path_and_query()
                         .cloned()
-                        .unwrap_or_else(|| "/".parse().expect("a path")),
+                        .unwrap_or_else(|| PathAndQuery::from_static("/")),
                 );
             }
             req.headers_mut().insert(header::HOST, self.host.clone());
@@ -218,19 +259,30 @@ impl Pool {
         }
     }
 
-    /// Send on the shared HTTP/2 connection; a request the connection could not take is handed back in the error.
+    /// Send on the shared HTTP/2 connection: the response, or the request handed back when the connection could
+    /// not take it (`Ok(Err(req))`).
     async fn send_h2(
         &self,
         h2: &http2::SendRequest<RequestBody>,
         mut req: Request<RequestBody>,
-    ) -> Result<Response<PooledBody>, TrySendError<Request<RequestBody>>> {
+    ) -> Result<Result<Response<PooledBody>, Request<RequestBody>>, SendError> {
         // HTTP/2 carries the authority in the URI, not in `Host`.
         let mut parts = http::uri::Parts::from(std::mem::take(req.uri_mut()));
         parts.scheme = self.origin.scheme().cloned();
         parts.authority = self.origin.authority().cloned();
-        *req.uri_mut() = Uri::from_parts(parts).expect("origin and path make a URI");
-        let response = h2.clone().try_send_request(req).await?;
-        Ok(response.map(|inner| PooledBody { inner, home: None }))
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(PathAndQuery::from_static("/"));
+        }
+        *req.uri_mut() = Uri::from_parts(parts).map_err(|e| SendError::Connect(e.into()))?;
+        let bodiless = req.body().is_end_stream();
+        match h2.clone().try_send_request(req).await {
+            Ok(response) => Ok(Ok(response.map(|inner| PooledBody { inner, home: None }))),
+            Err(mut e) => match e.take_message() {
+                Some(unsent) => Ok(Err(unsent)),
+                None if bodiless && e.error().is_user() => Err(SendError::Unopened(e.into_error())),
+                None => Err(SendError::Exchange(e.into_error())),
+            },
+        }
     }
 
     /// An idle HTTP/1.1 connection that is open, not too old, and ready now. One still busy (the upstream
@@ -267,6 +319,40 @@ impl Pool {
         }
     }
 
+    /// A new connection, made at once when the upstream speaks HTTP/1.1, else once for all requests waiting
+    /// meanwhile: `None` when another request's attempt succeeded while this one waited (its connection is in the
+    /// slot, or the upstream turned out to speak HTTP/1.1); that attempt's error when it failed.
+    async fn connect_shared(&self) -> Result<Option<Fresh>, SendError> {
+        if self.http1.load(Ordering::Relaxed) {
+            return self.connect().await.map(Some);
+        }
+        let before = self.attempts.load(Ordering::Acquire);
+        let mut last_failure = self.connecting.lock().await;
+        if self.attempts.load(Ordering::Acquire) != before {
+            return match &*last_failure {
+                Some(e) => Err(SendError::Connect(Box::new(e.clone()))),
+                None => Ok(None),
+            };
+        }
+        if self.h2.load().as_ref().is_some_and(|h2| !h2.is_closed()) {
+            return Ok(None);
+        }
+        let made = match self.connect().await {
+            Err(SendError::Connect(e)) => {
+                let shared = SharedConnectError(Arc::from(e));
+                *last_failure = Some(shared.clone());
+                Err(SendError::Connect(Box::new(shared)))
+            }
+            made => {
+                *last_failure = None;
+                made.map(Some)
+            }
+        };
+        self.attempts.fetch_add(1, Ordering::Release);
+        made
+    }
+
+    /// A new connection; an HTTP/2 one is put in the slot.
     async fn connect(&self) -> Result<Fresh, SendError> {
         let io = self
             .connector
@@ -287,8 +373,12 @@ impl Pool {
                     tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
                 }
             });
+            let sender = Arc::new(sender);
+            self.h2.store(Some(sender.clone()));
+            self.http1.store(false, Ordering::Relaxed);
             return Ok(Fresh::Http2(sender));
         }
+        self.http1.store(true, Ordering::Relaxed);
         let (sender, conn) = http1::Builder::new().handshake(io).await?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -344,3 +434,6 @@ impl HttpBody for PooledBody {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -3,6 +3,9 @@
 //! `Current` carries everything derived from a token once (the `Authorization` value, claims, deadlines), so the
 //! hot path does one atomic load and two clock reads.
 
+// A panic aborts the process (`panic = "abort"`): nothing on the request path may unwrap or expect.
+#![deny(clippy::expect_used, clippy::unwrap_used)]
+
 use std::{
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -73,7 +76,6 @@ impl Stamp {
 #[derive(Debug)]
 pub struct Current {
     token: Token,
-    header: HeaderValue,
     /// Increases with every adoption; tells whether the token changed since a request took it.
     pub generation: u64,
     pub claims: Claims,
@@ -147,7 +149,6 @@ impl Current {
         } = a;
         let now = Stamp::now();
         Self {
-            header: token.bearer_header(),
             token,
             generation,
             claims,
@@ -166,9 +167,9 @@ impl Current {
         &self.token
     }
 
-    /// `Bearer <token>`, sensitive, built once.
+    /// `Bearer <token>`, sensitive, built once (with the [`Token`]).
     pub fn header(&self) -> &HeaderValue {
-        &self.header
+        self.token.bearer_header()
     }
 
     /// The revoke deadline on the wall clock.

@@ -86,6 +86,18 @@ impl RefreshHandle {
         rx.await
             .unwrap_or_else(|_| Err(RefreshError::Transient("the refresher has stopped".into())))
     }
+
+    /// Ask for a refresh after an upstream 401 without waiting for it (the request is answered at once): no
+    /// task, no wait. It joins a refresh in flight like any request, and is skipped like one within
+    /// `min_refresh_gap` or when the token changed since `seen`. A full queue drops it: refreshes are pending.
+    pub fn nudge(&self, seen: u64) {
+        let (reply, _) = oneshot::channel();
+        let _ = self.tx.try_send(Waiter {
+            trigger: Trigger::Upstream401,
+            seen: Some(seen),
+            reply,
+        });
+    }
 }
 
 /// Timing and storage settings of the refresher.

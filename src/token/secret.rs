@@ -1,4 +1,8 @@
-//! The token as a type that cannot leak: redacting `Debug`/`Display`, a fingerprint, a sensitive header value.
+//! The token as a type that cannot leak: redacting `Debug`/`Display`, a fingerprint, and its sensitive
+//! `Authorization` value, built and checked once when the token is parsed.
+
+// A panic aborts the process (`panic = "abort"`): nothing on the request path may unwrap or expect.
+#![deny(clippy::expect_used, clippy::unwrap_used)]
 
 use std::{fmt, sync::Arc};
 
@@ -20,13 +24,21 @@ pub enum TokenError {
     Expired,
 }
 
-/// An OAuth bearer token. Cheap to clone; never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Token(Arc<str>);
+/// An OAuth bearer token and its `Authorization` value. Cheap to clone; never printed. Only [`Token::parse`]
+/// makes one, so every token has a valid header value: the request path never builds or checks one.
+#[derive(Clone)]
+pub struct Token(Arc<Parsed>);
+
+struct Parsed {
+    text: Box<str>,
+    /// `Bearer <text>`, marked sensitive.
+    header: HeaderValue,
+}
 
 impl Token {
     /// Trim surrounding white space (a trailing newline is normal in Secret files) and check the characters:
-    /// visible ASCII only (RFC 6750 `b64token` is stricter; anything else could not travel in a header).
+    /// visible ASCII only (RFC 6750 `b64token` is stricter; anything else could not travel in a header). Builds
+    /// the `Authorization` value once.
     pub fn parse(text: &str) -> Result<Self, TokenError> {
         let t = text.trim();
         if t.is_empty() {
@@ -40,12 +52,15 @@ impl Token {
                 TokenError::InvalidCharacters
             });
         }
-        Ok(Self(Arc::from(t)))
+        // Visible ASCII is a valid header value, so this holds; it is checked here, once, rather than assumed.
+        let mut header = HeaderValue::try_from(format!("Bearer {t}")).map_err(|_| TokenError::InvalidCharacters)?;
+        header.set_sensitive(true);
+        Ok(Self(Arc::new(Parsed { text: t.into(), header })))
     }
 
-    /// The secret itself. Call sites are the refresh call, the state file and the header value: grep for them.
+    /// The secret itself. Call sites are the refresh call, the state file and scrubbing: grep for them.
     pub fn expose(&self) -> &str {
-        &self.0
+        &self.0.text
     }
 
     /// `sha256:` and the first 8 hex digits of the SHA-256 of the token: safe to log and show.
@@ -53,14 +68,19 @@ impl Token {
         fingerprint(self.expose())
     }
 
-    /// `Bearer <token>` marked sensitive (HPACK never-indexed; hidden from `Debug` by `http`).
-    pub fn bearer_header(&self) -> HeaderValue {
-        let mut value = HeaderValue::try_from(format!("Bearer {}", self.expose()))
-            .unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid"));
-        value.set_sensitive(true);
-        value
+    /// `Bearer <token>` marked sensitive (HPACK never-indexed; hidden from `Debug` by `http`), built once.
+    pub fn bearer_header(&self) -> &HeaderValue {
+        &self.0.header
     }
 }
+
+impl PartialEq for Token {
+    fn eq(&self, other: &Self) -> bool {
+        self.expose() == other.expose()
+    }
+}
+
+impl Eq for Token {}
 
 /// The fingerprint of any secret text.
 pub fn fingerprint(secret: &str) -> String {
@@ -108,5 +128,16 @@ mod tests {
         }
         assert_eq!(t.fingerprint().len(), "sha256:".len() + 8);
         assert!(t.bearer_header().is_sensitive());
+    }
+
+    #[test]
+    fn the_header_value_is_built_once_with_the_token() {
+        let t = Token::parse(" abc.def\n").unwrap();
+        assert_eq!(t.bearer_header(), "Bearer abc.def");
+        // Clones share it: the request path copies a reference, never rebuilds the value.
+        let copy = t.clone();
+        assert!(std::ptr::eq(t.bearer_header(), copy.bearer_header()));
+        assert_eq!(copy, t);
+        assert_ne!(Token::parse("other").unwrap(), t);
     }
 }

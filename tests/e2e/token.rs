@@ -321,6 +321,64 @@ async fn concurrent_upstream_401s_cause_one_refresh_and_gets_succeed_while_a_pos
     assert_eq!(posts, 1, "a POST is never replayed");
 }
 
+/// A 401 on a request that is not replayed (a POST) asks for a refresh and is answered at once, leaving nothing
+/// behind: during a slow refresh, a burst of them adds no task, and they cause one refresh between them.
+#[tokio::test]
+async fn a_burst_of_401s_on_posts_during_a_slow_refresh_adds_no_task_and_causes_one_refresh() {
+    let upstream = Upstream::spawn().await;
+    let proxy = ProxyBuilder::new(&upstream.url, &upstream.token())
+        .set("TOKEN__MIN_REFRESH_GAP", "0s")
+        .spawn()
+        .await;
+    proxy.startup_refresh_done().await;
+    let rejected = upstream.newest_token();
+    upstream.sim.reject_api_token(&rejected);
+    // Slow, within the refresh call's time-out (`request_timeout`, 5 s here).
+    upstream.sim.set_refresh_latency(Duration::from_secs(3));
+    let c = client();
+    let post = || async {
+        let r = c
+            .post(proxy.url("/payments"))
+            .header("content-type", "application/json")
+            .body(r#"{"amount":"1.00","currency":"EUR"}"#)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        // Read to the end, so the connection is reused.
+        r.bytes().await.unwrap();
+        status
+    };
+    // The first one starts the refresh; its connections are open before the count.
+    assert_eq!(post().await, 401);
+    let tasks = || tokio::runtime::Handle::current().metrics().num_alive_tasks();
+    let before = tasks();
+    for i in 0..50 {
+        assert_eq!(post().await, 401, "POST {i}");
+    }
+    let added = tasks().saturating_sub(before);
+    assert!(
+        added < 10,
+        "{added} more tasks after 50 POSTs answered 401 during one refresh"
+    );
+    assert!(
+        wait_for(|| async { upstream.newest_token() != rejected }).await,
+        "the refresh did not finish"
+    );
+    assert_eq!(
+        upstream.sim.refresh_calls().len(),
+        2,
+        "the start-up refresh and one for the burst"
+    );
+    let posts = upstream
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.method == http::Method::POST)
+        .count();
+    assert_eq!(posts, 51, "a POST is never replayed");
+}
+
 /// Every refresh response shape of the contract.
 #[tokio::test]
 async fn every_refresh_response_shape_yields_a_working_token() {

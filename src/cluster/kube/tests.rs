@@ -63,7 +63,10 @@ async fn kubeconfig_files_are_merged_as_kubectl_merges_them() {
 #[tokio::test]
 #[ignore = "run as a child process with HTTPS_PROXY set"]
 async fn child_reaches_the_api_directly() {
-    let kubeconfig = std::env::var("ISSETTLED_TEST_KUBECONFIG").expect("set by the parent test");
+    let Ok(kubeconfig) = std::env::var("ISSETTLED_TEST_KUBECONFIG") else {
+        println!("skipped: run by the_process_proxy_variables_are_not_used, which sets ISSETTLED_TEST_KUBECONFIG");
+        return;
+    };
     let client = client(&ApiSettings::with_kubeconfig(vec![kubeconfig.into()], CALL))
         .await
         .expect("client");
@@ -227,4 +230,84 @@ fn a_kubeconfig_without_current_context_is_refused() {
         from_kubeconfig(&[path]),
         Err(ClusterError::KubeconfigContents(_))
     ));
+}
+
+/// An API server on https://localhost with a certificate from a fresh CA; its answers are one Lease.
+async fn tls_api() -> (u16, String) {
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("CA");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .expect("params")
+        .signed_by(&key, &issuer)
+        .expect("certificate");
+    let server =
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = r#"{"apiVersion":"coordination.k8s.io/v1","kind":"Lease","metadata":{"name":"x","resourceVersion":"7"}}"#;
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(response.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (port, ca.pem())
+}
+
+#[tokio::test]
+async fn an_https_server_is_verified_with_the_kubeconfigs_certificate_authority() {
+    use base64::Engine as _;
+    let (port, ca_pem) = tls_api().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("ca.crt"), &ca_pem).expect("ca.crt");
+    let ca_data = base64::engine::general_purpose::STANDARD.encode(&ca_pem);
+    let trusts = [
+        ("data", format!("certificate-authority-data: {ca_data}")),
+        ("file beside the kubeconfig", "certificate-authority: ca.crt".to_owned()),
+        ("none: the call fails", String::new()),
+    ];
+    for (name, trust) in trusts {
+        let path = dir.path().join("kubeconfig");
+        let yaml = format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: c\ncontexts:\n- name: c\n  context:\n    cluster: c\n\
+             clusters:\n- name: c\n  cluster:\n    server: https://localhost:{port}\n    {trust}\n"
+        );
+        std::fs::write(&path, yaml).expect("write");
+        let client = client(&ApiSettings::with_kubeconfig(vec![path], CALL))
+            .await
+            .expect("client");
+        let result = Api::<Lease>::default_namespaced(client).get("x").await;
+        assert_eq!(result.is_ok(), !trust.is_empty(), "{name}: {:?}", result.err());
+    }
 }

@@ -176,6 +176,25 @@ async fn concurrent_requests_join_one_refresh() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn nudges_from_a_burst_of_401s_cause_one_refresh() {
+    let client = Arc::new(Scripted {
+        latency: Duration::from_secs(1),
+        ..Scripted::default()
+    });
+    let mut s = settings();
+    s.min_refresh_gap = Duration::ZERO;
+    let (cell, handle) = start(s, client.clone(), "initial");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let seen = cell.load().unwrap().generation;
+    for _ in 0..100 {
+        handle.nudge(seen);
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(calls(&client), 2, "the start-up refresh and one for 100 nudges");
+    assert_eq!(cell.load().unwrap().token().expose(), "minted-2");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_401_within_min_refresh_gap_causes_no_call() {
     let client = Arc::new(Scripted::default());
     let (cell, handle) = start(settings(), client.clone(), "initial");
