@@ -74,7 +74,9 @@ async fn an_unreachable_upstream_shows_at_warn_until_requests_fail() {
 #[tokio::test]
 async fn a_level_that_is_not_a_level_is_refused_by_check_config_and_run() {
     let upstream = "http://127.0.0.1:9";
-    let cases: [(&str, &str, &[(&str, &str)]); 4] = [
+    /// The key named, `log.level`, and the child's environment.
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+    let cases: [Case<'_>; 4] = [
         ("log.level", "warning", &[]),
         ("log.level", "verbose", &[]),
         ("log.level", "info,hyper=loud", &[]),

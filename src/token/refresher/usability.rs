@@ -92,9 +92,9 @@ mod tests {
     fn each_change_is_reported_once() {
         let mut w = Watch::default();
         assert_eq!(w.observe(None), None, "usable, as assumed");
-        let deadline = Some(Down::Unusable(Unusable::DeadlinePassed));
-        assert_eq!(w.observe(deadline), Some(Change::Down(deadline.unwrap())));
-        assert_eq!(w.observe(deadline), None, "once");
+        let deadline = Down::Unusable(Unusable::DeadlinePassed);
+        assert_eq!(w.observe(Some(deadline)), Some(Change::Down(deadline)));
+        assert_eq!(w.observe(Some(deadline)), None, "once");
         assert_eq!(w.observe(Some(Down::Revoked)), Some(Change::Down(Down::Revoked)));
         assert_eq!(w.observe(None), Some(Change::Up));
         assert_eq!(w.observe(None), None);
@@ -103,7 +103,7 @@ mod tests {
     #[test]
     fn a_start_without_a_token_is_reported() {
         let mut w = Watch::default();
-        let missing = Some(Down::Unusable(Unusable::Missing));
-        assert_eq!(w.observe(missing), Some(Change::Down(missing.unwrap())));
+        let missing = Down::Unusable(Unusable::Missing);
+        assert_eq!(w.observe(Some(missing)), Some(Change::Down(missing)));
     }
 }
