@@ -12,12 +12,13 @@ use axum::{
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
-    Json, Router,
+    Router,
 };
 
 use crate::{
-    errors::{json_response, AdminError, ErrorContext},
+    errors::{json_response, json_value_response, AdminError, ErrorContext},
     metrics::{Metrics, TokenGauges},
+    proxy::request_id,
     server::FromElsewhere,
     shutdown::{Phase, Shutdown, ShutdownSignal},
     token::{self, refresh::RefreshError, RefreshHandle, TokenCell, Trigger},
@@ -37,6 +38,8 @@ pub(crate) struct AdminState {
     pub upstream: String,
     /// The outbound proxy (no credentials), for `/status`.
     pub upstream_proxy: Option<String>,
+    /// `upstream.member_id`, if configured: `member_identification` in errors, as on the proxy port.
+    pub member_id: Option<String>,
     /// Cluster mode's election view; `None` in mode `off`.
     pub cluster: Option<Arc<dyn ClusterReport>>,
 }
@@ -55,8 +58,35 @@ pub(crate) fn router(state: Arc<AdminState>) -> Router {
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), refuse_foreign_posts))
         .with_state(state)
-        .layer(middleware::from_fn(refuse_foreign_posts))
+}
+
+/// An error of the admin port, filled in like every other error: `member_identification` from the
+/// configuration, `troubleshooting_id` the request's `X-Request-Id` (or a new id, returned in that header).
+fn error_response(state: &AdminState, error: &AdminError, path: &str, headers: &HeaderMap) -> Response {
+    with_error_context(state, error, path, headers, |_| {})
+}
+
+/// [`error_response`], with `amend` adding to the body.
+fn with_error_context(
+    state: &AdminState,
+    error: &AdminError,
+    path: &str,
+    headers: &HeaderMap,
+    amend: impl FnOnce(&mut crate::errors::ErrorBody),
+) -> Response {
+    let request_id = request_id::pick(headers);
+    let ctx = ErrorContext {
+        endpoint_url: Some(path),
+        member_id: state.member_id.as_deref(),
+        request_id: request_id.to_str().ok(),
+    };
+    let mut body = error.body(&ctx);
+    amend(&mut body);
+    let mut response = json_response(error.status_and_code().0, body.to_json());
+    response.headers_mut().insert(request_id::HEADER, request_id);
+    response
 }
 
 /// Whether a request is one a web page made a browser send: a state-changing method with an `Origin` header.
@@ -72,13 +102,9 @@ pub(crate) fn browser_post(method: &Method, headers: &HeaderMap) -> bool {
 /// probes, and whatever else the NetworkPolicy lets in (a scraper, another pod) could otherwise force refreshes
 /// against IsSettled or stop the sidecar. Operators reach it through `kubectl port-forward` or `kubectl exec`
 /// into the app container, which are local. Reads (`GET`) are served to everyone the listener accepts.
-async fn refuse_foreign_posts(request: Request, next: Next) -> Response {
+async fn refuse_foreign_posts(State(state): State<Arc<AdminState>>, request: Request, next: Next) -> Response {
     if let Some(error) = foreign_post(&request) {
-        let ctx = ErrorContext {
-            endpoint_url: Some(request.uri().path()),
-            ..ErrorContext::default()
-        };
-        return error.to_response(&ctx);
+        return error_response(&state, &error, request.uri().path(), request.headers());
     }
     next.run(request).await
 }
@@ -113,12 +139,11 @@ async fn healthz() -> &'static str {
 
 async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
     match readiness(&state, &token::snapshot(&state.token)) {
-        Ok(()) => Json(serde_json::json!({"ready": true})).into_response(),
-        Err(reason) => (
+        Ok(()) => json_value_response(StatusCode::OK, &serde_json::json!({"ready": true})),
+        Err(reason) => json_value_response(
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({"ready": false, "reason": reason})),
-        )
-            .into_response(),
+            &serde_json::json!({"ready": false, "reason": reason}),
+        ),
     }
 }
 
@@ -126,14 +151,16 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
     let snap = token::snapshot(&state.token);
     let ready = readiness(&state, &snap).is_ok();
     let cluster = state.cluster.as_ref().map(|c| c.report());
-    Json(status_json(
-        &snap,
-        ready,
-        &state.upstream,
-        state.upstream_proxy.as_deref(),
-        cluster.as_ref(),
-    ))
-    .into_response()
+    json_value_response(
+        StatusCode::OK,
+        &status_json(
+            &snap,
+            ready,
+            &state.upstream,
+            state.upstream_proxy.as_deref(),
+            cluster.as_ref(),
+        ),
+    )
 }
 
 async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
@@ -162,9 +189,9 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
     response
 }
 
-async fn refresh(State(state): State<Arc<AdminState>>) -> Response {
+async fn refresh(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
     match state.refresh.refresh_now(Trigger::Admin, None).await {
-        Ok(_) => Json(token_json(&token::snapshot(&state.token))).into_response(),
+        Ok(_) => json_value_response(StatusCode::OK, &token_json(&token::snapshot(&state.token))),
         Err(e) => {
             // A refused refresh leaves no usable token: the contract's 503. Anything else (the upstream failed,
             // answered garbage) is a failed refresh of a token that may still be usable.
@@ -175,14 +202,10 @@ async fn refresh(State(state): State<Arc<AdminState>>) -> Response {
                 RefreshError::NoToken => AdminError::TokenUnavailable("no token to refresh"),
                 other => AdminError::RefreshFailed(other.to_string()),
             };
-            let ctx = ErrorContext {
-                endpoint_url: Some("/refresh"),
-                ..ErrorContext::default()
-            };
-            let mut body = error.body(&ctx);
-            body.extra
-                .insert("token".into(), token_json(&token::snapshot(&state.token)));
-            json_response(error.status_and_code().0, body.to_json())
+            let token = token_json(&token::snapshot(&state.token));
+            with_error_context(&state, &error, "/refresh", &headers, |body| {
+                body.extra.insert("token".into(), token);
+            })
         }
     }
 }
@@ -196,15 +219,20 @@ async fn quit(State(state): State<Arc<AdminState>>) -> Response {
         );
         quit.advance(Phase::Draining);
     }
-    Json(serde_json::json!({"shutting_down": true})).into_response()
+    json_value_response(StatusCode::OK, &serde_json::json!({"shutting_down": true}))
 }
 
-async fn method_not_allowed() -> Response {
-    AdminError::MethodNotAllowed.to_response(&ErrorContext::default())
+async fn method_not_allowed(State(state): State<Arc<AdminState>>, request: Request) -> Response {
+    error_response(
+        &state,
+        &AdminError::MethodNotAllowed,
+        request.uri().path(),
+        request.headers(),
+    )
 }
 
-async fn not_found() -> Response {
-    AdminError::NotFound.to_response(&ErrorContext::default())
+async fn not_found(State(state): State<Arc<AdminState>>, request: Request) -> Response {
+    error_response(&state, &AdminError::NotFound, request.uri().path(), request.headers())
 }
 
 #[cfg(test)]

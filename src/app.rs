@@ -6,7 +6,7 @@ mod check;
 mod settings;
 mod stop;
 
-pub use check::{check, render_effective};
+pub use check::{check, render_effective, startup};
 pub(crate) use stop::Flush;
 
 use std::{future::Future, os::unix::fs::PermissionsExt, sync::Arc};
@@ -21,6 +21,7 @@ use crate::{
     proxy::{self, client, target::Target, ProxyState},
     server::{self, Limits, ListenerGroup},
     shutdown::{OsSignals, Phase, Shutdown},
+    telemetry,
     token::{self, refresh::HttpRefreshClient, RefreshHandle, Refresher, TokenCell},
 };
 use stop::Serving;
@@ -43,6 +44,9 @@ pub enum AppError {
     Cluster(String),
     #[error("stopped by a second signal before the shutdown finished")]
     SecondSignal,
+    /// `demo` cannot start (its ports are taken).
+    #[error("demo: {0}")]
+    Demo(String),
 }
 
 /// The sockets the app serves on, bound before it starts (tests bind `127.0.0.1:0`).
@@ -166,7 +170,7 @@ impl App {
         let egress = client::Egress::new(&cfg.upstream)?;
         egress.log_decision();
         let upstream = Arc::new(client::upstream_pool(&cfg.upstream, tls.clone(), &egress)?);
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::new().with_log_lines_dropped(telemetry::dropped_lines));
         let (refresher, cell, refresh) = token_keeper(cfg, tls, &egress, &metrics)?;
         let (refresher, cluster) = join_the_cluster(cfg, refresher, &metrics).await?;
         let (proxy_phase, admin_phase) = (Shutdown::new(), Shutdown::new());
@@ -187,6 +191,7 @@ impl App {
             quit: cfg.shutdown.enable_quit_endpoint.then(|| proxy_phase.clone()),
             upstream: cfg.upstream.base_url.as_string(),
             upstream_proxy: egress.proxy_shown(),
+            member_id: (!cfg.upstream.member_id.is_empty()).then(|| cfg.upstream.member_id.clone()),
             cluster: cluster.as_ref().map(Cluster::report),
         });
         let started = Started {

@@ -5,6 +5,7 @@
 
 mod env;
 mod file;
+mod log_filter;
 mod redact;
 mod validate;
 
@@ -165,7 +166,10 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub struct LogConfig {
     pub format: LogFormat,
+    /// `log.level` as configured.
     pub level: String,
+    /// The filter in effect: `RUST_LOG` when set, else `log.level`; both checked (a level or `target=level`).
+    pub filter: String,
 }
 
 /// `[cluster]`, validated. `None` in mode `off`.

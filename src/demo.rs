@@ -38,6 +38,16 @@ The token is refreshed every 30 s (the simulated upstream revokes it after 60 s 
     )
 }
 
+/// A port of the demo's in use: most likely by another demo.
+fn in_use(e: AppError) -> AppError {
+    match e {
+        AppError::Bind { what, addr, source } if source.kind() == std::io::ErrorKind::AddrInUse => AppError::Demo(
+            format!("{addr} ({what}) is in use: is another `issettled-proxy demo` running? Stop it (Ctrl-C) first"),
+        ),
+        other => other,
+    }
+}
+
 /// Run the demo until Ctrl-C.
 pub async fn run() -> Result<(), AppError> {
     let signals = shutdown::OsSignals::install();
@@ -49,15 +59,17 @@ pub async fn run() -> Result<(), AppError> {
     let mut env = config::process_env();
     env.insert("ISSETTLED_DEMO_TOKEN".into(), sim.mint_admin_token());
     let cfg = config::load(ConfigFile::Toml(DEMO_CONFIG), &env)?;
-    let _log = telemetry::init(cfg.log.format, &cfg.log.level);
+    // Every port is bound before logging starts: a demo that cannot start says so in one line.
     let sim_listener = tokio::net::TcpListener::bind(SIM_ADDRESS)
         .await
         .map_err(|source| AppError::Bind {
             what: "the simulated IsSettled",
             addr: SIM_ADDRESS.into(),
             source,
-        })?;
-    let listeners = app::Listeners::bind(&cfg).await?;
+        })
+        .map_err(in_use)?;
+    let listeners = app::Listeners::bind(&cfg).await.map_err(in_use)?;
+    let _log = telemetry::init(cfg.log.format, &cfg.log.filter);
     let router = sim.router();
     tokio::spawn(async move {
         if let Err(e) = axum::serve(sim_listener, router).await {

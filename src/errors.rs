@@ -38,9 +38,9 @@ pub(crate) enum ProxyError {
     /// Request header block over the limits.
     #[error("request headers exceed the limits ({0})")]
     HeadersTooLarge(&'static str),
-    /// Method outside `policy.allowed_methods`.
-    #[error("the method is not allowed")]
-    MethodNotAllowed,
+    /// Method outside `policy.allowed_methods`; the methods that are, for the `Allow` header.
+    #[error("the method is not one of policy.allowed_methods ({0})")]
+    MethodNotAllowed(Allow),
     /// Body over `policy.max_body_bytes`.
     #[error("the request body exceeds policy.max_body_bytes")]
     PayloadTooLarge,
@@ -95,7 +95,7 @@ impl ProxyError {
             HostNotAllowed => (StatusCode::FORBIDDEN, "HOST_NOT_ALLOWED"),
             OriginNotAllowed => (StatusCode::FORBIDDEN, "ORIGIN_NOT_ALLOWED"),
             HeadersTooLarge(_) => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "HEADERS_TOO_LARGE"),
-            MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
+            MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
             PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
             UpstreamUnreachable(_) => (StatusCode::BAD_GATEWAY, "UPSTREAM_UNREACHABLE"),
             UpstreamProtocol(_) => (StatusCode::BAD_GATEWAY, "UPSTREAM_PROTOCOL_ERROR"),
@@ -118,9 +118,35 @@ impl ProxyError {
         proxy_made_body(self.status_and_code(), self.to_string(), ctx)
     }
 
-    /// The complete response for this error.
+    /// The complete response for this error. A 405 says which methods are allowed (RFC 9110 §15.5.6: "The
+    /// origin server MUST generate an Allow header field in a 405 response").
     pub(crate) fn to_response(&self, ctx: &ErrorContext<'_>) -> Response<Body> {
-        json_response(self.status_and_code().0, self.body(ctx).to_json())
+        let mut response = json_response(self.status_and_code().0, self.body(ctx).to_json());
+        if let Self::MethodNotAllowed(allow) = self {
+            response.headers_mut().insert(header::ALLOW, allow.0.clone());
+        }
+        response
+    }
+}
+
+/// The value of an `Allow` header: the methods a 405 names (`GET, POST, DELETE`).
+#[derive(Debug, Clone)]
+pub struct Allow(HeaderValue);
+
+// === impl Allow ===
+
+impl Allow {
+    /// `methods`, comma-separated.
+    pub fn new(methods: &[http::Method]) -> Self {
+        let list = methods.iter().map(http::Method::as_str).collect::<Vec<_>>().join(", ");
+        // Method names are tokens, always a valid header value.
+        Self(HeaderValue::from_str(&list).unwrap_or(HeaderValue::from_static("")))
+    }
+}
+
+impl std::fmt::Display for Allow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.to_str().unwrap_or_default())
     }
 }
 
@@ -144,11 +170,6 @@ impl AdminError {
     pub(crate) fn body(&self, ctx: &ErrorContext<'_>) -> ErrorBody {
         proxy_made_body(self.status_and_code(), self.to_string(), ctx)
     }
-
-    /// The complete response for this error.
-    pub(crate) fn to_response(&self, ctx: &ErrorContext<'_>) -> Response<Body> {
-        json_response(self.status_and_code().0, self.body(ctx).to_json())
-    }
 }
 
 /// The nine-field body of an error the proxy made itself (`service_name` says so).
@@ -164,6 +185,11 @@ fn proxy_made_body((status, code): (StatusCode, &'static str), message: String, 
     body.member_identification = ctx.member_id.map(str::to_owned);
     body.troubleshooting_id = ctx.request_id.map(str::to_owned);
     body
+}
+
+/// A JSON response of `value` (the admin port's answers), ending with a newline like every JSON answer.
+pub fn json_value_response(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
+    json_response(status, serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec()))
 }
 
 /// What the proxy knows about a request when it writes an error for it.
@@ -183,8 +209,12 @@ impl axum::response::IntoResponse for ProxyError {
     }
 }
 
-/// A JSON response with the given status and bytes.
-pub(crate) fn json_response(status: StatusCode, json: Vec<u8>) -> Response<Body> {
+/// A JSON response with the given status and bytes, ending with a newline (added if missing): `curl` in a
+/// terminal then leaves the prompt on a line of its own.
+pub(crate) fn json_response(status: StatusCode, mut json: Vec<u8>) -> Response<Body> {
+    if json.last() != Some(&b'\n') {
+        json.push(b'\n');
+    }
     let mut response = Response::new(Body::from(json));
     *response.status_mut() = status;
     response
@@ -212,5 +242,18 @@ mod tests {
         assert_eq!(v["service_name"], "issettled-proxy");
         assert_eq!(v["troubleshooting_id"], "req-1");
         assert!(v["timestamp"].is_i64());
+    }
+
+    #[test]
+    fn a_405_names_the_allowed_methods_and_the_key() {
+        let e = ProxyError::MethodNotAllowed(Allow::new(&[http::Method::GET, http::Method::POST]));
+        let response = e.to_response(&ErrorContext::default());
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(response.headers()[header::ALLOW], "GET, POST");
+        let v: serde_json::Value = serde_json::from_slice(&e.body(&ErrorContext::default()).to_json()).unwrap();
+        assert_eq!(
+            v["long_message"],
+            "the method is not one of policy.allowed_methods (GET, POST)"
+        );
     }
 }

@@ -44,4 +44,5 @@ pub(crate) mod shutdown;
 pub mod sim;
 pub mod telemetry;
 pub mod token;
+mod upstream_error;
 pub mod wait;

@@ -7,7 +7,7 @@ use clap::Parser;
 use issettled_proxy::{
     app,
     cli::{Cli, Command},
-    config::{self, ConfigError, ConfigFile},
+    config::{self, Config, ConfigError, ConfigFile},
     telemetry, wait,
 };
 
@@ -33,38 +33,32 @@ fn main() -> ExitCode {
         }
     };
     match command {
-        Command::Run { config } => match config::load(ConfigFile::Path(&config), &config::process_env()) {
+        Command::Run { config } => match loaded(&config, app::startup) {
             Ok(cfg) => {
-                let _log = telemetry::init(cfg.log.format, &cfg.log.level);
+                let _log = telemetry::init(cfg.log.format, &cfg.log.filter);
                 exit(runtime.block_on(app::run_bound(cfg)))
             }
             Err(e) => config_error(&e),
         },
-        Command::CheckConfig { config } => {
-            let env = config::process_env();
-            match config::load(ConfigFile::Path(&config), &env)
-                .and_then(|cfg| app::check(&cfg).map_err(|e| e.naming_its_variable(&env)).map(|()| cfg))
-            {
-                Ok(cfg) => {
-                    print!("{}", app::render_effective(&cfg));
-                    ExitCode::SUCCESS
-                }
-                Err(e) => config_error(&e),
+        Command::CheckConfig { config } => match loaded(&config, app::check) {
+            Ok(cfg) => {
+                print!("{}", app::render_effective(&cfg));
+                ExitCode::SUCCESS
             }
-        }
+            Err(e) => config_error(&e),
+        },
         #[cfg(feature = "demo")]
         Command::Demo => exit(runtime.block_on(issettled_proxy::demo::run())),
-        Command::Wait { admin, timeout } => {
-            if runtime.block_on(wait::until_ready(&admin, timeout)) {
-                ExitCode::SUCCESS
-            } else {
+        Command::Wait { admin, timeout } => match runtime.block_on(wait::until_ready(&admin, timeout)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(why) => {
                 eprintln!(
-                    "issettled-proxy wait: {admin} was not ready within {}",
+                    "issettled-proxy wait: {admin} was not ready within {}: {why}",
                     humantime::format_duration(timeout)
                 );
                 ExitCode::from(1)
             }
-        }
+        },
     }
 }
 
@@ -81,6 +75,15 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         b
     };
     builder.enable_all().build()
+}
+
+/// Load the configuration file with the process environment and apply `checks` (`run` and `check-config` check
+/// the same things: see `app::startup` and `app::check`); their errors name the variable that set a bad value.
+fn loaded(path: &std::path::Path, checks: fn(&Config) -> Result<(), ConfigError>) -> Result<Config, ConfigError> {
+    let env = config::process_env();
+    let cfg = config::load(ConfigFile::Path(path), &env)?;
+    checks(&cfg).map_err(|e| e.naming_its_variable(&env))?;
+    Ok(cfg)
 }
 
 fn config_error(e: &ConfigError) -> ExitCode {

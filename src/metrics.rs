@@ -49,6 +49,8 @@ pub struct Metrics {
     handover_refused: AtomicU64,
     cluster_api_errors: [AtomicU64; CLUSTER_API_OPS.len()],
     in_flight: AtomicI64,
+    /// Reads the log writer's count of dropped lines (the writer is global and set up before the metrics).
+    log_lines_dropped: fn() -> u64,
 }
 
 /// Token gauges, computed by the caller at render time.
@@ -95,7 +97,14 @@ impl Metrics {
             handover_refused: AtomicU64::new(0),
             cluster_api_errors: Default::default(),
             in_flight: AtomicI64::new(0),
+            log_lines_dropped: || 0,
         }
+    }
+
+    /// Report `issettled_proxy_log_lines_dropped_total` from `count` (`telemetry::dropped_lines`).
+    pub fn with_log_lines_dropped(mut self, count: fn() -> u64) -> Self {
+        self.log_lines_dropped = count;
+        self
     }
 
     /// Count a request in flight until the guard drops.
@@ -237,6 +246,17 @@ impl Metrics {
             "issettled_proxy_token_handover_refused_total {}",
             self.handover_refused.load(Relaxed)
         );
+        header(
+            w,
+            "log_lines_dropped_total",
+            "counter",
+            "Log lines dropped because stdout did not keep up (logging never blocks the proxy).",
+        );
+        let _ = writeln!(
+            w,
+            "issettled_proxy_log_lines_dropped_total {}",
+            (self.log_lines_dropped)()
+        );
         gauge(
             w,
             "token_ready",
@@ -349,5 +369,14 @@ mod tests {
         assert!(text.contains("issettled_proxy_token_ready 1"));
         assert!(text.contains("issettled_proxy_token_revoke_deadline_seconds 600"));
         assert!(text.contains("issettled_proxy_in_flight_requests 0"));
+        assert!(text.contains("issettled_proxy_log_lines_dropped_total 0"));
+    }
+
+    #[test]
+    fn dropped_log_lines_are_read_from_the_writer() {
+        let m = Metrics::new().with_log_lines_dropped(|| 7);
+        assert!(m
+            .render(&TokenGauges::default())
+            .contains("issettled_proxy_log_lines_dropped_total 7\n"));
     }
 }

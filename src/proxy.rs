@@ -23,6 +23,7 @@ use http::Method;
 
 use crate::{
     config::InboundAuthorization,
+    errors::Allow,
     metrics::Metrics,
     shutdown::ShutdownSignal,
     token::{RefreshHandle, TokenCell},
@@ -36,6 +37,8 @@ pub(crate) struct Rules {
     pub allowed_hosts: Vec<String>,
     pub allowed_origins: Vec<String>,
     pub allowed_methods: Vec<Method>,
+    /// `allowed_methods` for the `Allow` header of a 405.
+    pub allow: Allow,
     pub allowed_path_prefixes: Vec<String>,
     /// `token.refresh_path`: the proxy's own endpoint, never forwarded for an app.
     pub refresh_path: crate::path::RefreshPath,

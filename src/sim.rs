@@ -28,6 +28,19 @@ mod tokens;
 
 use self::tokens::TokenBook;
 
+/// A JSON answer ending with a newline, as the proxy's own answers do (`curl` in a terminal then leaves the prompt
+/// on a line of its own: the demo's upstream is this simulation).
+#[derive(Debug)]
+struct JsonLine<T>(T);
+
+impl<T: serde::Serialize> axum::response::IntoResponse for JsonLine<T> {
+    fn into_response(self) -> axum::response::Response {
+        let mut body = serde_json::to_vec(&self.0).unwrap_or_else(|_| b"{}".to_vec());
+        body.push(b'\n');
+        ([(http::header::CONTENT_TYPE, "application/json")], body).into_response()
+    }
+}
+
 /// How the simulated upstream is set up.
 #[derive(Debug, Clone)]
 pub struct SimConfig {

@@ -23,31 +23,102 @@ pub(crate) fn admin_url(text: &str) -> Result<Url, String> {
     Ok(url)
 }
 
-/// True as soon as `{admin}/readyz` answers 200; false when `timeout` passes first.
-pub async fn until_ready(admin: &Url, timeout: Duration) -> bool {
+/// Why `wait` is still waiting, as last seen: printed when it gives up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Waiting {
+    /// Nothing answered (connection refused, no route, no answer in time).
+    NoAnswer(String),
+    /// The admin port answers that the sidecar is not ready, and why (`/readyz`'s reason).
+    NotReady(String),
+    /// Something answered that is not an admin port: the proxy port answers `HEAD /readyz` with 405.
+    NotAdmin(u16),
+}
+
+impl std::fmt::Display for Waiting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Waiting::NoAnswer(why) => write!(f, "nothing answered: {why}"),
+            Waiting::NotReady(reason) => write!(f, "not ready: {reason}"),
+            Waiting::NotAdmin(status) => write!(
+                f,
+                "this is not an admin port (HEAD /readyz answered {status}; the proxy port answers 405): give \
+                 --admin the sidecar's listen.admin_address"
+            ),
+        }
+    }
+}
+
+/// An `Origin` no proxy configuration lists: the proxy port refuses a request carrying it (403), locally.
+const NO_SUCH_ORIGIN: &str = "http://issettled-proxy-wait.invalid";
+
+/// `Ok` as soon as `{admin}/readyz` answers 200; at `timeout`, why it was still waiting.
+///
+/// It asks `HEAD /readyz`: the admin port answers it as `GET`, and the proxy port, if `--admin` names it by
+/// mistake, refuses it itself (HEAD is never in `policy.allowed_methods`), so nothing is ever sent upstream. The
+/// reason a sidecar is not ready is read once, at the end, with `GET /readyz` (with an `Origin` the proxy port
+/// would refuse, should a proxy port answer 503 to `HEAD` while it shuts down).
+pub async fn until_ready(admin: &Url, timeout: Duration) -> Result<(), Waiting> {
     crate::proxy::client::install_crypto_provider();
     let url = format!("{}/readyz", admin.as_str().trim_end_matches('/'));
-    let Ok(client) = reqwest::Client::builder()
+    let client = reqwest::Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(2))
         .build()
-    else {
-        return false;
-    };
+        .map_err(|e| Waiting::NoAnswer(e.to_string()))?;
     let deadline = Instant::now() + timeout;
+    let mut waiting = Waiting::NoAnswer("no answer yet".to_owned());
     loop {
-        let ready = tokio::time::timeout_at(deadline, client.get(&url).send()).await;
-        match ready {
-            Ok(Ok(r)) if r.status() == reqwest::StatusCode::OK => return true,
-            Err(_) => return false,
-            _ => {}
+        match tokio::time::timeout_at(deadline, client.head(&url).send()).await {
+            Ok(Ok(r)) if r.status() == reqwest::StatusCode::OK => return Ok(()),
+            Ok(Ok(r)) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => {
+                waiting = Waiting::NotReady(String::new());
+            }
+            Ok(Ok(r)) => waiting = Waiting::NotAdmin(r.status().as_u16()),
+            Ok(Err(e)) => waiting = Waiting::NoAnswer(no_answer(&e)),
+            Err(_) => break,
         }
         if Instant::now() + POLL >= deadline {
-            return false;
+            break;
         }
         tokio::time::sleep(POLL).await;
     }
+    if waiting == Waiting::NotReady(String::new()) {
+        waiting = Waiting::NotReady(reason(&client, &url).await);
+    }
+    Err(waiting)
+}
+
+/// Why a request got no answer, in a few words ("connection refused").
+fn no_answer(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        return "no answer within 2 s".to_owned();
+    }
+    let detail = std::error::Error::source(e)
+        .map(crate::upstream_error::explain)
+        .unwrap_or_default();
+    if detail.is_empty() {
+        e.to_string()
+    } else {
+        detail
+    }
+}
+
+/// `/readyz`'s reason (`{"ready": false, "reason": ...}`), or what was answered instead.
+async fn reason(client: &reqwest::Client, url: &str) -> String {
+    let answer = client
+        .get(url)
+        .header(reqwest::header::ORIGIN, NO_SUCH_ORIGIN)
+        .send()
+        .await;
+    let body = match answer {
+        Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => r.json::<serde_json::Value>().await.ok(),
+        Ok(r) => return format!("/readyz answered {} when asked why", r.status().as_u16()),
+        Err(e) => return no_answer(&e),
+    };
+    body.as_ref()
+        .and_then(|b| b["reason"].as_str())
+        .map_or_else(|| "/readyz gave no reason".to_owned(), str::to_owned)
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ pub(super) fn proxy_rules(cfg: &Config) -> Rules {
         allowed_hosts: cfg.listen.allowed_hosts.clone(),
         allowed_origins: cfg.listen.allowed_origins.clone(),
         allowed_methods: cfg.policy.allowed_methods.clone(),
+        allow: crate::errors::Allow::new(&cfg.policy.allowed_methods),
         allowed_path_prefixes: cfg.policy.allowed_path_prefixes.clone(),
         refresh_path: RefreshPath::new(&cfg.token.refresh_path),
         max_body_bytes: cfg.policy.max_body_bytes,

@@ -119,8 +119,12 @@ fn unknown_keys_are_refused() {
     assert!(err_key(load(ConfigFile::Toml(&text), &HashMap::new())).contains("surprise"));
     let text = MINIMAL.replace("member_id", "member_idx");
     assert!(err_key(load(ConfigFile::Toml(&text), &HashMap::new())).contains("member_idx"));
+    // An unknown key in a variable: the variable is named.
     let e = env(&[("ISSETTLED_PROXY__UPSTREAM__NOPE", "1")]);
-    assert!(err_key(load(ConfigFile::Toml(MINIMAL), &e)).contains("nope"));
+    assert_eq!(
+        err_key(load(ConfigFile::Toml(MINIMAL), &e)),
+        "ISSETTLED_PROXY__UPSTREAM__NOPE"
+    );
 }
 
 #[test]
@@ -316,6 +320,43 @@ fn a_token_in_place_of_a_path_is_refused_and_never_echoed() {
     // Paths that merely have dots are fine.
     let e = env(&[("ISSETTLED_PROXY__TOKEN__FILE", "/run/secrets/eyJ.token.v2")]);
     assert!(load(ConfigFile::Toml(MINIMAL), &e).is_ok());
+}
+
+#[test]
+fn allowed_methods_are_those_issettled_supports_in_any_case() {
+    let text = format!("{MINIMAL}\n[policy]\nallowed_methods = [\"get\", \"Post\", \"DELETE\"]\n");
+    let c = load(ConfigFile::Toml(&text), &HashMap::new()).unwrap();
+    assert_eq!(
+        c.policy.allowed_methods,
+        vec![Method::GET, Method::POST, Method::DELETE]
+    );
+    for other in ["PUT", "connect", "PATCH", "HEAD", "OPTIONS", "TRACE"] {
+        let text = format!("{MINIMAL}\n[policy]\nallowed_methods = [\"GET\", \"{other}\"]\n");
+        let message = load(ConfigFile::Toml(&text), &HashMap::new()).unwrap_err().to_string();
+        assert!(
+            message.starts_with("policy.allowed_methods: ") && message.contains("GET, POST and DELETE"),
+            "{other}: {message}"
+        );
+    }
+}
+
+/// Every method `policy.allowed_methods` accepts has its own label in `issettled_proxy_requests_total`.
+#[test]
+fn every_allowed_method_is_counted_by_its_name() {
+    let text = format!("{MINIMAL}\n[policy]\nallowed_methods = [\"GET\", \"POST\", \"DELETE\"]\n");
+    let c = load(ConfigFile::Toml(&text), &HashMap::new()).unwrap();
+    let metrics = crate::metrics::Metrics::new();
+    for m in &c.policy.allowed_methods {
+        metrics.request(m, 200, Duration::ZERO);
+    }
+    let text = metrics.render(&crate::metrics::TokenGauges::default());
+    for m in &c.policy.allowed_methods {
+        assert!(
+            text.contains(&format!("method=\"{m}\",status=\"200\"}} 1")),
+            "{m}:\n{text}"
+        );
+    }
+    assert!(!text.contains("OTHER\",status=\"200\""), "{text}");
 }
 
 fn cluster(extra: &str, env_pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {

@@ -56,6 +56,9 @@ fn method(key: &str, text: &str) -> Result<Method, ConfigError> {
     Method::from_bytes(upper.as_bytes()).map_err(|_| invalid(key, format!("`{text}` is not an HTTP method")))
 }
 
+/// The methods IsSettled supports: the only ones `policy.allowed_methods` may list.
+const UPSTREAM_METHODS: [Method; 3] = [Method::GET, Method::POST, Method::DELETE];
+
 fn methods(key: &str, list: &[String]) -> Result<Vec<Method>, ConfigError> {
     entries(key, list)?.into_iter().map(|m| method(key, m)).collect()
 }
@@ -337,6 +340,12 @@ fn policy(f: &super::file::PolicySection) -> Result<PolicyConfig, ConfigError> {
     if allowed_methods.is_empty() {
         return Err(invalid("policy.allowed_methods", "must list at least one method"));
     }
+    if let Some(other) = allowed_methods.iter().find(|m| !UPSTREAM_METHODS.contains(m)) {
+        return Err(invalid(
+            "policy.allowed_methods",
+            format!("`{other}`: IsSettled supports only GET, POST and DELETE"),
+        ));
+    }
     Ok(PolicyConfig {
         allowed_methods,
         allowed_path_prefixes,
@@ -346,7 +355,7 @@ fn policy(f: &super::file::PolicySection) -> Result<PolicyConfig, ConfigError> {
     })
 }
 
-fn log(f: &super::file::LogSection) -> Result<LogConfig, ConfigError> {
+fn log(f: &super::file::LogSection, env: &HashMap<String, String>) -> Result<LogConfig, ConfigError> {
     let format = match f.format.trim() {
         "json" => LogFormat::Json,
         "pretty" => LogFormat::Pretty,
@@ -357,10 +366,13 @@ fn log(f: &super::file::LogSection) -> Result<LogConfig, ConfigError> {
             ))
         }
     };
-    let level = f.level.trim().to_owned();
-    tracing_subscriber::EnvFilter::try_new(&level)
-        .map_err(|e| invalid("log.level", format!("`{level}` is not a level or filter: {e}")))?;
-    Ok(LogConfig { format, level })
+    let level = super::log_filter::filter("log.level", &f.level)?;
+    // RUST_LOG wins over log.level, and is held to the same rules: a blank one counts as unset.
+    let filter = match env.get("RUST_LOG").filter(|v| !v.trim().is_empty()) {
+        Some(rust_log) => super::log_filter::filter("RUST_LOG", rust_log)?,
+        None => level.clone(),
+    };
+    Ok(LogConfig { format, level, filter })
 }
 
 fn shutdown(f: &super::file::ShutdownSection) -> Result<ShutdownConfig, ConfigError> {
@@ -475,7 +487,7 @@ fn cluster(f: &super::file::ClusterSection, env: &HashMap<String, String>) -> Re
     }))
 }
 
-/// Validate the merged file form. `env` supplies the value of `token.env`.
+/// Validate the merged file form. `env` supplies the value of `token.env`, `RUST_LOG` and the pod's variables.
 pub(super) fn validate(mut raw: FileConfig, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
     let listen = listen(&raw.listen)?;
     let upstream = upstream(&raw.upstream, env)?;
@@ -486,7 +498,7 @@ pub(super) fn validate(mut raw: FileConfig, env: &HashMap<String, String>) -> Re
         upstream,
         token: token(&raw.token, env, raw.cluster.mode.trim() == "kubernetes")?,
         policy: policy(&raw.policy)?,
-        log: log(&raw.log)?,
+        log: log(&raw.log, env)?,
         shutdown: shutdown(&raw.shutdown)?,
         cluster: cluster(&raw.cluster, env)?,
         raw,

@@ -55,9 +55,12 @@ impl ErrorBody {
         }
     }
 
-    /// Serialize to JSON bytes (infallible for this type).
+    /// Serialize to JSON bytes (infallible for this type), ending with a newline: `curl` in a terminal then
+    /// leaves the prompt on a line of its own.
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_else(|_| b"{}".to_vec())
+        let mut json = serde_json::to_vec(self).unwrap_or_else(|_| b"{}".to_vec());
+        json.push(b'\n');
+        json
     }
 }
 

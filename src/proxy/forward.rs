@@ -281,7 +281,7 @@ fn check(state: &ProxyState, parts: &Parts) -> Result<(), ProxyError> {
         }
     }
     if !policy::method_allowed(&parts.method, &rules.allowed_methods) {
-        return Err(ProxyError::MethodNotAllowed);
+        return Err(ProxyError::MethodNotAllowed(rules.allow.clone()));
     }
     policy::header_limits(&parts.headers).map_err(ProxyError::HeadersTooLarge)?;
     let path = parts.uri.path();
@@ -355,12 +355,7 @@ fn classify(e: &SendError, body: Option<BodyFailure>) -> ProxyError {
     if matches!(e, SendError::Timeout) {
         return ProxyError::UpstreamTimeout;
     }
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    let mut detail = String::new();
-    while let Some(s) = source {
-        detail = s.to_string();
-        source = s.source();
-    }
+    let detail = crate::upstream_error::explain(e);
     if matches!(e, SendError::Connect(_)) {
         ProxyError::UpstreamUnreachable(detail)
     } else {

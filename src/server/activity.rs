@@ -40,6 +40,8 @@ pub(super) struct Activity {
     park: AtomicBool,
     /// The current request's body has been read to its end (or it had none).
     request_body_done: AtomicBool,
+    /// The current request's body was dropped before its end: hyper will close the connection after the response.
+    request_body_abandoned: AtomicBool,
     /// HTTP/2: bytes that arrive with no request in flight are frames (pings, window updates), not a head.
     http2: AtomicBool,
     /// A request began since the watchdog last looked (it may have ended too).
@@ -55,6 +57,12 @@ impl InRequest {
     /// connection is closed by hyper's GOAWAY instead.)
     pub(super) fn closes_http1(&self) -> bool {
         !self.0.is_http2() && self.0.requests.stopping()
+    }
+
+    /// Whether the request's body was dropped unread (an answer given before the body arrived): hyper then closes
+    /// the HTTP/1 connection after the response, which must say so.
+    pub(super) fn body_abandoned(&self) -> bool {
+        !self.0.is_http2() && self.0.request_body_abandoned.load(Relaxed)
     }
 
     /// The response has been handed to the socket in full; `keeps_alive` if neither side asked to close.
@@ -82,6 +90,7 @@ impl Activity {
             in_flight: AtomicU32::new(0),
             park: AtomicBool::new(false),
             request_body_done: AtomicBool::new(true),
+            request_body_abandoned: AtomicBool::new(false),
             http2: AtomicBool::new(false),
             began: AtomicBool::new(false),
         }
@@ -100,6 +109,14 @@ impl Activity {
     /// A request arrived; `body_done` if it has no body.
     pub(super) fn request_body(&self, body_done: bool) {
         self.request_body_done.store(body_done, Relaxed);
+        self.request_body_abandoned.store(false, Relaxed);
+    }
+
+    /// The current request's body was dropped; abandoned unless it had been read to its end.
+    pub(super) fn request_body_dropped(&self) {
+        if !self.request_body_done.load(Relaxed) {
+            self.request_body_abandoned.store(true, Relaxed);
+        }
     }
 
     /// The current request's body has been read to its end.

@@ -342,8 +342,13 @@ impl<H: Handler> Future for Respond<H> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut response = ready!(Pin::new(&mut self.call).poll(cx))?;
-        if self.request.as_ref().is_some_and(InRequest::closes_http1) {
-            // The listeners have stopped: hyper closes the connection after this response (RFC 9112 §9.6).
+        let closes = |r: &InRequest| r.closes_http1() || r.body_abandoned();
+        if self.request.as_ref().is_some_and(closes) {
+            // The listeners have stopped, or the handler answered without reading the request body (an error
+            // before the body arrived: hyper cannot tell where the next request starts, so it closes the
+            // connection after this response). Either way the response says so (RFC 9112 §9.6), or the app's
+            // next request on the connection would meet a broken pipe. Waiting for a body the proxy refused, only
+            // to keep the connection, would delay every such answer by the app's upload.
             response
                 .headers_mut()
                 .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
@@ -397,10 +402,16 @@ impl HttpBody for ResponseBody {
 }
 
 /// A request body that tells the connection when it has been read to its end: until then hyper has request
-/// bytes to read or discard, and the connection must not be parked.
+/// bytes to read or discard, and the connection must not be parked. Dropped before its end, it tells that too.
 struct EndReportingBody {
     inner: Incoming,
     activity: Arc<Activity>,
+}
+
+impl Drop for EndReportingBody {
+    fn drop(&mut self) {
+        self.activity.request_body_dropped();
+    }
 }
 
 impl HttpBody for EndReportingBody {

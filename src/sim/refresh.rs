@@ -83,7 +83,7 @@ pub(super) async fn refresh(State(shared): State<Arc<Shared>>, request: Request)
             json!({"data": {"token": token, "expires_at": humantime::format_rfc3339_seconds(at).to_string()}})
         }
     };
-    (StatusCode::OK, axum::Json(body)).into_response()
+    (StatusCode::OK, super::JsonLine(body)).into_response()
 }
 
 async fn answer_scripted(shared: &Shared, scripted: ScriptedResponse, path: &str) -> Response {

@@ -124,14 +124,14 @@ async fn gate(State(shared): State<Arc<Shared>>, request: Request, next: Next) -
 /// `GET /digital-accounts`.
 async fn accounts() -> Response {
     let list: Vec<Value> = ACCOUNTS.iter().map(|a| account_json(*a)).collect();
-    (StatusCode::OK, axum::Json(Value::Array(list))).into_response()
+    (StatusCode::OK, super::JsonLine(Value::Array(list))).into_response()
 }
 
 /// `GET /digital-accounts/{id}`: the account, or 404.
 async fn account(State(shared): State<Arc<Shared>>, uri: Uri) -> Response {
     let id = last_segment(&uri);
     match ACCOUNTS.iter().find(|a| a.0 == id) {
-        Some(a) => (StatusCode::OK, axum::Json(account_json(*a))).into_response(),
+        Some(a) => (StatusCode::OK, super::JsonLine(account_json(*a))).into_response(),
         None => error_response(
             &shared,
             StatusCode::NOT_FOUND,
@@ -153,7 +153,7 @@ async fn create_payment(State(shared): State<Arc<Shared>>, request: Request) -> 
         Ok(Value::Object(mut payment)) => {
             payment.insert("payment_id".to_owned(), Value::String(shared.next_payment_id()));
             payment.insert("status".to_owned(), Value::String("ACCEPTED".to_owned()));
-            (StatusCode::CREATED, axum::Json(Value::Object(payment))).into_response()
+            (StatusCode::CREATED, super::JsonLine(Value::Object(payment))).into_response()
         }
         Ok(_) => bad_request(&shared, &uri, "the payment must be a JSON object"),
         Err(e) => bad_request(&shared, &uri, format!("the body is not valid JSON: {e}")),
@@ -169,13 +169,13 @@ async fn payment(uri: Uri) -> Response {
         "currency": "EUR",
         "creditor_account": "DA-1002",
     });
-    (StatusCode::OK, axum::Json(body)).into_response()
+    (StatusCode::OK, super::JsonLine(body)).into_response()
 }
 
 /// `DELETE /payments/{id}`.
 async fn cancel_payment(uri: Uri) -> Response {
     let body = json!({"payment_id": last_segment(&uri), "status": "CANCELLED"});
-    (StatusCode::OK, axum::Json(body)).into_response()
+    (StatusCode::OK, super::JsonLine(body)).into_response()
 }
 
 /// `ANY /echo[/..]`: what the upstream received.
@@ -204,7 +204,7 @@ async fn echo(request: Request) -> Response {
         "body_len": body.len(),
         "body": String::from_utf8_lossy(shown),
     });
-    (StatusCode::OK, axum::Json(reply)).into_response()
+    (StatusCode::OK, super::JsonLine(reply)).into_response()
 }
 
 /// `POST /upload`: count the body frame by frame, publishing the count on the upload watch.
@@ -223,7 +223,7 @@ async fn upload(State(shared): State<Arc<Shared>>, request: Request) -> Response
             Err(e) => return bad_request(&shared, &parts.uri, format!("the upload broke off: {e}")),
         }
     }
-    (StatusCode::OK, axum::Json(json!({"received": received}))).into_response()
+    (StatusCode::OK, super::JsonLine(json!({"received": received}))).into_response()
 }
 
 /// `GET /redirect`: a redirect the proxy must pass back, not follow.
@@ -245,7 +245,7 @@ async fn slow(State(shared): State<Arc<Shared>>, uri: Uri) -> Response {
         );
     };
     tokio::time::sleep(Duration::from_millis(ms)).await;
-    (StatusCode::OK, axum::Json(json!({"slept_ms": ms}))).into_response()
+    (StatusCode::OK, super::JsonLine(json!({"slept_ms": ms}))).into_response()
 }
 
 /// `GET /hop`: hop-by-hop headers (RFC 9110 §7.6.1) the proxy must drop, and one it must keep.

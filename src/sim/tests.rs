@@ -461,7 +461,7 @@ async fn upload_counts_streamed_bytes() {
     let response = sim.router().oneshot(request).await.expect("infallible");
     assert_eq!(response.status(), StatusCode::OK);
     let body = response.into_body().collect().await.expect("body").to_bytes();
-    assert_eq!(&body[..], br#"{"received":4000}"#);
+    assert_eq!(&body[..], b"{\"received\":4000}\n");
     assert_eq!(*progress.borrow(), 4000);
     assert!(sim.requests()[0].body.is_empty());
 }

@@ -200,12 +200,9 @@ fn describe(e: &reqwest::Error) -> String {
     } else {
         "failed"
     };
-    let mut source = std::error::Error::source(e);
-    let mut detail = String::new();
-    while let Some(s) = source {
-        detail = s.to_string();
-        source = s.source();
-    }
+    let detail = std::error::Error::source(e)
+        .map(crate::upstream_error::explain)
+        .unwrap_or_default();
     if detail.is_empty() {
         format!("refresh call {kind}")
     } else {

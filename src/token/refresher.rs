@@ -10,7 +10,7 @@ use tokio::{
 };
 
 use super::{
-    cell::{Current, Stamp, TokenCell},
+    cell::{Current, Stamp, TokenCell, Unusable},
     refresh::{RefreshClient, RefreshError, Refreshed},
     schedule,
     source::FileWatch,
@@ -132,6 +132,8 @@ pub struct Refresher<C> {
     /// Why the token file's current content was refused, until a file token is adopted (shown as `last_error`
     /// while no refresh has failed since).
     file_refused: Option<String>,
+    /// Whether requests can be served, as last logged.
+    usability: usability::Watch,
     /// Where the chain is kept, and who may refresh it (see [`super::store`]).
     store: Box<dyn ChainStore>,
     authority: Box<dyn Authority>,
@@ -197,6 +199,7 @@ impl<C: RefreshClient> Refresher<C> {
             unconfirmed: None,
             persist_error: None,
             file_refused: None,
+            usability: usability::Watch::default(),
             store,
             authority: Box::new(Sole),
             events: None,
@@ -269,6 +272,24 @@ impl<C: RefreshClient> Refresher<C> {
                     }
                 }
             }
+            self.watch_usability();
+        }
+    }
+
+    /// Log, once, the moment requests start to fail for want of a usable token, and the moment they stop.
+    fn watch_usability(&mut self) {
+        let current = self.cell.load();
+        let down = match &current {
+            None if self.cell.status().revoked => Some(usability::Down::Revoked),
+            None if self.authority.shared() => Some(usability::Down::AwaitingChain),
+            None => Some(usability::Down::Unusable(Unusable::Missing)),
+            Some(c) => c.check(&Stamp::now()).err().map(usability::Down::Unusable),
+        };
+        if let Some(change) = self.usability.observe(down) {
+            let fingerprint = current
+                .map(|c| c.token().fingerprint())
+                .or_else(|| self.cell.status().last_fingerprint.clone());
+            usability::log(change, fingerprint);
         }
     }
 
@@ -358,6 +379,7 @@ impl<C: RefreshClient> Refresher<C> {
             }
         };
         let latency = started.elapsed();
+        let failed_before = self.failures;
         self.last_latency = latency;
         let result = match result {
             Ok(Refreshed::New { token, expires_at }) => self.adopt_refreshed(&old, token, expires_at).await,
@@ -399,19 +421,38 @@ impl<C: RefreshClient> Refresher<C> {
         };
         self.publish_schedule();
         let new = result.as_ref().ok();
-        tracing::info!(
-            event = "token_refresh",
-            trigger = trigger.as_str(),
-            outcome = match &result { Ok(_) => "ok", Err(e) => e.result_label() },
-            error = result.as_ref().err().map(|e| e.to_string()),
-            latency_ms = latency.as_millis() as u64,
-            old_fingerprint = %old.token().fingerprint(),
-            new_fingerprint = new.map(|c| c.token().fingerprint()),
-            next_refresh_at = self.cell.status().next_refresh_at.map(rfc3339),
-            revoke_deadline = new.map(|c| rfc3339(c.revoke_deadline())),
-            consecutive_failures = self.failures,
-            "token refresh"
-        );
+        // A failed attempt is a warning (the token may still be usable: see `watch_usability` for the moment it is
+        // not); a success is routine.
+        macro_rules! refresh_line {
+            ($level:ident) => {
+                tracing::$level!(
+                    event = "token_refresh",
+                    trigger = trigger.as_str(),
+                    outcome = match &result { Ok(_) => "ok", Err(e) => e.result_label() },
+                    error = result.as_ref().err().map(|e| e.to_string()),
+                    latency_ms = latency.as_millis() as u64,
+                    old_fingerprint = %old.token().fingerprint(),
+                    new_fingerprint = new.map(|c| c.token().fingerprint()),
+                    next_refresh_at = self.cell.status().next_refresh_at.map(rfc3339),
+                    revoke_deadline = new.map(|c| rfc3339(c.revoke_deadline())),
+                    consecutive_failures = self.failures,
+                    "token refresh"
+                )
+            };
+        }
+        if result.is_ok() {
+            refresh_line!(info);
+            if failed_before > 0 {
+                tracing::info!(
+                    event = "token_refresh_recovered",
+                    failed_attempts = failed_before,
+                    "the token refresh succeeded again after {failed_before} failed attempts"
+                );
+            }
+        } else {
+            refresh_line!(warn);
+        }
+        self.watch_usability();
         for w in waiters {
             let _ = w.reply.send(outcome.clone());
         }
@@ -424,7 +465,8 @@ impl<C: RefreshClient> Refresher<C> {
             self.cell.store(None);
             self.failures = 0;
             self.retry_at = None;
-            tracing::error!(
+            // The moment requests start to fail is logged at ERROR by `watch_usability`.
+            tracing::warn!(
                 event = "token_refused",
                 fingerprint = %old.token().fingerprint(),
                 "the upstream refused the token; waiting for the chain's newest link in the state Secret"
@@ -440,11 +482,7 @@ impl<C: RefreshClient> Refresher<C> {
             self.cell.store(None);
             self.failures = 0;
             self.retry_at = None;
-            tracing::error!(
-                event = "token_revoked",
-                fingerprint = %old.token().fingerprint(),
-                "the upstream refused the token: not ready until a new token appears in the token file"
-            );
+            // Logged at ERROR, with what to do, by `watch_usability` once the refresh is done.
             self.cell.update_status(|s| {
                 s.refreshing = false;
                 s.revoked = true;
@@ -486,3 +524,4 @@ mod adopt;
 mod chain;
 #[cfg(test)]
 mod tests;
+mod usability;

@@ -593,3 +593,38 @@ async fn admin_posts_from_another_machine_are_refused_and_local_ones_served() {
     assert_eq!(r.status(), 200, "from loopback it works");
     assert_eq!(upstream.sim.refresh_calls().len(), calls + 1);
 }
+
+/// An admin error is filled in like every other: `member_identification` from the configuration,
+/// `troubleshooting_id` the request's `X-Request-Id`, or a new id returned in that header.
+#[tokio::test]
+async fn admin_errors_name_the_member_and_the_request_id() {
+    let (upstream, proxy) = crate::support::refreshed_proxy().await;
+    upstream.sim.script_refresh(vec![
+        issettled_proxy::sim::ScriptedResponse::Status(500),
+        issettled_proxy::sim::ScriptedResponse::Status(500),
+    ]);
+    let r = client()
+        .post(proxy.admin_url("/refresh"))
+        .header("x-request-id", "ops-check-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(r.headers()["x-request-id"], "ops-check-1");
+    let body: Value = r.json().await.unwrap();
+    assert_schema(&body);
+    assert_eq!(body["member_identification"], "testBank", "{body}");
+    assert_eq!(body["troubleshooting_id"], "ops-check-1", "{body}");
+
+    let r = client().post(proxy.admin_url("/refresh")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    let minted = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["troubleshooting_id"], minted.as_str(), "{body}");
+    assert_eq!(body["member_identification"], "testBank", "{body}");
+
+    let (status, body) = crate::support::get_json(&proxy.admin_url("/nowhere")).await;
+    assert_eq!(status, 404);
+    assert_eq!(body["member_identification"], "testBank", "{body}");
+    assert!(body["troubleshooting_id"].is_string(), "{body}");
+}

@@ -431,6 +431,50 @@ async fn wait_exits_1_at_its_timeout() {
     assert!(took < Duration::from_secs(5), "overran its time-out: {took:?}");
 }
 
+/// `wait --admin ADDRESS --timeout 1s`: exit 1 and what it printed.
+async fn wait_gives_up(admin: &str) -> String {
+    let mut cmd = command();
+    cmd.args(["wait", "--admin", admin, "--timeout", "1s"]);
+    let out = output(cmd, Duration::from_secs(10)).await;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    stderr
+}
+
+/// When `wait` gives up it says why: nothing answered (connection refused), not ready with `/readyz`'s reason,
+/// or pointed at the proxy port, which is not an admin port (and its request never reaches the upstream).
+#[tokio::test]
+async fn wait_says_why_it_is_still_waiting_when_it_gives_up() {
+    let nothing = format!("http://127.0.0.1:{}", crate::support::binary::free_port());
+    let stderr = wait_gives_up(&nothing).await;
+    assert!(
+        stderr.contains("nothing answered") && stderr.to_lowercase().contains("refused"),
+        "{stderr}"
+    );
+
+    let upstream = crate::support::Upstream::spawn().await;
+    let cfg = BinConfig::new(&upstream.url);
+    let mut proxy = cfg.start();
+    proxy.wait_ready(&cfg.admin_url("/healthz")).await;
+    let stderr = wait_gives_up(&cfg.admin_url("")).await;
+    assert!(stderr.contains("not ready: no token loaded"), "{stderr}");
+
+    cfg.write_token(&upstream.token());
+    proxy.wait_ready(&cfg.admin_url("/readyz")).await;
+    upstream.sim.clear_log();
+    let stderr = wait_gives_up(&cfg.url("")).await;
+    assert!(stderr.contains("not an admin port"), "{stderr}");
+    let sent: Vec<String> = upstream
+        .sim
+        .requests()
+        .iter()
+        .map(|r| r.path_and_query.clone())
+        .collect();
+    assert!(sent.iter().all(|p| !p.contains("readyz")), "sent upstream: {sent:?}");
+    proxy.term();
+    assert_eq!(proxy.wait(Duration::from_secs(10)).await.code(), Some(0));
+}
+
 /// `wait --admin` without a scheme (or with another one) is a usage error: exit 2 at once, naming `--admin`,
 /// instead of polling a URL that can never answer until the time-out.
 #[tokio::test]
@@ -480,6 +524,41 @@ async fn demo_serves_and_stops() {
         "{}",
         demo.stdout()
     );
+    // Its JSON answers end with a newline (curl's output, then the prompt on its own line): the upstream's, the
+    // proxy's errors, the admin port's.
+    for (method, url) in [
+        (http::Method::GET, "http://127.0.0.1:8080/digital-accounts"),
+        (http::Method::PUT, "http://127.0.0.1:8080/payments/1"),
+        (http::Method::GET, "http://127.0.0.1:8080/errors/404"),
+        (http::Method::GET, "http://127.0.0.1:8081/status"),
+        (http::Method::GET, "http://127.0.0.1:8081/readyz"),
+        (http::Method::POST, "http://127.0.0.1:8081/refresh"),
+    ] {
+        let body = c
+            .request(method.clone(), url)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert!(
+            body.ends_with(b"}\n") || body.ends_with(b"]\n"),
+            "{method} {url}: {body:?}"
+        );
+    }
+    // A second demo meanwhile: one clear line on stderr, nothing else.
+    let mut again = command();
+    again.arg("demo");
+    let out = output(again, Duration::from_secs(10)).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("is another `issettled-proxy demo` running?"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
     demo.term();
     let status = demo.wait(Duration::from_secs(15)).await;
     assert_eq!(status.code(), Some(0), "stderr:\n{}", demo.stderr());

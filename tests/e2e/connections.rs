@@ -336,3 +336,47 @@ async fn the_unix_socket_has_mode_0660_and_serves_curl() {
     assert_eq!(upstream.sim.requests().len(), 1);
     drop(proxy);
 }
+
+/// A proxy-made error answered before the request body arrived (503 `TOKEN_UNAVAILABLE` to a POST whose body is
+/// still on its way): the app's next request on the connection is answered, or the response announced the close
+/// (`Connection: close`), so the app never writes into a connection the proxy has dropped.
+#[tokio::test]
+async fn an_error_before_the_body_arrived_keeps_the_connection_or_announces_its_close() {
+    const BODY: &[u8] = br#"{"amount":"1.00"}"#;
+    let upstream = Upstream::spawn().await;
+    for max in [PARKED, ACTIVE] {
+        let proxy = proxy_in(max, &upstream, &[("TOKEN__ENV", "ISSETTLED_NO_SUCH_VARIABLE")]).await;
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        let head = format!(
+            "POST /payments HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            BODY.len()
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let first = read_response(&mut s, LIMIT).await;
+        assert_eq!(raw_status(&first), 503, "{first}");
+        let announced = first
+            .split("\r\n\r\n")
+            .next()
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.eq_ignore_ascii_case("connection: close"));
+        if announced {
+            assert!(
+                closed_within(&mut s, LIMIT).await,
+                "announced a close, kept the connection"
+            );
+            continue;
+        }
+        // Not announced: the connection must take the body that was on its way, then the next request.
+        s.write_all(BODY).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let sent = s
+            .write_all(b"GET /digital-accounts HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await;
+        let second = read_response(&mut s, LIMIT).await;
+        assert!(
+            sent.is_ok() && raw_status(&second) == 503,
+            "max_connections {max}: the next request on the connection got {sent:?} {second:?} after:\n{first}"
+        );
+    }
+}

@@ -165,3 +165,53 @@ async fn a_gzipped_upstream_error_is_decoded_normalized_and_scrubbed() {
     });
     assert_eq!(accept.as_deref(), Some("gzip, deflate"), "{head}");
 }
+
+/// A 405 says which methods are allowed (RFC 9110 §15.5.6) and where that is configured.
+#[tokio::test]
+async fn a_405_carries_allow_and_names_policy_allowed_methods() {
+    let upstream = Upstream::spawn().await;
+    let proxy = ProxyBuilder::new(&upstream.url, &upstream.token())
+        .set("POLICY__ALLOWED_METHODS", "get,POST")
+        .spawn()
+        .await;
+    for method in [http::Method::PUT, http::Method::DELETE] {
+        let r = client()
+            .request(method.clone(), proxy.url("/payments/1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 405, "{method}");
+        assert_eq!(r.headers()[http::header::ALLOW], "GET, POST", "{method}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_schema(&body);
+        let message = body["long_message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("policy.allowed_methods") && message.contains("GET, POST"),
+            "{message}"
+        );
+    }
+}
+
+/// `https://` in `base_url` for an upstream that speaks plain HTTP: the answer and the refresh error say so,
+/// instead of rustls's "received corrupt message of type InvalidContentType".
+#[tokio::test]
+async fn https_to_a_plain_http_upstream_says_to_check_the_scheme() {
+    const SAYS: &str = "the upstream did not answer TLS: check the scheme of upstream.base_url";
+    let upstream = Upstream::spawn().await;
+    let https = upstream.url.replacen("http://", "https://", 1);
+    let proxy = ProxyBuilder::new(&https, &upstream.token()).spawn().await;
+    let (status, body) = get_json(&proxy.url("/digital-accounts")).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["code"], "UPSTREAM_UNREACHABLE", "{body}");
+    assert!(
+        body["long_message"].as_str().unwrap_or_default().contains(SAYS),
+        "{body}"
+    );
+    let refreshed = crate::support::wait_for(|| async {
+        proxy.status().await["token"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains(SAYS))
+    })
+    .await;
+    assert!(refreshed, "{}", proxy.status().await);
+}
