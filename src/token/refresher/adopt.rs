@@ -122,13 +122,7 @@ impl<C: RefreshClient> Refresher<C> {
     /// answer is logged and kept for `/status` (`last_error`), and the write retried: the token is used anyway.
     /// `Err` carries what the store holds when another writer came first.
     pub(super) async fn persist(&mut self, current: &Current) -> Result<(), Option<Persisted>> {
-        let link = Persisted {
-            token: current.token().clone(),
-            confirmed_at: current.confirmed.wall,
-            session_started_at: current.session_expires_at.checked_sub(self.settings.session_ttl),
-            origin: current.origin.clone(),
-            generation: self.chain_generation + 1,
-        };
+        let link = self.next_link(current);
         match self.store.save(&link).await {
             Ok(()) => {
                 self.persist_error = None;
@@ -147,6 +141,33 @@ impl<C: RefreshClient> Refresher<C> {
                 Ok(())
             }
         }
+    }
+
+    /// `current` as the chain's next link.
+    pub(super) fn next_link(&self, current: &Current) -> Persisted {
+        Persisted {
+            token: current.token().clone(),
+            confirmed_at: current.confirmed.wall,
+            session_started_at: current.session_expires_at.checked_sub(self.settings.session_ttl),
+            origin: current.origin.clone(),
+            generation: self.chain_generation + 1,
+        }
+    }
+
+    /// A usable token again after failures or a refusal: the failure count, back-off and warnings start over,
+    /// and `last_error` shows only what still stands; `also` adds to the status update.
+    pub(super) fn usable_again(&mut self, also: impl FnOnce(&mut crate::token::cell::RefreshStatus)) {
+        self.failures = 0;
+        self.retry_at = None;
+        self.unconfirmed = None;
+        let standing = self.standing_error();
+        self.cell.update_status(|s| {
+            s.revoked = false;
+            s.consecutive_failures = 0;
+            s.last_error = standing;
+            also(s);
+        });
+        self.publish_schedule();
     }
 
     /// Adopt a changed token file, after checking it; a refused file leaves the current token in place.

@@ -131,19 +131,9 @@ impl<C: RefreshClient> Refresher<C> {
                 let Ok(current) = self.put(Current::new(adoption)).await else {
                     return;
                 };
-                self.failures = 0;
-                self.retry_at = None;
-                self.unconfirmed = None;
                 self.warnings_logged = 0;
                 self.file_refused = None;
-                let standing = self.standing_error();
-                self.cell.update_status(|s| {
-                    s.revoked = false;
-                    s.consecutive_failures = 0;
-                    s.last_error = standing;
-                    s.last_refresh_at = Some(SystemTime::now());
-                });
-                self.publish_schedule();
+                self.usable_again(|s| s.last_refresh_at = Some(SystemTime::now()));
                 self.metrics.token_refresh(if offer.trigger == Trigger::File {
                     "file"
                 } else {
@@ -284,13 +274,7 @@ impl<C: RefreshClient> Refresher<C> {
             return;
         }
         if let Some(current) = self.cell.load() {
-            let link = Persisted {
-                token: current.token().clone(),
-                confirmed_at: current.confirmed.wall,
-                session_started_at: current.session_expires_at.checked_sub(self.settings.session_ttl),
-                origin: current.origin.clone(),
-                generation: self.chain_generation + 1,
-            };
+            let link = self.next_link(&current);
             tracing::warn!(
                 event = "state_restored",
                 key = self.store.key(),
@@ -330,17 +314,7 @@ impl<C: RefreshClient> Refresher<C> {
         }));
         self.cell.store(Some(current.clone()));
         self.set_chain_generation(link.generation);
-        self.failures = 0;
-        self.retry_at = None;
-        self.unconfirmed = None;
-        let standing = self.standing_error();
-        self.cell.update_status(|s| {
-            s.revoked = false;
-            s.consecutive_failures = 0;
-            s.last_error = standing;
-            s.last_sync_at = Some(SystemTime::now());
-        });
-        self.publish_schedule();
+        self.usable_again(|s| s.last_sync_at = Some(SystemTime::now()));
         tracing::info!(
             event = "token_adopted",
             source = "state_secret",
