@@ -22,11 +22,11 @@ use crate::{
     shutdown::{Phase, Shutdown, ShutdownSignal},
     token::{self, refresh::RefreshError, RefreshHandle, TokenCell, Trigger},
 };
-pub use status::{status_json, token_json, ClusterReport, ClusterStatus};
+pub(crate) use status::{status_json, token_json, ClusterReport, ClusterStatus};
 
 /// What the admin handlers read.
 #[derive(Debug)]
-pub struct AdminState {
+pub(crate) struct AdminState {
     pub token: Arc<TokenCell>,
     pub refresh: RefreshHandle,
     pub metrics: Arc<Metrics>,
@@ -42,7 +42,7 @@ pub struct AdminState {
 }
 
 /// The admin router.
-pub fn router(state: Arc<AdminState>) -> Router {
+pub(crate) fn router(state: Arc<AdminState>) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -63,7 +63,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
 /// A page can POST to `127.0.0.1:8081` without CORS (a "simple" request; it cannot read the answer, but the
 /// refresh or shutdown would happen). Browsers always send `Origin` on a cross-origin POST; curl, kubectl and
 /// probes do not. `listen.allowed_hosts` is not applied here: kubelet probes use the pod IP as `Host`.
-pub fn browser_post(method: &Method, headers: &HeaderMap) -> bool {
+pub(crate) fn browser_post(method: &Method, headers: &HeaderMap) -> bool {
     !method.is_safe() && headers.contains_key(header::ORIGIN)
 }
 
@@ -84,7 +84,7 @@ async fn refuse_foreign_posts(request: Request, next: Next) -> Response {
 }
 
 /// Why a request is refused before routing, if it is: a state-changing one from elsewhere, or from a browser.
-pub fn foreign_post<B>(request: &http::Request<B>) -> Option<AdminError> {
+pub(crate) fn foreign_post<B>(request: &http::Request<B>) -> Option<AdminError> {
     if request.method().is_safe() {
         None
     } else if request.extensions().get::<FromElsewhere>().is_some() {
@@ -97,7 +97,7 @@ pub fn foreign_post<B>(request: &http::Request<B>) -> Option<AdminError> {
 }
 
 /// Whether the proxy is ready, and if not, why, given a snapshot of the token.
-pub fn readiness(state: &AdminState, snap: &token::Snapshot) -> Result<(), &'static str> {
+pub(crate) fn readiness(state: &AdminState, snap: &token::Snapshot) -> Result<(), &'static str> {
     if state.signal.phase() != Phase::Running {
         return Err("shutting down");
     }

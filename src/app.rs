@@ -7,7 +7,7 @@ mod settings;
 mod stop;
 
 pub use check::{check, render_effective};
-pub use stop::Flush;
+pub(crate) use stop::Flush;
 
 use std::{future::Future, os::unix::fs::PermissionsExt, sync::Arc};
 
@@ -123,7 +123,7 @@ pub async fn run(cfg: Config, listeners: Listeners, signal: impl Future<Output =
 }
 
 /// Every part of a running sidecar, built from the configuration and not yet serving.
-pub struct App {
+pub(crate) struct App {
     proxy: Arc<ProxyState>,
     admin: Arc<AdminState>,
     refresher: Refresher<HttpRefreshClient>,
@@ -160,7 +160,7 @@ impl std::fmt::Debug for App {
 impl App {
     /// Build every part: clients (TLS material loaded), the token cell with its initial token, the refresher
     /// (joined to the Kubernetes API in cluster mode), the proxy's and the admin port's state.
-    pub async fn build(cfg: &Config) -> Result<Self, AppError> {
+    pub(crate) async fn build(cfg: &Config) -> Result<Self, AppError> {
         let tls = client::tls_config(&cfg.upstream)?;
         // One route and one set of proxy credentials for both upstream clients.
         let egress = client::Egress::new(&cfg.upstream)?;
@@ -209,7 +209,7 @@ impl App {
 
     /// Spawn the refresher and the servers: the proxy's TCP port and Unix socket share one
     /// `listen.max_connections`; the admin port has its own, so probes are answered when the proxy port is full.
-    pub fn serve(self, listeners: Listeners) -> Serving {
+    pub(crate) fn serve(self, listeners: Listeners) -> Serving {
         let refresher_stop = self.admin_phase.signal();
         let refresher = tokio::spawn(
             self.refresher

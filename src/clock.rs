@@ -4,19 +4,19 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Wall-clock milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     to_ms(SystemTime::now())
 }
 
 /// A wall-clock time as milliseconds since the epoch (0 before it).
-pub fn to_ms(t: SystemTime) -> i64 {
+pub(crate) fn to_ms(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
 
 /// RFC 3339 in UTC with millisecond precision.
-pub fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
@@ -24,7 +24,7 @@ pub fn rfc3339(t: SystemTime) -> String {
 const SECONDS_BELOW: f64 = 1e11;
 
 /// Read a timestamp given as epoch seconds or milliseconds (number or numeric string) or RFC 3339 text.
-pub fn parse_timestamp(v: &serde_json::Value) -> Option<SystemTime> {
+pub(crate) fn parse_timestamp(v: &serde_json::Value) -> Option<SystemTime> {
     let number = match v {
         serde_json::Value::Number(n) => n.as_f64()?,
         serde_json::Value::String(s) => {
@@ -56,7 +56,7 @@ const MAX_DATE_TIME: usize = 40;
 /// RFC 3339 date-time text (§5.6) at any UTC offset: `Z`, `z` or `±HH:MM`, `T` or `t` (or a space) between date
 /// and time, any fraction. Without an offset it is read as UTC, as before. humantime reads the date and time
 /// (it knows only UTC); the offset is applied here.
-pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
+pub(crate) fn parse_rfc3339(text: &str) -> Option<SystemTime> {
     let (local, offset_secs) = split_offset(text)?;
     if local.len() > MAX_DATE_TIME {
         return None;

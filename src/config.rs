@@ -13,7 +13,7 @@ use std::{collections::HashMap, net::SocketAddr, path::PathBuf, time::Duration};
 use http::{uri::Authority, uri::Scheme, Method};
 
 pub use file::FileConfig;
-pub use redact::render_effective;
+pub(crate) use redact::render_effective;
 
 /// Prefix of the environment variables that override file values.
 pub const ENV_PREFIX: &str = "ISSETTLED_PROXY";

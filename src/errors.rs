@@ -8,18 +8,18 @@
 
 pub mod normalize;
 pub mod schema;
-pub mod scrub;
+pub(crate) mod scrub;
 
 use axum::{
     body::Body,
     http::{header, HeaderValue, Response, StatusCode},
 };
 
-pub use schema::ErrorBody;
+pub(crate) use schema::ErrorBody;
 
 /// Everything the proxy can refuse or fail with on the proxy port.
 #[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     /// Malformed request, or an app `Authorization` header under `inbound_authorization = "reject"`.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
@@ -64,7 +64,7 @@ pub enum ProxyError {
 /// An error of the admin port's own requests (never forwarded upstream). Answered in the same nine-field schema
 /// as [`ProxyError`], with its codes from the same file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AdminError {
+pub(crate) enum AdminError {
     /// A state-changing request that a browser sent for a web page (it carries `Origin`).
     #[error("the admin port refuses POST requests that carry an Origin header (sent by browsers)")]
     CrossOrigin,
@@ -87,7 +87,7 @@ pub enum AdminError {
 
 impl ProxyError {
     /// THE mapping to status and contract code.
-    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+    pub(crate) fn status_and_code(&self) -> (StatusCode, &'static str) {
         use ProxyError::*;
         match self {
             BadRequest(_) => (StatusCode::BAD_REQUEST, "BAD_REQUEST"),
@@ -106,7 +106,7 @@ impl ProxyError {
     }
 
     /// Whether this is a fault of the upstream leg (counted in `issettled_proxy_upstream_errors_total`).
-    pub fn is_upstream_fault(&self) -> bool {
+    pub(crate) fn is_upstream_fault(&self) -> bool {
         matches!(
             self,
             Self::UpstreamUnreachable(_) | Self::UpstreamProtocol(_) | Self::UpstreamTimeout
@@ -114,12 +114,12 @@ impl ProxyError {
     }
 
     /// The nine-field body for this error in the context of one request.
-    pub fn body(&self, ctx: &ErrorContext<'_>) -> ErrorBody {
+    pub(crate) fn body(&self, ctx: &ErrorContext<'_>) -> ErrorBody {
         proxy_made_body(self.status_and_code(), self.to_string(), ctx)
     }
 
     /// The complete response for this error.
-    pub fn to_response(&self, ctx: &ErrorContext<'_>) -> Response<Body> {
+    pub(crate) fn to_response(&self, ctx: &ErrorContext<'_>) -> Response<Body> {
         json_response(self.status_and_code().0, self.body(ctx).to_json())
     }
 }
@@ -128,7 +128,7 @@ impl ProxyError {
 
 impl AdminError {
     /// The admin port's mapping to status and contract code.
-    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+    pub(crate) fn status_and_code(&self) -> (StatusCode, &'static str) {
         use AdminError::*;
         match self {
             CrossOrigin => (StatusCode::FORBIDDEN, "ORIGIN_NOT_ALLOWED"),
@@ -141,12 +141,12 @@ impl AdminError {
     }
 
     /// The nine-field body for this error in the context of one request.
-    pub fn body(&self, ctx: &ErrorContext<'_>) -> ErrorBody {
+    pub(crate) fn body(&self, ctx: &ErrorContext<'_>) -> ErrorBody {
         proxy_made_body(self.status_and_code(), self.to_string(), ctx)
     }
 
     /// The complete response for this error.
-    pub fn to_response(&self, ctx: &ErrorContext<'_>) -> Response<Body> {
+    pub(crate) fn to_response(&self, ctx: &ErrorContext<'_>) -> Response<Body> {
         json_response(self.status_and_code().0, self.body(ctx).to_json())
     }
 }
@@ -168,7 +168,7 @@ fn proxy_made_body((status, code): (StatusCode, &'static str), message: String, 
 
 /// What the proxy knows about a request when it writes an error for it.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct ErrorContext<'a> {
+pub(crate) struct ErrorContext<'a> {
     /// The request path (no query).
     pub endpoint_url: Option<&'a str>,
     /// `upstream.member_id`, if configured.
@@ -184,7 +184,7 @@ impl axum::response::IntoResponse for ProxyError {
 }
 
 /// A JSON response with the given status and bytes.
-pub fn json_response(status: StatusCode, json: Vec<u8>) -> Response<Body> {
+pub(crate) fn json_response(status: StatusCode, json: Vec<u8>) -> Response<Body> {
     let mut response = Response::new(Body::from(json));
     *response.status_mut() = status;
     response

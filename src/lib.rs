@@ -25,21 +25,21 @@
 //! - `sim`: the simulated IsSettled used by `demo` and the tests, and `demo`, only with the `demo` feature (on by
 //!   default); [`wait`], [`cli`]: commands.
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod app;
 pub mod cli;
-pub mod clock;
+pub(crate) mod clock;
 pub(crate) mod cluster;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod egress;
 pub mod errors;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod path;
 pub mod proxy;
-pub mod server;
-pub mod shutdown;
+pub(crate) mod server;
+pub(crate) mod shutdown;
 #[cfg(feature = "demo")]
 pub mod sim;
 pub mod telemetry;

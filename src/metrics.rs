@@ -17,14 +17,14 @@ const METHODS: [&str; 4] = ["GET", "POST", "DELETE", "OTHER"];
 /// Status codes 100..=599.
 const STATUSES: usize = 500;
 /// Histogram bucket upper bounds in seconds: fine below a millisecond (the proxy itself), wide above (the upstream).
-pub const BUCKETS: [f64; 16] = [
+pub(crate) const BUCKETS: [f64; 16] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 /// `issettled_proxy_upstream_errors_total{code}` values.
-pub const UPSTREAM_CODES: [&str; 3] = ["UPSTREAM_UNREACHABLE", "UPSTREAM_PROTOCOL_ERROR", "UPSTREAM_TIMEOUT"];
+pub(crate) const UPSTREAM_CODES: [&str; 3] = ["UPSTREAM_UNREACHABLE", "UPSTREAM_PROTOCOL_ERROR", "UPSTREAM_TIMEOUT"];
 /// `issettled_proxy_token_refresh_total{result}` values. `success` includes a 200/204 that kept the current
 /// token, which the contract counts as refreshed.
-pub const REFRESH_RESULTS: [&str; 6] = [
+pub(crate) const REFRESH_RESULTS: [&str; 6] = [
     "success",
     "file",
     "revoked",
@@ -34,7 +34,7 @@ pub const REFRESH_RESULTS: [&str; 6] = [
 ];
 
 /// `issettled_proxy_cluster_api_errors_total{op}` values: the Kubernetes API calls cluster mode makes.
-pub const CLUSTER_API_OPS: [&str; 5] = ["lease_get", "lease_update", "secret_get", "secret_update", "watch"];
+pub(crate) const CLUSTER_API_OPS: [&str; 5] = ["lease_get", "lease_update", "secret_get", "secret_update", "watch"];
 
 /// The registry.
 #[derive(Debug)]

@@ -35,7 +35,7 @@ pub fn check_path(path: &str) -> Result<(), PathError> {
 
 /// The usual API path, decided in one pass: `/`, then only letters, digits, `-`, `_`, `~` and single slashes.
 /// With no `.`, `%`, `\`, `;` or control byte in it, no rule of [`check_segments`] can refuse it.
-pub fn plain(path: &str) -> bool {
+pub(crate) fn plain(path: &str) -> bool {
     let bytes = path.as_bytes();
     bytes.first() == Some(&b'/')
         && bytes
@@ -45,7 +45,7 @@ pub fn plain(path: &str) -> bool {
 }
 
 /// Every rule, segment by segment: [`check_path`] for a path already known not to be [`plain`].
-pub fn check_segments(path: &str) -> Result<(), PathError> {
+pub(crate) fn check_segments(path: &str) -> Result<(), PathError> {
     let Some(rest) = path.strip_prefix('/') else {
         return Err(PathError::NotAbsolute);
     };
@@ -126,7 +126,7 @@ pub fn prefix_allowed(path: &str, prefixes: &[String]) -> bool {
 
 /// `token.refresh_path`, prepared once for the comparison on every request ([`RefreshPath::matches`]).
 #[derive(Debug, Clone)]
-pub struct RefreshPath {
+pub(crate) struct RefreshPath {
     /// Without its query.
     path: String,
     /// Without the slashes at both ends, when it has no `%` or `;` (the usual case): compared as it is.
@@ -135,7 +135,7 @@ pub struct RefreshPath {
 
 impl RefreshPath {
     /// Prepare `token.refresh_path` (its query, if any, is not part of the comparison).
-    pub fn new(refresh: &str) -> Self {
+    pub(crate) fn new(refresh: &str) -> Self {
         let path = refresh.split('?').next().unwrap_or_default().to_owned();
         let plain = (!path.contains(['%', ';'])).then(|| path.trim_matches('/').to_owned());
         Self { path, plain }
@@ -145,7 +145,7 @@ impl RefreshPath {
     /// refresh path) names the token refresh endpoint. Read the way an upstream might read it: one round of
     /// percent-decoding, ASCII case, `;params` and a trailing slash ignored. `path_is_plain` is [`plain`]`(path)`,
     /// which the handler has already worked out for [`check_path`]: the usual path is not scanned again.
-    pub fn matches(&self, path: &str, path_is_plain: bool) -> bool {
+    pub(crate) fn matches(&self, path: &str, path_is_plain: bool) -> bool {
         // With no `%` or `;` on either side, nothing is decoded or cut off, so the segments match exactly when
         // the paths do (ignoring ASCII case and the slashes at both ends).
         if let (true, Some(refresh)) = (path_is_plain, &self.plain) {

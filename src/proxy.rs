@@ -4,17 +4,17 @@
 // A panic aborts the process (`panic = "abort"`): nothing on the request path may unwrap or expect.
 #![deny(clippy::expect_used, clippy::unwrap_used)]
 
-pub mod body;
+pub(crate) mod body;
 pub mod client;
-pub mod deadline;
-pub mod encoding;
-pub mod forward;
-pub mod headers;
-pub mod policy;
-pub mod pool;
-pub mod request_id;
-pub mod target;
-pub mod tcp;
+pub(crate) mod deadline;
+pub(crate) mod encoding;
+pub(crate) mod forward;
+pub(crate) mod headers;
+pub(crate) mod policy;
+pub(crate) mod pool;
+pub(crate) mod request_id;
+pub(crate) mod target;
+pub(crate) mod tcp;
 pub(crate) mod tunnel;
 
 use std::{sync::Arc, time::Duration};
@@ -32,7 +32,7 @@ use target::Target;
 
 /// The request rules (built from the configuration by the app).
 #[derive(Debug, Clone)]
-pub struct Rules {
+pub(crate) struct Rules {
     pub allowed_hosts: Vec<String>,
     pub allowed_origins: Vec<String>,
     pub allowed_methods: Vec<Method>,
@@ -48,7 +48,7 @@ pub struct Rules {
 
 /// Everything the handler reads. Built once by the app.
 #[derive(Debug)]
-pub struct ProxyState {
+pub(crate) struct ProxyState {
     pub rules: Rules,
     pub target: Target,
     pub client: Arc<Pool>,
@@ -61,6 +61,6 @@ pub struct ProxyState {
 /// The proxy port's service: [`forward::forward`] for every request, without a router in front. An axum
 /// fallback is a catch-all route: a path lookup and a parameters map per request, for a port that has one
 /// handler (bench/README.md has the instruction counts).
-pub fn handler(state: Arc<ProxyState>) -> impl crate::server::Handler {
+pub(crate) fn handler(state: Arc<ProxyState>) -> impl crate::server::Handler {
     axum::handler::Handler::with_state(forward::forward, state)
 }

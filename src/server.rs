@@ -32,7 +32,7 @@ use crate::shutdown::{Phase, ShutdownSignal};
 use in_flight::RequestsInFlight;
 
 /// An accepted connection: bytes both ways, and a readiness check for while it is parked.
-pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static {
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static {
     /// Ready when there are bytes (or end of stream) to read.
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 
@@ -53,14 +53,14 @@ impl Stream for TcpStream {
 }
 
 /// Whether a peer address is this machine's (this pod's) loopback, IPv4-mapped IPv6 included.
-pub fn is_local(ip: std::net::IpAddr) -> bool {
+pub(crate) fn is_local(ip: std::net::IpAddr) -> bool {
     ip.to_canonical().is_loopback()
 }
 
 /// Marks a request whose connection came from elsewhere ([`Stream::peer_elsewhere`]); absent for local peers,
 /// which is every request on a loopback-bound port. The admin port refuses state-changing requests with it.
 #[derive(Debug, Clone, Copy)]
-pub struct FromElsewhere;
+pub(crate) struct FromElsewhere;
 
 impl Stream for UnixStream {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -69,7 +69,7 @@ impl Stream for UnixStream {
 }
 
 /// A listener the accept loop can take connections from.
-pub trait Accept: Send + 'static {
+pub(crate) trait Accept: Send + 'static {
     /// The connection type.
     type Io: Stream;
     /// Take the next connection.
@@ -95,7 +95,7 @@ impl Accept for UnixListener {
 
 /// Connection-level limits from `[listen]`.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Connections beyond this are not served until one closes ([`ListenerGroup`]).
     pub max_connections: usize,
     /// A request head not complete after this long closes the connection.
@@ -118,7 +118,7 @@ const PARK_SHARE: usize = 32;
 /// a few dozen connections from its app should not pay. Below the share, at most `max_connections / PARK_SHARE`
 /// connections keep their buffers (5 MiB at the default).
 #[derive(Debug, Clone)]
-pub struct ListenerGroup {
+pub(crate) struct ListenerGroup {
     slots: Arc<Semaphore>,
     max: usize,
     requests: RequestsInFlight,
@@ -126,7 +126,7 @@ pub struct ListenerGroup {
 
 impl ListenerGroup {
     /// A limit of `max_connections` (at least 1) for the listeners that will share it, which stop on `stop`.
-    pub fn new(max_connections: usize, stop: ShutdownSignal) -> Self {
+    pub(crate) fn new(max_connections: usize, stop: ShutdownSignal) -> Self {
         let max = max_connections.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
         Self {
             slots: Arc::new(Semaphore::new(max)),
@@ -147,17 +147,17 @@ fn parks(open: usize, max: usize) -> bool {
 }
 
 /// Most headers hyper's parser accepts; the proxy's own, lower limit answers 431 in the error schema.
-pub const PARSER_MAX_HEADERS: usize = 500;
+pub(crate) const PARSER_MAX_HEADERS: usize = 500;
 
 /// The most an HTTP/1 connection buffers (hyper's `max_buf_size`; its default is about 408 KiB). A request head
 /// must fit in it: between the proxy's own 32 KiB header limit (a 431 in the error schema) and this, the head
 /// still reaches the proxy; beyond it, hyper answers its bare 431 at once and closes, instead of holding the
 /// bytes until `header_read_timeout`.
-pub const PARSER_MAX_BUFFER: usize = 48 * 1024;
+pub(crate) const PARSER_MAX_BUFFER: usize = 48 * 1024;
 
 /// What a listener serves: a tower service from request to response that cannot fail. The admin port serves its
 /// axum `Router`; the proxy port serves its one handler directly, with no routing (it takes every path).
-pub trait Handler:
+pub(crate) trait Handler:
     tower::Service<
         http::Request<axum::body::Body>,
         Response = axum::response::Response,
@@ -193,7 +193,7 @@ impl<T> Handler for T where
 /// A connection is accepted first and then waits for a free slot, unserved: a slot taken before accepting would
 /// sit idle in one listener's accept while another listener sharing the limit has a connection waiting. So
 /// beyond the limit each listener holds at most one accepted connection; the rest wait in the kernel's queue.
-pub async fn serve<A: Accept, H: Handler>(
+pub(crate) async fn serve<A: Accept, H: Handler>(
     mut listener: A,
     handler: H,
     limits: Limits,

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 /// Where the process is in its shutdown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Phase {
+pub(crate) enum Phase {
     Running = 0,
     Draining = 1,
     Stopping = 2,
@@ -21,14 +21,14 @@ pub enum Phase {
 
 /// Moves the phases forward. Owned by the app.
 #[derive(Debug, Clone)]
-pub struct Shutdown {
+pub(crate) struct Shutdown {
     tx: Arc<watch::Sender<Phase>>,
     phase: Arc<AtomicU8>,
 }
 
 /// Reads the phase: an atomic load on the hot path, a future for tasks.
 #[derive(Debug, Clone)]
-pub struct ShutdownSignal {
+pub(crate) struct ShutdownSignal {
     rx: watch::Receiver<Phase>,
     phase: Arc<AtomicU8>,
 }
@@ -41,7 +41,7 @@ impl Default for Shutdown {
 
 impl Shutdown {
     /// Running.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let (tx, _) = watch::channel(Phase::Running);
         Self {
             tx: Arc::new(tx),
@@ -50,7 +50,7 @@ impl Shutdown {
     }
 
     /// A reader.
-    pub fn signal(&self) -> ShutdownSignal {
+    pub(crate) fn signal(&self) -> ShutdownSignal {
         ShutdownSignal {
             rx: self.tx.subscribe(),
             phase: self.phase.clone(),
@@ -58,7 +58,7 @@ impl Shutdown {
     }
 
     /// Move forward to `phase` (never backward).
-    pub fn advance(&self, phase: Phase) {
+    pub(crate) fn advance(&self, phase: Phase) {
         self.phase.fetch_max(phase as u8, Ordering::SeqCst);
         self.tx.send_if_modified(|p| {
             let changed = *p < phase;
@@ -72,7 +72,7 @@ impl Shutdown {
 
 impl ShutdownSignal {
     /// The current phase.
-    pub fn phase(&self) -> Phase {
+    pub(crate) fn phase(&self) -> Phase {
         match self.phase.load(Ordering::Relaxed) {
             0 => Phase::Running,
             1 => Phase::Draining,
@@ -81,7 +81,7 @@ impl ShutdownSignal {
     }
 
     /// Resolves once the phase reaches `phase`.
-    pub async fn reached(&self, phase: Phase) {
+    pub(crate) async fn reached(&self, phase: Phase) {
         let mut rx = self.rx.clone();
         let _ = rx.wait_for(|p| *p >= phase).await;
     }
@@ -90,7 +90,7 @@ impl ShutdownSignal {
 /// SIGTERM and SIGINT as they arrive, counted: the first starts the graceful shutdown, a second cuts it short
 /// (what operators expect of a second Ctrl-C). Each is logged with its name.
 #[derive(Debug, Clone)]
-pub struct OsSignals {
+pub(crate) struct OsSignals {
     count: watch::Receiver<u32>,
 }
 
@@ -99,7 +99,7 @@ pub struct OsSignals {
 impl OsSignals {
     /// Install the handlers now, not when a future is first polled: a SIGTERM that arrives while the servers
     /// start must not kill the process outright. Call within the runtime.
-    pub fn install() -> Self {
+    pub(crate) fn install() -> Self {
         use tokio::signal::unix::{signal, SignalKind};
         let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
         let (tx, count) = watch::channel(0);
@@ -130,7 +130,7 @@ impl OsSignals {
     }
 
     /// Resolves once the `n`th signal has arrived (1: the first).
-    pub fn nth(&self, n: u32) -> impl std::future::Future<Output = ()> + Send + 'static {
+    pub(crate) fn nth(&self, n: u32) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut count = self.count.clone();
         async move {
             if count.wait_for(|c| *c >= n).await.is_err() {

@@ -11,7 +11,7 @@ const POLL: Duration = Duration::from_millis(100);
 
 /// Parse `--admin`: an `http://` URL with a host, such as `http://127.0.0.1:8081` (the admin port speaks plain
 /// HTTP). Checked before waiting, so a mistyped address fails at once instead of at the time-out.
-pub fn admin_url(text: &str) -> Result<Url, String> {
+pub(crate) fn admin_url(text: &str) -> Result<Url, String> {
     const EXAMPLE: &str = "an http:// URL such as http://127.0.0.1:8081";
     let url = Url::parse(text.trim()).map_err(|e| format!("not {EXAMPLE}: {e}"))?;
     if url.scheme() != "http" || url.host_str().is_none_or(str::is_empty) {

@@ -12,6 +12,7 @@ fuzz_target!(|input: (u16, &[u8])| {
         member_id: Some("bankName"),
         request_id: "fuzz",
         now_ms: 1_651_224_866_578,
+        redact: None,
     };
     let json: serde_json::Value =
         serde_json::from_slice(&normalize(status, body, &fill).to_json()).expect("normalization writes JSON");

@@ -11,7 +11,7 @@ fn time(t: Option<SystemTime>) -> Value {
 }
 
 /// The `token` object of `/status` (also the answer of `POST /refresh`).
-pub fn token_json(s: &Snapshot) -> Value {
+pub(crate) fn token_json(s: &Snapshot) -> Value {
     json!({
         "state": s.state.as_str(),
         "fingerprint": s.fingerprint,
@@ -29,7 +29,7 @@ pub fn token_json(s: &Snapshot) -> Value {
 
 /// What cluster mode reports about this replica's place in the election (no secret in it).
 #[derive(Debug, Clone, Default)]
-pub struct ClusterStatus {
+pub(crate) struct ClusterStatus {
     /// `leader`, `follower` or `candidate`.
     pub role: &'static str,
     pub identity: String,
@@ -39,7 +39,7 @@ pub struct ClusterStatus {
 }
 
 /// Where `/status` and `/metrics` read cluster mode's view from (implemented by the cluster module).
-pub trait ClusterReport: Send + Sync + std::fmt::Debug {
+pub(crate) trait ClusterReport: Send + Sync + std::fmt::Debug {
     /// The election as this replica sees it now.
     fn report(&self) -> ClusterStatus;
 }
@@ -59,7 +59,7 @@ fn cluster_json(c: &ClusterStatus, s: &Snapshot) -> Value {
 
 /// The whole `/status` document. `upstream_proxy` is the outbound proxy every call goes through (no
 /// credentials), if any.
-pub fn status_json(
+pub(crate) fn status_json(
     s: &Snapshot,
     ready: bool,
     upstream: &str,

@@ -24,10 +24,10 @@ const HURRIED_BACKGROUND_GRACE: Duration = Duration::from_secs(2);
 /// Work that must end before the process exits, after the refresher has stopped: the hook for what outlives a
 /// refresh, such as releasing the cluster mode's Lease. It gets the same last words as the refresher (at most
 /// [`HURRIED_BACKGROUND_GRACE`] after a second signal); the exit does not wait for it past them.
-pub type Flush = Pin<Box<dyn Future<Output = ()> + Send>>;
+pub(crate) type Flush = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// The running servers and tasks, as [`super::App::serve`] left them.
-pub struct Serving {
+pub(crate) struct Serving {
     pub(super) proxies: Vec<JoinHandle<()>>,
     pub(super) admin: JoinHandle<()>,
     pub(super) refresher: JoinHandle<()>,
@@ -53,7 +53,7 @@ impl std::fmt::Debug for Serving {
 
 impl Serving {
     /// Serve until `signal` completes or `POST /quitquitquit` asks to stop.
-    pub async fn until(self, signal: impl Future<Output = ()>) -> Self {
+    pub(crate) async fn until(self, signal: impl Future<Output = ()>) -> Self {
         let quit = self.proxy_phase.signal();
         tokio::select! {
             () = signal => {},
@@ -63,7 +63,10 @@ impl Serving {
     }
 
     /// The shutdown sequence. `second_signal` cuts it short.
-    pub async fn shut_down(self, second_signal: impl Future<Output = ()> + Send + 'static) -> Result<(), AppError> {
+    pub(crate) async fn shut_down(
+        self,
+        second_signal: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), AppError> {
         let hurry = Hurry::on(second_signal);
         drain(&self.proxy_phase, self.timing.delay, &hurry).await;
         let grace_ends = Instant::now() + self.timing.grace;

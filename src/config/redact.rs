@@ -7,7 +7,7 @@ use crate::egress::Route;
 
 /// Render the effective configuration, with `notes` as comment lines under the heading. No token is in
 /// [`Config::raw`] (`token.env` is a variable's name), so none is printed.
-pub fn render_effective(config: &Config, notes: &[String]) -> String {
+pub(crate) fn render_effective(config: &Config, notes: &[String]) -> String {
     let body = toml::to_string_pretty(&config.raw).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
     let mut out =
         String::from("# effective configuration of issettled-proxy (file + ISSETTLED_PROXY__* environment)\n");

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use super::schema::{ErrorBody, UPSTREAM_SERVICE_NAME};
 
 /// The longest `long_message` excerpt made from a non-JSON body, in characters.
-pub const EXCERPT_CHARS: usize = 512;
+pub(crate) const EXCERPT_CHARS: usize = 512;
 
 /// What fills the fields the upstream left out, and what must not come out.
 #[derive(Debug, Clone, Copy)]
@@ -123,13 +123,13 @@ fn stringify(v: Value) -> String {
 }
 
 /// Coerce a timestamp (ms, seconds, numeric string, RFC 3339) to int64 milliseconds.
-pub fn timestamp_ms(v: &Value) -> Option<i64> {
+pub(crate) fn timestamp_ms(v: &Value) -> Option<i64> {
     crate::clock::parse_timestamp(v).map(crate::clock::to_ms)
 }
 
 /// A printable excerpt of a non-JSON body: control characters become spaces, runs of white space fold, and
 /// the text is cut at [`EXCERPT_CHARS`] characters.
-pub fn excerpt(body: &[u8]) -> Option<String> {
+pub(crate) fn excerpt(body: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(body);
     let mut out = String::with_capacity(text.len().min(EXCERPT_CHARS + 3));
     let mut count = 0;

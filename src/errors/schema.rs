@@ -3,9 +3,9 @@
 use serde::{Deserialize, Serialize};
 
 /// The `service_name` of errors the proxy writes itself.
-pub const PROXY_SERVICE_NAME: &str = "issettled-proxy";
+pub(crate) const PROXY_SERVICE_NAME: &str = "issettled-proxy";
 /// The `service_name` filled into upstream errors that did not name their service.
-pub const UPSTREAM_SERVICE_NAME: &str = "issettled";
+pub(crate) const UPSTREAM_SERVICE_NAME: &str = "issettled";
 
 /// One error body. Field order follows the IsSettled documentation; `extra` keeps whatever else the upstream sent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,4 +61,4 @@ impl ErrorBody {
     }
 }
 
-pub use crate::clock::now_ms;
+pub(crate) use crate::clock::now_ms;

@@ -6,7 +6,7 @@ use http::{HeaderMap, HeaderValue};
 use memchr::memmem;
 
 /// `haystack` with every occurrence of `secret` replaced by `replacement`; borrowed when there is none.
-pub fn scrub_bytes<'a>(haystack: &'a [u8], secret: &[u8], replacement: &[u8]) -> Cow<'a, [u8]> {
+pub(crate) fn scrub_bytes<'a>(haystack: &'a [u8], secret: &[u8], replacement: &[u8]) -> Cow<'a, [u8]> {
     if secret.is_empty() || memmem::find(haystack, secret).is_none() {
         return Cow::Borrowed(haystack);
     }
@@ -24,7 +24,7 @@ pub fn scrub_bytes<'a>(haystack: &'a [u8], secret: &[u8], replacement: &[u8]) ->
 /// Scrub serialized JSON: the secret as it is and as a JSON string spells it (a token with `"` or `\\` in it).
 /// Run on the proxy's own output, after parsing, so an upstream that escaped the token (`abc\/def`,
 /// `\u0061bc`) cannot carry it past [`scrub_bytes`], which sees only the raw body.
-pub fn scrub_json(json: Vec<u8>, secret: &str, replacement: &str) -> Vec<u8> {
+pub(crate) fn scrub_json(json: Vec<u8>, secret: &str, replacement: &str) -> Vec<u8> {
     let mut out = match scrub_bytes(&json, secret.as_bytes(), replacement.as_bytes()) {
         Cow::Borrowed(_) => json,
         Cow::Owned(clean) => clean,
@@ -42,7 +42,7 @@ pub fn scrub_json(json: Vec<u8>, secret: &str, replacement: &str) -> Vec<u8> {
 
 /// Scrub a parsed JSON value in place: every string and every object key, at any depth. Runs before fields are
 /// turned back into text, so no escaping the upstream or the proxy applies can hide the secret.
-pub fn scrub_value(value: &mut serde_json::Value, secret: &str, replacement: &str) {
+pub(crate) fn scrub_value(value: &mut serde_json::Value, secret: &str, replacement: &str) {
     use serde_json::Value;
     if secret.is_empty() {
         return;
@@ -64,7 +64,7 @@ pub fn scrub_value(value: &mut serde_json::Value, secret: &str, replacement: &st
 }
 
 /// Scrub every header value in place. Returns whether anything was replaced.
-pub fn scrub_headers(headers: &mut HeaderMap, secret: &[u8], replacement: &[u8]) -> bool {
+pub(crate) fn scrub_headers(headers: &mut HeaderMap, secret: &[u8], replacement: &[u8]) -> bool {
     let mut changed = false;
     for value in headers.values_mut() {
         if let Cow::Owned(clean) = scrub_bytes(value.as_bytes(), secret, replacement) {

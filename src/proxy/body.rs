@@ -22,7 +22,7 @@ use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
 /// Poll `body` for its next data frame; trailer frames (and any other kind) are dropped, never passed on.
-pub fn poll_data<B>(body: Pin<&mut B>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>>
+pub(crate) fn poll_data<B>(body: Pin<&mut B>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>>
 where
     B: HttpBody<Data = Bytes> + ?Sized,
 {
@@ -37,7 +37,7 @@ where
 
 /// Why the app's request body failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyFailure {
+pub(crate) enum BodyFailure {
     /// More than `policy.max_body_bytes` arrived (413).
     TooLarge,
     /// The app's body broke off or was malformed, such as a bad chunk size (400).
@@ -47,7 +47,7 @@ pub enum BodyFailure {
 /// Where a [`RequestBody`] records its failure, once, for the handler: hyper's HTTP/2 client only logs a body
 /// error and resets the stream, so the error the handler gets back no longer says whose fault it was.
 #[derive(Debug, Default)]
-pub struct Failure(AtomicU8);
+pub(crate) struct Failure(AtomicU8);
 
 impl Failure {
     const NONE: u8 = 0;
@@ -55,7 +55,7 @@ impl Failure {
     const BROKEN: u8 = 2;
 
     /// The first failure recorded, if any.
-    pub fn get(&self) -> Option<BodyFailure> {
+    pub(crate) fn get(&self) -> Option<BodyFailure> {
         match self.0.load(Ordering::Acquire) {
             Self::TOO_LARGE => Some(BodyFailure::TooLarge),
             Self::BROKEN => Some(BodyFailure::Broken),
@@ -76,7 +76,7 @@ impl Failure {
 
 /// The error a [`RequestBody`] ends in.
 #[derive(Debug, thiserror::Error)]
-pub enum RequestBodyError {
+pub(crate) enum RequestBodyError {
     /// Over `policy.max_body_bytes`.
     #[error("the request body exceeds policy.max_body_bytes")]
     TooLarge,
@@ -89,7 +89,7 @@ pub enum RequestBodyError {
 /// the [`Failure`] the handler holds. Unboxed (the pool sends this type), so the one allocation is the
 /// [`Failure`]'s, and only for a body that is not empty: a bodiless request allocates nothing here.
 #[derive(Debug)]
-pub struct RequestBody {
+pub(crate) struct RequestBody {
     inner: Body,
     /// Bytes still allowed.
     remaining: u64,
@@ -98,7 +98,7 @@ pub struct RequestBody {
 
 impl RequestBody {
     /// No body.
-    pub fn empty() -> Self {
+    pub(crate) fn empty() -> Self {
         Self {
             inner: Body::empty(),
             remaining: 0,
@@ -108,7 +108,7 @@ impl RequestBody {
 
     /// `inner`, bounded to `limit` bytes; returns the body and, unless it is already at its end, where its
     /// failure will be recorded.
-    pub fn new(inner: Body, limit: u64) -> (Self, Option<Arc<Failure>>) {
+    pub(crate) fn new(inner: Body, limit: u64) -> (Self, Option<Arc<Failure>>) {
         let failure = (!inner.is_end_stream()).then(Arc::default);
         let body = Self {
             inner,

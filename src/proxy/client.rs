@@ -39,7 +39,7 @@ pub fn install_crypto_provider() {
 
 /// The TLS configuration from `[upstream]`. A CA file or client certificate that cannot be used is a
 /// configuration error naming its key.
-pub fn tls_config(cfg: &UpstreamConfig) -> Result<ClientConfig, ConfigError> {
+pub(crate) fn tls_config(cfg: &UpstreamConfig) -> Result<ClientConfig, ConfigError> {
     install_crypto_provider();
     let mut roots = RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
@@ -99,7 +99,7 @@ pub fn tls_config(cfg: &UpstreamConfig) -> Result<ClientConfig, ConfigError> {
 
 /// The way out to the upstream that both clients share: the one route and the proxy's credentials.
 #[derive(Debug, Clone)]
-pub struct Egress {
+pub(crate) struct Egress {
     route: Route,
     /// Read by both clients on each new tunnel, so a changed `upstream.proxy_auth_file` reaches both at once.
     auth: Arc<ProxyAuth>,
@@ -109,7 +109,7 @@ pub struct Egress {
 
 impl Egress {
     /// From `[upstream]`: its route, and the credentials (`proxy_auth_file` wins over the URL's).
-    pub fn new(cfg: &UpstreamConfig) -> Result<Self, ConfigError> {
+    pub(crate) fn new(cfg: &UpstreamConfig) -> Result<Self, ConfigError> {
         let auth = match cfg.route.proxy() {
             Some(proxy) => ProxyAuth::new(proxy.credentials(), cfg.proxy_auth_file.as_deref())
                 .map_err(|reason| invalid("upstream.proxy_auth_file", reason))?,
@@ -122,13 +122,13 @@ impl Egress {
     }
 
     /// The proxy every call goes through, shown without credentials (`/status` `upstream_proxy`).
-    pub fn proxy_shown(&self) -> Option<String> {
+    pub(crate) fn proxy_shown(&self) -> Option<String> {
         self.route.proxy().map(ToString::to_string)
     }
 
     /// Log the decision once at start: where calls go and why, and, for a plain `http://` upstream, that a
     /// configured proxy is not used.
-    pub fn log_decision(&self) {
+    pub(crate) fn log_decision(&self) {
         match &self.route {
             Route::Direct {
                 why: why @ Why::PlainHttp { .. },
@@ -152,7 +152,7 @@ impl Egress {
 /// the proxy too: a proxy that closes the tunnel, or inspects TLS with a certificate `ca_file` does not trust,
 /// shows up there.
 #[derive(Debug, Clone)]
-pub struct UpstreamConnector {
+pub(crate) struct UpstreamConnector {
     https: HttpsConnector<Connector>,
     /// The proxy, as errors show it, when tunnelling.
     through: Option<Arc<str>>,
@@ -200,7 +200,7 @@ impl tower::Service<Uri> for UpstreamConnector {
 
 /// The forwarding client: pooled keep-alive connections, HTTP/1.1 or HTTP/2 by ALPN, through the tunnel when
 /// the route says so.
-pub fn upstream_pool(cfg: &UpstreamConfig, tls: ClientConfig, egress: &Egress) -> Result<Pool, ConfigError> {
+pub(crate) fn upstream_pool(cfg: &UpstreamConfig, tls: ClientConfig, egress: &Egress) -> Result<Pool, ConfigError> {
     let mut tcp = Connector::new(cfg.connect_timeout);
     let mut through = None;
     if let Route::Tunnel { proxy, .. } = &egress.route {
@@ -222,7 +222,7 @@ pub fn upstream_pool(cfg: &UpstreamConfig, tls: ClientConfig, egress: &Egress) -
 /// The refresh client. reqwest's own proxy support makes its tunnel, configured from the same route: the system
 /// proxy and its variables are switched off (`no_proxy`), and the one proxy of the route, if any, is added back
 /// with the credentials of the moment (reqwest asks on each new connection).
-pub fn refresh_client(
+pub(crate) fn refresh_client(
     cfg: &UpstreamConfig,
     mut tls: ClientConfig,
     egress: &Egress,

@@ -16,18 +16,18 @@ use tokio::time::{Instant, Sleep};
 /// The upstream's response body did not finish before the exchange's deadline.
 #[derive(Debug, thiserror::Error)]
 #[error("the upstream response body did not finish within upstream.request_timeout")]
-pub struct BodyTimeout;
+pub(crate) struct BodyTimeout;
 
 /// `inner`, ending in [`BodyTimeout`] at `deadline`.
 #[derive(Debug)]
-pub struct Deadlined<B> {
+pub(crate) struct Deadlined<B> {
     inner: B,
     deadline: Instant,
     timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl<B> Deadlined<B> {
-    pub fn new(inner: B, deadline: Instant) -> Self {
+    pub(crate) fn new(inner: B, deadline: Instant) -> Self {
         Self {
             inner,
             deadline,

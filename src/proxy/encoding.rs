@@ -46,7 +46,7 @@ fn known(coding: &[u8]) -> Option<u8> {
 /// Limit the app's `Accept-Encoding` to `gzip`, `deflate` and `identity`, keeping their q-values: `br`, `zstd`,
 /// `*` and the like are dropped, so an upstream error body is never in a coding the proxy cannot read. Left as
 /// it is when there is nothing to drop (no allocation); absent stays absent (the upstream then sends identity).
-pub fn limit_accept_encoding(headers: &mut HeaderMap) {
+pub(crate) fn limit_accept_encoding(headers: &mut HeaderMap) {
     let mut set = 0;
     let mut drop_any = false;
     let mut params = false;
@@ -85,7 +85,7 @@ fn kept_with_params(headers: &HeaderMap) -> HeaderValue {
 /// (`x-gzip`) or `deflate` (zlib, or raw deflate as some servers send it), at most `limit` bytes of output; as it
 /// is without a coding. A body that cannot be decoded, or one in another coding, becomes a short note saying so
 /// (it would otherwise reach the app as binary garbage in `long_message`).
-pub fn decode_error_body<'a>(headers: &HeaderMap, body: &'a [u8], limit: usize) -> Cow<'a, [u8]> {
+pub(crate) fn decode_error_body<'a>(headers: &HeaderMap, body: &'a [u8], limit: usize) -> Cow<'a, [u8]> {
     let mut codings = list_elements(headers, header::CONTENT_ENCODING)
         .filter(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"identity"));
     let coding = match (codings.next(), codings.next()) {

@@ -33,7 +33,7 @@ use crate::{
 };
 
 /// The most of an upstream error body that is read.
-pub const MAX_ERROR_BODY: usize = 64 * 1024;
+pub(crate) const MAX_ERROR_BODY: usize = 64 * 1024;
 
 /// How often a replay refused unprocessed is sent again (see [`send_again`]).
 const MAX_REFUSALS: usize = 8;
@@ -46,7 +46,7 @@ struct Exchange {
 }
 
 /// The proxy port's handler.
-pub async fn forward(State(state): State<Arc<ProxyState>>, req: Request) -> Response {
+pub(crate) async fn forward(State(state): State<Arc<ProxyState>>, req: Request) -> Response {
     let started = Instant::now();
     let _in_flight = state.metrics.in_flight();
     let method = req.method().clone();

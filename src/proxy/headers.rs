@@ -32,7 +32,7 @@ const HOP_BY_HOP: [HeaderName; HOP_COUNT] = [
 
 /// The elements of every `name` field, a comma-separated list (RFC 9110 §5.6.1), as raw bytes trimmed of
 /// whitespace: bytes, not `str`, so one element with a byte outside visible ASCII does not hide the others.
-pub fn list_elements(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &[u8]> {
+pub(crate) fn list_elements(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &[u8]> {
     headers
         .get_all(name)
         .into_iter()
@@ -41,7 +41,7 @@ pub fn list_elements(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Ite
 }
 
 /// Remove `Connection`, every field it names, and the fixed hop-by-hop list.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     strip(headers, &[]);
 }
 
@@ -109,13 +109,13 @@ fn remove_connection_options(headers: &mut HeaderMap) {
 }
 
 /// Whether the app sent credentials of its own.
-pub fn has_app_credentials(headers: &HeaderMap) -> bool {
+pub(crate) fn has_app_credentials(headers: &HeaderMap) -> bool {
     headers.contains_key(header::AUTHORIZATION) || headers.contains_key(header::PROXY_AUTHORIZATION)
 }
 
 /// Turn the app's request headers into the upstream's: hop-by-hop and the app's credentials out, `Host` out
 /// (the client sets the upstream's), `Expect` out (answered on this hop), the token and request id in.
-pub fn to_upstream(headers: &mut HeaderMap, bearer: &HeaderValue, request_id: &HeaderValue) {
+pub(crate) fn to_upstream(headers: &mut HeaderMap, bearer: &HeaderValue, request_id: &HeaderValue) {
     strip(headers, &[header::PROXY_AUTHORIZATION, header::HOST, header::EXPECT]);
     // `insert` replaces every value the app sent under these names.
     headers.insert(header::AUTHORIZATION, bearer.clone());

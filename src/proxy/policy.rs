@@ -4,7 +4,7 @@
 use http::{HeaderMap, Method};
 
 /// The host name of a `Host` value, without port or IPv6 brackets.
-pub fn host_name(host: &str) -> &str {
+pub(crate) fn host_name(host: &str) -> &str {
     if let Some(rest) = host.strip_prefix('[') {
         return rest.split(']').next().unwrap_or_default();
     }
@@ -16,7 +16,7 @@ pub fn host_name(host: &str) -> &str {
 
 /// Whether a `Host` value names an allowed host. Empty `allowed` accepts any; a trailing dot is not stripped,
 /// so `localhost.` is refused like any other name not listed.
-pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
+pub(crate) fn host_allowed(host: &str, allowed: &[String]) -> bool {
     let name = host_name(host);
     if name.is_empty() {
         return false;
@@ -25,23 +25,23 @@ pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
 }
 
 /// Whether an `Origin` value is listed (exact, case-insensitive, trailing slash ignored).
-pub fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
+pub(crate) fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
     let origin = origin.trim().trim_end_matches('/');
     allowed.iter().any(|a| a.eq_ignore_ascii_case(origin))
 }
 
 /// Whether the method is allowed.
-pub fn method_allowed(method: &Method, allowed: &[Method]) -> bool {
+pub(crate) fn method_allowed(method: &Method, allowed: &[Method]) -> bool {
     allowed.contains(method)
 }
 
 /// Most request headers accepted (more: 431 `HEADERS_TOO_LARGE`).
-pub const MAX_HEADERS: usize = 100;
+pub(crate) const MAX_HEADERS: usize = 100;
 /// Largest request header block, names and values, accepted.
-pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+pub(crate) const MAX_HEADER_BYTES: usize = 32 * 1024;
 
 /// Check the number and total size of request headers.
-pub fn header_limits(headers: &HeaderMap) -> Result<(), &'static str> {
+pub(crate) fn header_limits(headers: &HeaderMap) -> Result<(), &'static str> {
     if headers.len() > MAX_HEADERS {
         return Err("more than 100 headers");
     }

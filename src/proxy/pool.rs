@@ -66,7 +66,7 @@ const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a request got no response.
 #[derive(Debug, thiserror::Error)]
-pub enum SendError {
+pub(crate) enum SendError {
     /// No connection could be made (refused, DNS, TLS, connect time-out): nothing was sent.
     #[error("cannot connect to the upstream: {0}")]
     Connect(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -88,7 +88,7 @@ impl SendError {
     /// stream (`REFUSED_STREAM`, RFC 9113 §8.7) or the stream's id was past the last one a GOAWAY from the
     /// upstream promised to process (§6.8; h2 gives exactly those streams the GOAWAY's error, and streams opened
     /// after it). A request hyper handed back unsent is retried here already; these it had taken.
-    pub fn unprocessed(&self) -> bool {
+    pub(crate) fn unprocessed(&self) -> bool {
         if matches!(self, SendError::Unopened(_)) {
             return true;
         }
@@ -108,7 +108,7 @@ type H2 = Arc<http2::SendRequest<RequestBody>>;
 
 /// Connections to the upstream of `base_url`.
 #[derive(Debug)]
-pub struct Pool {
+pub(crate) struct Pool {
     connector: UpstreamConnector,
     /// `scheme://authority` of the upstream: what is connected to.
     origin: Uri,
@@ -159,13 +159,13 @@ enum Fresh {
 /// `scheme://authority` cannot be a pool's origin.
 #[derive(Debug, thiserror::Error)]
 #[error("not a usable upstream origin: {0}")]
-pub struct InvalidOrigin(String);
+pub(crate) struct InvalidOrigin(String);
 
 // === impl Pool ===
 
 impl Pool {
     /// A pool keeping at most `max_idle` idle HTTP/1.1 connections to `scheme://authority`.
-    pub fn new(
+    pub(crate) fn new(
         connector: UpstreamConnector,
         scheme: &http::uri::Scheme,
         authority: &Authority,
@@ -192,7 +192,7 @@ impl Pool {
 
     /// Send `req` (origin-form URI: path and query) and return the response head by `deadline`
     /// ([`SendError::Timeout`] after it); its body streams from the connection.
-    pub async fn send(
+    pub(crate) async fn send(
         self: &Arc<Self>,
         req: Request<RequestBody>,
         deadline: Instant,
@@ -391,7 +391,7 @@ impl Pool {
 /// A response body that returns its HTTP/1.1 connection to the pool once read to the end; data only. A body dropped
 /// before its end takes the connection with it (hyper closes it).
 #[derive(Debug)]
-pub struct PooledBody {
+pub(crate) struct PooledBody {
     inner: Incoming,
     home: Option<(http1::SendRequest<RequestBody>, Arc<Pool>)>,
 }

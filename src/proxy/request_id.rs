@@ -9,19 +9,19 @@ use std::sync::{
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// The header name.
-pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Longest request id kept.
 const MAX_LEN: usize = 128;
 
 /// Whether an app-sent id is safe to forward and log: 1 to 128 of `A-Z a-z 0-9 - _ . :`.
-pub fn is_sane(value: &HeaderValue) -> bool {
+pub(crate) fn is_sane(value: &HeaderValue) -> bool {
     let b = value.as_bytes();
     !b.is_empty() && b.len() <= MAX_LEN && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
 }
 
 /// The app's id if there is exactly one and it is sane, else a new one.
-pub fn pick(headers: &HeaderMap) -> HeaderValue {
+pub(crate) fn pick(headers: &HeaderMap) -> HeaderValue {
     let mut all = headers.get_all(&HEADER).iter();
     match (all.next(), all.next()) {
         (Some(v), None) if is_sane(v) => v.clone(),
@@ -30,7 +30,7 @@ pub fn pick(headers: &HeaderMap) -> HeaderValue {
 }
 
 /// A new id, unique within the process and, by its random prefix, across restarts.
-pub fn mint() -> HeaderValue {
+pub(crate) fn mint() -> HeaderValue {
     static PREFIX: OnceLock<u64> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let prefix = *PREFIX.get_or_init(rand::random::<u64>);

@@ -10,7 +10,7 @@ use crate::config::BaseUrl;
 
 /// Builds upstream request targets for one `base_url`.
 #[derive(Debug, Clone)]
-pub struct Target {
+pub(crate) struct Target {
     /// Path prefix without a trailing slash (`""` or `"/api/v1"`).
     prefix: String,
 }
@@ -18,11 +18,11 @@ pub struct Target {
 /// The request target could not be turned into an upstream URI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the request target is not a valid path")]
-pub struct InvalidTarget;
+pub(crate) struct InvalidTarget;
 
 impl Target {
     /// For `base`.
-    pub fn new(base: &BaseUrl) -> Self {
+    pub(crate) fn new(base: &BaseUrl) -> Self {
         Self {
             prefix: base.prefix.clone(),
         }
@@ -30,7 +30,7 @@ impl Target {
 
     /// The upstream request target (origin-form) for a request's path and query (which the caller has checked starts with `/`). Without a
     /// prefix the request's own path-and-query is reused as it is (no copy, no re-parse).
-    pub fn uri(&self, path_and_query: Option<&PathAndQuery>) -> Result<Uri, InvalidTarget> {
+    pub(crate) fn uri(&self, path_and_query: Option<&PathAndQuery>) -> Result<Uri, InvalidTarget> {
         let root = PathAndQuery::from_static("/");
         let pq = path_and_query.unwrap_or(&root);
         if !pq.as_str().starts_with('/') {

@@ -34,7 +34,7 @@ use tokio::{
 use super::tunnel::Tunnel;
 
 /// A burst of at least this many bytes is acknowledged as soon as a read drains the socket.
-pub const BULK_READ: usize = 4096;
+pub(crate) const BULK_READ: usize = 4096;
 
 /// TCP keep-alive probes on upstream connections, so a dead peer is noticed.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
@@ -42,7 +42,7 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// The bytes read since the socket was last drained, and whether to acknowledge them now: after a read of `read`
 /// bytes that did or did not leave the socket `drained`, with `unacked` bytes counted before it.
 #[must_use]
-pub const fn after_read(unacked: usize, read: usize, drained: bool) -> (usize, bool) {
+pub(crate) const fn after_read(unacked: usize, read: usize, drained: bool) -> (usize, bool) {
     let unacked = unacked.saturating_add(read);
     if drained {
         (0, unacked >= BULK_READ)
@@ -53,7 +53,7 @@ pub const fn after_read(unacked: usize, read: usize, drained: bool) -> (usize, b
 
 /// Connects to the upstream, straight or through the outbound proxy's tunnel; yields [`UpstreamStream`]s.
 #[derive(Debug, Clone)]
-pub struct Connector {
+pub(crate) struct Connector {
     http: HttpConnector,
     /// Set when the one egress decision says every call goes through the outbound proxy.
     tunnel: Option<Arc<Tunnel>>,
@@ -62,7 +62,7 @@ pub struct Connector {
 impl Connector {
     /// A connector with `connect_timeout`. Any URI scheme is accepted: TLS is layered on top by the caller.
     #[must_use]
-    pub fn new(connect_timeout: Duration) -> Self {
+    pub(crate) fn new(connect_timeout: Duration) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(connect_timeout));
@@ -110,7 +110,7 @@ impl tower::Service<Uri> for Connector {
 
 /// A TCP stream to the upstream that acknowledges bulk reads at once (see the module doc).
 #[derive(Debug)]
-pub struct UpstreamStream {
+pub(crate) struct UpstreamStream {
     tcp: TcpStream,
     /// Bytes read since the socket was last drained.
     unacked: usize,

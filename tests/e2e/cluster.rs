@@ -204,19 +204,35 @@ async fn the_leader<'a>(replicas: &'a [&'a Replica]) -> &'a Replica {
     found.unwrap()
 }
 
-/// Send GETs round-robin through `replicas` for `span`; the non-2xx answers.
+/// Send GETs through every replica at once (one keep-alive client each) for `span`; how many were sent, and the
+/// failed ones.
 async fn load(replicas: &[&Replica], span: Duration) -> (usize, Vec<(String, u16)>) {
-    let start = Instant::now();
-    let (mut sent, mut failed) = (0, Vec::new());
-    while start.elapsed() < span {
-        for r in replicas {
-            let status = r.get().await;
-            sent += 1;
-            if status != 200 {
-                failed.push((r.id.clone(), status));
+    let mut loaders = tokio::task::JoinSet::new();
+    for r in replicas {
+        let (id, url) = (r.id.clone(), r.cfg.url("/digital-accounts"));
+        loaders.spawn(async move {
+            let c = client();
+            let start = Instant::now();
+            let (mut sent, mut failed) = (0, Vec::new());
+            while start.elapsed() < span {
+                let status = match c.get(&url).timeout(Duration::from_secs(5)).send().await {
+                    Ok(r) => r.status().as_u16(),
+                    Err(_) => 0,
+                };
+                sent += 1;
+                if status != 200 {
+                    failed.push((id.clone(), status));
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+            (sent, failed)
+        });
+    }
+    let (mut sent, mut failed) = (0, Vec::new());
+    while let Some(done) = loaders.join_next().await {
+        let (s, f) = done.unwrap();
+        sent += s;
+        failed.extend(f);
     }
     (sent, failed)
 }
@@ -608,4 +624,35 @@ async fn an_api_outage_longer_than_revoke_after_keeps_the_leader_serving_and_sta
         follower.status().await
     );
     assert_eq!(follower.get().await, 200);
+}
+
+/// `check-config` validates `[cluster]` (names, the three durations' order) and never contacts the API.
+#[tokio::test]
+async fn check_config_validates_the_cluster_section_without_contacting_the_api() {
+    let f = Fixture::new().await;
+    let check = async |cfg: BinConfig| {
+        let path = cfg.write();
+        let mut cmd = crate::support::binary::command();
+        cmd.arg("check-config").arg("--config").arg(&path);
+        cmd.env("KUBECONFIG", f.api.kubeconfig(f.dir.path()));
+        let out = crate::support::binary::output(cmd, Duration::from_secs(10)).await;
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, text) = check(f.config("replica-a")).await;
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("[cluster]") && text.contains("kubernetes"), "{text}");
+    let (code, text) = check(f.config("replica-a").set("cluster", "renew_deadline", "\"5s\"")).await;
+    assert_eq!(code, Some(2), "renew_deadline longer than lease_duration: {text}");
+    assert!(text.contains("cluster.lease_duration"), "{text}");
+    let (code, text) = check(f.config("replica-a").set("cluster", "state_secret", "\"Token_State\"")).await;
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("cluster.state_secret"), "{text}");
+    assert!(
+        f.api.requests().is_empty(),
+        "check-config contacted the API: {:?}",
+        f.api.requests()
+    );
 }

@@ -252,3 +252,26 @@ async fn the_readme_examples_reach_the_sidecar_with_a_proxy_variable_set() {
     running.term();
     assert_eq!(running.wait(Duration::from_secs(10)).await.code(), Some(0));
 }
+
+/// The README's install section names the minimum Rust version Cargo.toml declares (`rust-version`).
+#[test]
+fn the_readme_names_the_minimum_rust_version_of_cargo_toml() {
+    let manifest = include_str!("../../Cargo.toml");
+    let version = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = "))
+        .expect("Cargo.toml declares rust-version")
+        .trim_matches('"');
+    let install = readme_block_text("## Install");
+    assert!(
+        install.contains(&format!("Rust **{version}** or newer")),
+        "README's Install section does not name Rust {version}:\n{install}"
+    );
+}
+
+/// The text of README.md's section `heading`, up to the next section.
+fn readme_block_text(heading: &str) -> String {
+    let readme = include_str!("../../README.md");
+    let section = readme.split(heading).nth(1).expect("the README section");
+    section.split("\n## ").next().unwrap().to_owned()
+}

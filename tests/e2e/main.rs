@@ -9,6 +9,7 @@ mod admin;
 mod bodies;
 mod cli;
 mod cluster;
+mod cluster_lease;
 mod connections;
 mod egress;
 mod egress_errors;
