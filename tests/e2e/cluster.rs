@@ -1,7 +1,7 @@
 //! Cluster mode end to end: replicas of the real binary (child processes, so a kill or a stop is real) sharing
 //! one chain through the in-process fake Kubernetes API, in front of the simulated IsSettled, which retires a
 //! refreshed-away token after 3 s (two refreshers on one chain would break it). Times are compressed: refresh
-//! every 1 s, Lease 3 s / renew 2 s / retry 0.5 s.
+//! every 1 s, Lease 3 s / renew 2 s / retry 0.5 s; load for 15 s.
 
 use std::time::{Duration, Instant};
 
@@ -250,7 +250,7 @@ async fn three_replicas_share_one_chain_with_one_refresher_and_no_failed_request
         let urls: Vec<String> = all.iter().map(|r| r.cfg.admin_url("/status")).collect();
         tokio::spawn(async move {
             let mut most = 0;
-            for _ in 0..60 {
+            for _ in 0..75 {
                 let mut leaders = 0;
                 for url in &urls {
                     if get_json(url).await.1["cluster"]["role"] == "leader" {
@@ -263,7 +263,7 @@ async fn three_replicas_share_one_chain_with_one_refresher_and_no_failed_request
             most
         })
     };
-    let (sent, failed) = load(&all, Duration::from_secs(12)).await;
+    let (sent, failed) = load(&all, Duration::from_secs(15)).await;
     assert!(sent > 30, "load was sent: {sent}");
     assert!(
         failed.is_empty(),
