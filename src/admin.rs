@@ -35,6 +35,8 @@ pub(crate) struct AdminState {
     pub quit: Option<Shutdown>,
     /// `base_url`, for `/status`.
     pub upstream: String,
+    /// The outbound proxy (no credentials), for `/status`.
+    pub upstream_proxy: Option<String>,
     /// Cluster mode's election view; `None` in mode `off`.
     pub cluster: Option<Arc<dyn ClusterReport>>,
 }
@@ -124,7 +126,14 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
     let snap = token::snapshot(&state.token);
     let ready = readiness(&state, &snap).is_ok();
     let cluster = state.cluster.as_ref().map(|c| c.report());
-    Json(status_json(&snap, ready, &state.upstream, cluster.as_ref())).into_response()
+    Json(status_json(
+        &snap,
+        ready,
+        &state.upstream,
+        state.upstream_proxy.as_deref(),
+        cluster.as_ref(),
+    ))
+    .into_response()
 }
 
 async fn metrics(State(state): State<Arc<AdminState>>) -> Response {

@@ -162,9 +162,12 @@ impl App {
     /// (joined to the Kubernetes API in cluster mode), the proxy's and the admin port's state.
     pub(crate) async fn build(cfg: &Config) -> Result<Self, AppError> {
         let tls = client::tls_config(&cfg.upstream)?;
-        let upstream = Arc::new(client::upstream_pool(&cfg.upstream, tls.clone())?);
+        // One route and one set of proxy credentials for both upstream clients.
+        let egress = client::Egress::new(&cfg.upstream)?;
+        egress.log_decision();
+        let upstream = Arc::new(client::upstream_pool(&cfg.upstream, tls.clone(), &egress)?);
         let metrics = Arc::new(Metrics::new());
-        let (refresher, cell, refresh) = token_keeper(cfg, tls, &metrics)?;
+        let (refresher, cell, refresh) = token_keeper(cfg, tls, &egress, &metrics)?;
         let (refresher, cluster) = join_the_cluster(cfg, refresher, &metrics).await?;
         let (proxy_phase, admin_phase) = (Shutdown::new(), Shutdown::new());
         let proxy = Arc::new(ProxyState {
@@ -183,6 +186,7 @@ impl App {
             signal: proxy_phase.signal(),
             quit: cfg.shutdown.enable_quit_endpoint.then(|| proxy_phase.clone()),
             upstream: cfg.upstream.base_url.as_string(),
+            upstream_proxy: egress.proxy_shown(),
             cluster: cluster.as_ref().map(Cluster::report),
         });
         let started = Started {
@@ -290,13 +294,15 @@ const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 fn token_keeper(
     cfg: &Config,
     tls: rustls::ClientConfig,
+    egress: &client::Egress,
     metrics: &Arc<Metrics>,
 ) -> Result<(Refresher<HttpRefreshClient>, Arc<TokenCell>, RefreshHandle), AppError> {
     let refresh_client = HttpRefreshClient::new(
-        client::refresh_client(&cfg.upstream, tls)?,
+        client::refresh_client(&cfg.upstream, tls, egress)?,
         format!("{}{}", cfg.upstream.base_url.as_string(), cfg.token.refresh_path),
         cfg.token.refresh_method.clone(),
-    );
+    )
+    .through(egress.proxy_shown());
     let cell = TokenCell::new();
     let sources = settings::token_sources(cfg);
     let (mut refresher, refresh) = Refresher::new(

@@ -73,6 +73,9 @@ pub struct UpstreamConfig {
     pub ca_file: Option<PathBuf>,
     pub client_cert_file: Option<PathBuf>,
     pub client_key_file: Option<PathBuf>,
+    /// How every call to the upstream is made (`upstream.proxy` and the proxy variables, decided once).
+    pub route: crate::egress::Route,
+    pub proxy_auth_file: Option<PathBuf>,
 }
 
 /// `token.env`: the variable's name, and its value as it was when the configuration was loaded (the environment

@@ -16,6 +16,8 @@
 //!   the token file watch and the state file.
 //! - [`proxy`]: the proxy port's handler and its pure parts (policy, headers, target, request id, content
 //!   codings), the request and response bodies, the clients.
+//! - [`egress`]: the one decision whether calls to IsSettled go through the outbound proxy (pure), and the
+//!   proxy's credentials.
 //! - [`errors`]: `ProxyError` and `AdminError` and their one table of codes, the error schema, normalization, token scrubbing.
 //! - [`admin`]: `/healthz`, `/readyz`, `/status`, `/metrics`, `/refresh`, `/quitquitquit`.
 //! - [`metrics`], [`shutdown`], [`telemetry`], [`clock`]: leaves.
@@ -31,6 +33,7 @@ pub(crate) mod cluster;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod egress;
 pub mod errors;
 pub(crate) mod metrics;
 pub mod path;

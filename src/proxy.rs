@@ -15,6 +15,7 @@ pub(crate) mod pool;
 pub(crate) mod request_id;
 pub(crate) mod target;
 pub(crate) mod tcp;
+pub(crate) mod tunnel;
 
 use std::{sync::Arc, time::Duration};
 

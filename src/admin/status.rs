@@ -57,13 +57,21 @@ fn cluster_json(c: &ClusterStatus, s: &Snapshot) -> Value {
     })
 }
 
-/// The whole `/status` document.
-pub(crate) fn status_json(s: &Snapshot, ready: bool, upstream: &str, cluster: Option<&ClusterStatus>) -> Value {
+/// The whole `/status` document. `upstream_proxy` is the outbound proxy every call goes through (no
+/// credentials), if any.
+pub(crate) fn status_json(
+    s: &Snapshot,
+    ready: bool,
+    upstream: &str,
+    upstream_proxy: Option<&str>,
+    cluster: Option<&ClusterStatus>,
+) -> Value {
     let cluster = cluster.map_or_else(|| json!({ "mode": "off" }), |c| cluster_json(c, s));
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "ready": ready,
         "upstream": upstream,
+        "upstream_proxy": upstream_proxy,
         "token": token_json(s),
         "cluster": cluster,
     })

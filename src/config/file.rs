@@ -88,6 +88,8 @@ pub struct UpstreamSection {
     pub ca_file: String,
     pub client_cert_file: String,
     pub client_key_file: String,
+    pub proxy: String,
+    pub proxy_auth_file: String,
 }
 
 impl Default for UpstreamSection {
@@ -100,6 +102,8 @@ impl Default for UpstreamSection {
             ca_file: String::new(),
             client_cert_file: String::new(),
             client_key_file: String::new(),
+            proxy: String::new(),
+            proxy_auth_file: String::new(),
         }
     }
 }

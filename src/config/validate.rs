@@ -10,6 +10,7 @@ use super::{
     BaseUrl, ClusterConfig, Config, ConfigError, FileConfig, InboundAuthorization, KubernetesConfig, ListenConfig,
     LogConfig, LogFormat, PolicyConfig, ShutdownConfig, TokenConfig, TokenEnv, UpstreamConfig,
 };
+use crate::egress::{self, Route};
 
 fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::invalid(key, reason)
@@ -169,7 +170,38 @@ fn listen(f: &super::file::ListenSection) -> Result<ListenConfig, ConfigError> {
     })
 }
 
-fn upstream(f: &super::file::UpstreamSection) -> Result<UpstreamConfig, ConfigError> {
+/// `upstream.proxy` and the proxy variables, decided for `base_url`; an unusable setting names the key (and the
+/// variable it came from), never its value.
+fn route(
+    f: &super::file::UpstreamSection,
+    env: &HashMap<String, String>,
+    base_url: &BaseUrl,
+) -> Result<Route, ConfigError> {
+    let upstream = Uri::builder()
+        .scheme(base_url.scheme.clone())
+        .authority(base_url.authority.clone())
+        .path_and_query("/")
+        .build()
+        .map_err(|e| invalid("upstream.base_url", e.to_string()))?;
+    egress::decide(&f.proxy, env, &upstream).map_err(|e| match e.origin {
+        egress::Origin::Key => invalid("upstream.proxy", e.reason),
+        egress::Origin::Variable(name) => invalid(
+            "upstream.proxy",
+            format!("\"\" reads {name}, which cannot be used: {}", e.reason),
+        ),
+    })
+}
+
+/// `upstream.proxy_auth_file`: refused at load when it cannot be read or holds no `user:password`.
+fn proxy_auth_file(text: &str) -> Result<Option<PathBuf>, ConfigError> {
+    let Some(path) = optional_path(text) else {
+        return Ok(None);
+    };
+    egress::ProxyAuth::new(None, Some(&path)).map_err(|reason| invalid("upstream.proxy_auth_file", reason))?;
+    Ok(Some(path))
+}
+
+fn upstream(f: &super::file::UpstreamSection, env: &HashMap<String, String>) -> Result<UpstreamConfig, ConfigError> {
     let client_cert_file = readable_file("upstream.client_cert_file", &f.client_cert_file)?;
     let client_key_file = readable_file("upstream.client_key_file", &f.client_key_file)?;
     if client_cert_file.is_some() != client_key_file.is_some() {
@@ -178,8 +210,11 @@ fn upstream(f: &super::file::UpstreamSection) -> Result<UpstreamConfig, ConfigEr
             "client_cert_file and client_key_file must be set together",
         ));
     }
+    let base_url = base_url(&f.base_url)?;
     Ok(UpstreamConfig {
-        base_url: base_url(&f.base_url)?,
+        route: route(f, env, &base_url)?,
+        proxy_auth_file: proxy_auth_file(&f.proxy_auth_file)?,
+        base_url,
         member_id: f.member_id.trim().to_owned(),
         connect_timeout: positive("upstream.connect_timeout", &f.connect_timeout)?,
         request_timeout: positive("upstream.request_timeout", &f.request_timeout)?,
@@ -441,10 +476,14 @@ fn cluster(f: &super::file::ClusterSection, env: &HashMap<String, String>) -> Re
 }
 
 /// Validate the merged file form. `env` supplies the value of `token.env`.
-pub(super) fn validate(raw: FileConfig, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+pub(super) fn validate(mut raw: FileConfig, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+    let listen = listen(&raw.listen)?;
+    let upstream = upstream(&raw.upstream, env)?;
+    // The file form is kept for `check-config`: never with the proxy's password in it.
+    raw.upstream.proxy = egress::redacted_setting(&raw.upstream.proxy);
     Ok(Config {
-        listen: listen(&raw.listen)?,
-        upstream: upstream(&raw.upstream)?,
+        listen,
+        upstream,
         token: token(&raw.token, env, raw.cluster.mode.trim() == "kubernetes")?,
         policy: policy(&raw.policy)?,
         log: log(&raw.log)?,

@@ -42,7 +42,6 @@ use hyper::{
     body::Incoming,
     client::conn::{http1, http2},
 };
-use hyper_rustls::HttpsConnector;
 use hyper_util::{
     client::legacy::connect::Connection as _,
     rt::{TokioExecutor, TokioTimer},
@@ -52,7 +51,7 @@ use tower::ServiceExt as _;
 
 use super::{
     body::{poll_data, RequestBody},
-    tcp::Connector,
+    client::UpstreamConnector,
 };
 
 /// A pooled HTTP/1.1 connection not used for this long is closed rather than reused.
@@ -110,7 +109,7 @@ type H2 = Arc<http2::SendRequest<RequestBody>>;
 /// Connections to the upstream of `base_url`.
 #[derive(Debug)]
 pub(crate) struct Pool {
-    connector: HttpsConnector<Connector>,
+    connector: UpstreamConnector,
     /// `scheme://authority` of the upstream: what is connected to.
     origin: Uri,
     /// The `Host` header HTTP/1.1 requests carry.
@@ -167,7 +166,7 @@ pub(crate) struct InvalidOrigin(String);
 impl Pool {
     /// A pool keeping at most `max_idle` idle HTTP/1.1 connections to `scheme://authority`.
     pub(crate) fn new(
-        connector: HttpsConnector<Connector>,
+        connector: UpstreamConnector,
         scheme: &http::uri::Scheme,
         authority: &Authority,
         max_idle: usize,

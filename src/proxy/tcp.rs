@@ -1,5 +1,6 @@
-//! TCP to the upstream: the connector under TLS (connect time-out, `TCP_NODELAY`, keep-alive probes) and the
-//! stream it yields, which acknowledges bulk reads at once.
+//! TCP to the upstream: the connector under TLS (connect time-out, `TCP_NODELAY`, keep-alive probes; straight,
+//! or through the outbound proxy's `CONNECT` tunnel) and the stream it yields, which acknowledges bulk reads at
+//! once.
 //!
 //! Why the prompt ACK: a Linux receiver delays its ACK (40 ms at least) for data short of two full segments.
 //! Where segments are large (loopback and other 64 KiB-MTU paths, such as a local mesh proxy or the built-in
@@ -15,6 +16,7 @@ use std::{
     future::Future,
     io,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -28,6 +30,8 @@ use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
 };
+
+use super::tunnel::Tunnel;
 
 /// A burst of at least this many bytes is acknowledged as soon as a read drains the socket.
 pub(crate) const BULK_READ: usize = 4096;
@@ -47,10 +51,12 @@ pub(crate) const fn after_read(unacked: usize, read: usize, drained: bool) -> (u
     }
 }
 
-/// Connects to the upstream; yields [`UpstreamStream`]s.
+/// Connects to the upstream, straight or through the outbound proxy's tunnel; yields [`UpstreamStream`]s.
 #[derive(Debug, Clone)]
 pub(crate) struct Connector {
     http: HttpConnector,
+    /// Set when the one egress decision says every call goes through the outbound proxy.
+    tunnel: Option<Arc<Tunnel>>,
 }
 
 impl Connector {
@@ -62,7 +68,14 @@ impl Connector {
         http.set_connect_timeout(Some(connect_timeout));
         http.set_nodelay(true);
         http.set_keepalive(Some(TCP_KEEPALIVE));
-        Self { http }
+        Self { http, tunnel: None }
+    }
+
+    /// Connect through `tunnel`: TCP to the proxy, `CONNECT` to the URI's host and port, then the same stream.
+    #[must_use]
+    pub(crate) fn through(mut self, tunnel: Arc<Tunnel>) -> Self {
+        self.tunnel = Some(tunnel);
+        self
     }
 }
 
@@ -79,10 +92,18 @@ impl tower::Service<Uri> for Connector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let connecting = self.http.call(uri);
+        let Some(tunnel) = self.tunnel.clone() else {
+            let connecting = self.http.call(uri);
+            return Box::pin(async move {
+                let io = connecting.await?;
+                Ok(TokioIo::new(UpstreamStream::from(io.into_inner())))
+            });
+        };
+        let connecting = self.http.call(tunnel.proxy_uri().clone());
         Box::pin(async move {
-            let io = connecting.await?;
-            Ok(TokioIo::new(UpstreamStream::from(io.into_inner())))
+            let mut tcp = connecting.await.map_err(|e| tunnel.unreachable(&e))?.into_inner();
+            tunnel.establish(&mut tcp, &uri).await?;
+            Ok(TokioIo::new(UpstreamStream::from(tcp)))
         })
     }
 }

@@ -118,6 +118,8 @@ pub struct HttpRefreshClient {
     client: reqwest::Client,
     url: String,
     method: Method,
+    /// The outbound proxy the client tunnels through (shown without credentials), named in its failures.
+    through: Option<String>,
 }
 
 /// The most of a refresh response body that is read.
@@ -126,7 +128,20 @@ const MAX_RESPONSE: usize = 64 * 1024;
 impl HttpRefreshClient {
     /// `url` is `base_url` + `token.refresh_path`.
     pub fn new(client: reqwest::Client, url: String, method: Method) -> Self {
-        Self { client, url, method }
+        Self {
+            client,
+            url,
+            method,
+            through: None,
+        }
+    }
+
+    /// Failures name `proxy`, the outbound proxy `client` tunnels through (if any). Any such failure is
+    /// transient like every failure to connect: retried with backoff, never taken for a revocation.
+    #[must_use]
+    pub fn through(mut self, proxy: Option<String>) -> Self {
+        self.through = proxy;
+        self
     }
 }
 
@@ -140,7 +155,7 @@ impl RefreshClient for HttpRefreshClient {
             .header(http::header::CONTENT_LENGTH, "0")
             .send()
             .await
-            .map_err(|e| RefreshError::Transient(describe(&e)))?;
+            .map_err(|e| RefreshError::Transient(self.describe_send(&e)))?;
         let status = response.status();
         let mut body = Vec::new();
         while let Some(chunk) = response
@@ -162,6 +177,17 @@ impl RefreshClient for HttpRefreshClient {
             );
         }
         refreshed
+    }
+}
+
+impl HttpRefreshClient {
+    /// A failed send as [`describe`] says it, naming the outbound proxy when the connection went through one
+    /// (reqwest's tunnel says what went wrong, such as `proxy authorization required`, not where).
+    fn describe_send(&self, e: &reqwest::Error) -> String {
+        match &self.through {
+            Some(proxy) if e.is_connect() => format!("{} (through the outbound proxy {proxy})", describe(e)),
+            _ => describe(e),
+        }
     }
 }
 

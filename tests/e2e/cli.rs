@@ -4,26 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::binary::{command, fingerprint, output, quote, tail, BinConfig, Running};
+use crate::support::binary::{check_config, command, fingerprint, output, quote, tail, BinConfig, Running};
 use issettled_proxy::sim::{Sim, SimConfig};
-
-/// Run `check-config --config <text>` and return (exit code, stdout, stderr).
-async fn check_config(text: &str, env: &[(&str, &str)]) -> (Option<i32>, String, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.toml");
-    std::fs::write(&path, text).unwrap();
-    let mut cmd = command();
-    cmd.arg("check-config").arg("--config").arg(&path);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = output(cmd, Duration::from_secs(10)).await;
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// A valid minimal configuration, plus `extra` appended to its `[token]` section.
 fn minimal(token_extra: &str) -> String {

@@ -11,6 +11,8 @@ mod cli;
 mod cluster;
 mod cluster_lease;
 mod connections;
+mod egress;
+mod egress_errors;
 mod errors;
 mod forwarding;
 mod framing;

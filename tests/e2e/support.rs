@@ -17,10 +17,12 @@ use issettled_proxy::{
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
 pub(crate) mod binary;
+pub(crate) mod connect_proxy;
 pub(crate) mod faulty;
 pub(crate) mod keepalive;
 pub(crate) mod kube_api;
 pub(crate) mod refusals;
+pub(crate) mod tinyproxy;
 pub(crate) mod tls;
 
 /// The simulated IsSettled, serving on `127.0.0.1:0`.
@@ -140,6 +142,13 @@ impl ProxyBuilder {
     /// Override `section.key` (given as `SECTION__KEY`).
     pub(crate) fn set(mut self, key: &str, value: &str) -> Self {
         self.env.insert(format!("ISSETTLED_PROXY__{key}"), value.to_owned());
+        self
+    }
+
+    /// Set the environment variable `name` in the map the configuration is loaded with (the process env is
+    /// untouched): the proxy variables, for one.
+    pub(crate) fn var(mut self, name: &str, value: &str) -> Self {
+        self.env.insert(name.to_owned(), value.to_owned());
         self
     }
 

@@ -7,6 +7,7 @@ use hyper_rustls::HttpsConnectorBuilder;
 use rustls::{ClientConfig, RootCertStore};
 
 use super::*;
+use crate::proxy::tcp::Connector;
 
 /// A pool for `https://127.0.0.1:port` (protocol unknown until a connection is made).
 fn pool(port: u16) -> Arc<Pool> {
@@ -22,7 +23,7 @@ fn pool(port: u16) -> Arc<Pool> {
         .enable_http2()
         .wrap_connector(Connector::new(Duration::from_secs(5)));
     let authority: Authority = format!("127.0.0.1:{port}").parse().unwrap();
-    Arc::new(Pool::new(connector, &Scheme::HTTPS, &authority, 8).unwrap())
+    Arc::new(Pool::new(connector.into(), &Scheme::HTTPS, &authority, 8).unwrap())
 }
 
 /// A port nothing listens on.

@@ -277,6 +277,24 @@ pub(crate) async fn output(mut cmd: Command, limit: Duration) -> std::process::O
     }
 }
 
+/// Run `check-config --config <text>` and return (exit code, stdout, stderr).
+pub(crate) async fn check_config(text: &str, env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut cmd = command();
+    cmd.arg("check-config").arg("--config").arg(&path);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = output(cmd, Duration::from_secs(10)).await;
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// `sha256:` and the first 8 hex digits of the token's SHA-256: the only form a token may appear in.
 pub(crate) fn fingerprint(token: &str) -> String {
     use sha2::{Digest, Sha256};

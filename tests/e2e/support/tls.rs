@@ -12,7 +12,7 @@ use hyper_util::{
 use tokio::net::TcpListener;
 use tower::ServiceExt as _;
 
-/// A CA and a `localhost` server certificate it signed, as PEM.
+/// A CA and a server certificate it signed for `localhost` and `127.0.0.1`, as PEM.
 pub(crate) struct TestPki {
     pub(crate) ca_pem: String,
     pub(crate) server: Arc<rustls::ServerConfig>,
@@ -21,6 +21,18 @@ pub(crate) struct TestPki {
 impl TestPki {
     /// Generate a fresh CA and server certificate.
     pub(crate) fn generate() -> Self {
+        Self::with_clients(false).0
+    }
+
+    /// Like [`TestPki::generate`], but the server demands a client certificate the CA signed (mutual TLS). Also
+    /// returns such a certificate and its key, as PEM.
+    pub(crate) fn requiring_clients() -> (Self, String, String) {
+        let (pki, client) = Self::with_clients(true);
+        let (cert, key) = client.expect("a client certificate");
+        (pki, cert, key)
+    }
+
+    fn with_clients(required: bool) -> (Self, Option<(String, String)>) {
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -29,24 +41,42 @@ impl TestPki {
             .push(rcgen::DnType::CommonName, "issettled-proxy test CA");
         let ca = ca_params.self_signed(&ca_key).unwrap();
         let key = rcgen::KeyPair::generate().unwrap();
-        let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
         let issuer = rcgen::Issuer::new(ca_params, ca_key);
         let cert = params.signed_by(&key, &issuer).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
+            .unwrap();
+        let (builder, client) = if required {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca.der().clone()).unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .unwrap();
+            let client_key = rcgen::KeyPair::generate().unwrap();
+            let mut client_params = rcgen::CertificateParams::new(vec!["issettled-proxy".to_owned()]).unwrap();
+            client_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+            let client_cert = client_params.signed_by(&client_key, &issuer).unwrap();
+            (
+                builder.with_client_cert_verifier(verifier),
+                Some((client_cert.pem(), client_key.serialize_pem())),
+            )
+        } else {
+            (builder.with_no_client_auth(), None)
+        };
+        let mut server = builder
             .with_single_cert(
                 vec![cert.der().clone()],
                 rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
             )
             .unwrap();
         server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Self {
+        let pki = Self {
             ca_pem: ca.pem(),
             server: Arc::new(server),
-        }
+        };
+        (pki, client)
     }
 }
 
