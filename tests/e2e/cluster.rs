@@ -12,9 +12,9 @@ use serde_json::Value;
 
 use crate::support::{
     binary::{quote, BinConfig, Running},
-    client, get_json,
+    client, get_json, get_text,
     kube_api::KubeApi,
-    Upstream,
+    metric_sum, Upstream,
 };
 
 const ADMIN_SECRET: &str = "issettled-token";
@@ -145,19 +145,9 @@ impl Replica {
 
     /// Refresh calls this replica made (its own metrics).
     async fn refreshes(&self) -> u64 {
-        let text = client()
-            .get(self.cfg.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .filter(|l| l.starts_with("issettled_proxy_token_refresh_total{"))
-            .filter(|l| !l.contains("result=\"file\""))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
+        let text = get_text(&self.cfg.admin_url("/metrics")).await;
+        let file = metric_sum(&text, "issettled_proxy_token_refresh_total{result=\"file\"}");
+        metric_sum(&text, "issettled_proxy_token_refresh_total{") - file
     }
 
     /// A GET through this replica: its status.
@@ -360,19 +350,8 @@ async fn a_new_administrator_token_reaches_every_replica_and_a_refused_one_chang
     let counted = within(Duration::from_secs(5), async || {
         let mut total = 0;
         for r in [&a, &b] {
-            let text = client()
-                .get(r.cfg.admin_url("/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            total += text
-                .lines()
-                .filter(|l| l.starts_with("issettled_proxy_token_handover_refused_total "))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-                .sum::<u64>();
+            let text = get_text(&r.cfg.admin_url("/metrics")).await;
+            total += metric_sum(&text, "issettled_proxy_token_handover_refused_total ");
         }
         total >= 1
     })
@@ -496,14 +475,7 @@ async fn only_the_named_objects_are_touched_and_no_token_leaks() {
         .await
         .expect("the chain advances");
     let status = a.status().await.to_string();
-    let metrics = client()
-        .get(a.cfg.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&a.cfg.admin_url("/metrics")).await;
     assert!(metrics.contains("issettled_proxy_cluster_leader 1"), "{metrics}");
     assert!(
         metrics.contains("issettled_proxy_cluster_state_generation"),

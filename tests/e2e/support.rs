@@ -374,6 +374,19 @@ pub(crate) async fn get_json(url: &str) -> (u16, serde_json::Value) {
     (status, body)
 }
 
+/// `GET url`: the body as text (the admin port's `/metrics`, say).
+pub(crate) async fn get_text(url: &str) -> String {
+    client().get(url).send().await.unwrap().text().await.unwrap()
+}
+
+/// The sum of the samples on the Prometheus text lines that start with `prefix` (a name, with `{` or a space).
+pub(crate) fn metric_sum(text: &str, prefix: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// The Bearer token the upstream saw on a recorded request.
 pub(crate) fn bearer(headers: &http::HeaderMap) -> Option<String> {
     headers
