@@ -8,7 +8,7 @@ use futures_util::future::join_all;
 
 use crate::support::{
     binary::{check_config, command, tail, BinConfig},
-    client, wait_for, Upstream,
+    client, get_text, metric_sum, wait_for, Upstream,
 };
 
 /// The JSON log lines of `stdout` (other lines skipped).
@@ -133,17 +133,8 @@ async fn a_stalled_stdout_never_stops_requests_or_healthz() {
     assert!(ready, "not ready");
 
     let dropped = || async {
-        let text = c
-            .get(cfg.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix("issettled_proxy_log_lines_dropped_total "))
-            .and_then(|n| n.trim().parse::<u64>().ok())
+        let text = get_text(&cfg.admin_url("/metrics")).await;
+        Some(metric_sum(&text, "issettled_proxy_log_lines_dropped_total "))
     };
     let mut sent = 0;
     while sent < MOST && dropped().await.unwrap_or(0) == 0 {

@@ -312,13 +312,7 @@ async fn concurrent_upstream_401s_cause_one_refresh_and_gets_succeed_while_a_pos
     assert_schema(&body);
     assert_eq!(body["code"], "UNAUTHORIZED", "the upstream's error, normalized: {body}");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let posts = upstream
-        .sim
-        .requests()
-        .into_iter()
-        .filter(|r| r.method == http::Method::POST)
-        .count();
-    assert_eq!(posts, 1, "a POST is never replayed");
+    assert_eq!(posts_sent(&upstream), 1, "a POST is never replayed");
 }
 
 /// A 401 on a request that is not replayed (a POST) asks for a refresh and is answered at once, leaving nothing
@@ -370,13 +364,17 @@ async fn a_burst_of_401s_on_posts_during_a_slow_refresh_adds_no_task_and_causes_
         2,
         "the start-up refresh and one for the burst"
     );
-    let posts = upstream
+    assert_eq!(posts_sent(&upstream), 51, "a POST is never replayed");
+}
+
+/// How many POSTs reached the upstream.
+fn posts_sent(upstream: &Upstream) -> usize {
+    upstream
         .sim
         .requests()
         .iter()
         .filter(|r| r.method == http::Method::POST)
-        .count();
-    assert_eq!(posts, 51, "a POST is never replayed");
+        .count()
 }
 
 /// Every refresh response shape of the contract.
