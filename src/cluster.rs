@@ -80,6 +80,7 @@ pub(crate) async fn attach<C: RefreshClient>(
     let authority = Arc::new(LeaseAuthority {
         leadership,
         identity: cfg.identity.clone(),
+        lease_duration: cfg.lease_duration,
         retry_period: cfg.retry_period,
     });
     let (tx, rx) = mpsc::channel(EVENTS);
@@ -157,6 +158,7 @@ pub(crate) async fn refresh_settled(cell: Arc<TokenCell>, within: Duration) {
 struct LeaseAuthority {
     leadership: Leadership,
     identity: String,
+    lease_duration: Duration,
     retry_period: Duration,
 }
 
@@ -173,6 +175,11 @@ impl Authority for Arc<LeaseAuthority> {
     fn last_resort(&self, remaining: Duration) -> bool {
         let view = self.leadership.view();
         view.lost_for_api_only && !view.api_reachable && remaining < 2 * self.retry_period
+    }
+
+    /// A Lease's length: a deposed holder may still be writing for that long.
+    fn handover_grace(&self) -> Duration {
+        self.lease_duration
     }
 }
 

@@ -149,6 +149,9 @@ pub struct Refresher<C> {
     last_resync: Option<Instant>,
     /// How long the last refresh call took: a last-resort refresh must start this much earlier.
     last_latency: Duration,
+    /// A shared chain whose token the upstream refused: until when a newer link may still arrive before the
+    /// chain is treated as revoked ([`Authority::handover_grace`]).
+    awaiting_link_until: Option<Instant>,
 }
 
 /// A new administrator token, checked locally, waiting for the upstream to accept it.
@@ -208,6 +211,7 @@ impl<C: RefreshClient> Refresher<C> {
             offered: None,
             last_resync: None,
             last_latency: Duration::ZERO,
+            awaiting_link_until: None,
         };
         (me, RefreshHandle { tx })
     }
@@ -263,6 +267,7 @@ impl<C: RefreshClient> Refresher<C> {
                         self.poll_file().await;
                         self.retry_offer().await;
                         self.retry_unsaved().await;
+                        self.settle_refusal().await;
                         self.warn_session();
                     }
                     if self.due_in(&Stamp::now()) == Some(Duration::ZERO) {
@@ -459,36 +464,32 @@ impl<C: RefreshClient> Refresher<C> {
     }
 
     fn fail(&mut self, old: &Current, e: &RefreshError) {
-        if let (RefreshError::Revoked(_), true) = (e, self.authority.shared()) {
-            // Someone else may have refreshed the shared chain (a new leader, a last-resort refresh): not usable
-            // here, but not revoked either, until the store says more.
-            self.cell.store(None);
-            self.failures = 0;
-            self.retry_at = None;
-            // The moment requests start to fail is logged at ERROR by `watch_usability`.
-            tracing::warn!(
-                event = "token_refused",
-                fingerprint = %old.token().fingerprint(),
-                "the upstream refused the token; waiting for the chain's newest link in the state Secret"
-            );
-            self.cell.update_status(|s| {
-                s.refreshing = false;
-                s.last_error = Some(format!("{e}; waiting for a newer link in the state Secret"));
-                s.last_fingerprint = Some(old.token().fingerprint());
-            });
-            return;
-        }
         if let RefreshError::Revoked(_) = e {
             self.cell.store(None);
             self.failures = 0;
             self.retry_at = None;
-            // Logged at ERROR, with what to do, by `watch_usability` once the refresh is done.
             self.cell.update_status(|s| {
                 s.refreshing = false;
-                s.revoked = true;
-                s.last_error = Some(e.to_string());
                 s.last_fingerprint = Some(old.token().fingerprint());
             });
+            if self.authority.shared() {
+                // Someone else may have refreshed the shared chain (a new leader, a last-resort refresh): not
+                // usable here, but not revoked either, until the store says more (see `settle_refusal`). The
+                // moment requests start to fail is logged at ERROR by `watch_usability`.
+                let grace = self.authority.handover_grace();
+                self.awaiting_link_until = Some(Instant::now() + grace);
+                tracing::warn!(
+                    event = "token_refused",
+                    fingerprint = %old.token().fingerprint(),
+                    grace_ms = grace.as_millis() as u64,
+                    "the upstream refused the token; waiting for the chain's newest link in the state Secret"
+                );
+                let why = format!("{e}; waiting for a newer link in the state Secret");
+                self.cell.update_status(|s| s.last_error = Some(why));
+            } else {
+                // Logged at ERROR, with what to do, by `watch_usability` once the refresh is done.
+                self.revoke(e.to_string());
+            }
             return;
         }
         self.failures += 1;
@@ -501,6 +502,15 @@ impl<C: RefreshClient> Refresher<C> {
             s.refreshing = false;
             s.consecutive_failures = failures;
             s.last_error = Some(e.to_string());
+        });
+    }
+
+    /// The chain is revoked: requests are refused until an administrator issues a new token.
+    fn revoke(&mut self, why: String) {
+        self.awaiting_link_until = None;
+        self.cell.update_status(|s| {
+            s.revoked = true;
+            s.last_error = Some(why);
         });
     }
 

@@ -48,6 +48,11 @@ pub(crate) trait Authority: Send + Sync {
     fn last_resort(&self, _remaining: Duration) -> bool {
         false
     }
+    /// How long, after the upstream refused a shared chain's token, a newer link may take to reach the store
+    /// before the chain is treated as revoked: a deposed leader or a last-resort refresher may still be writing.
+    fn handover_grace(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 /// What the store or the administrator's source reports to the refresher.

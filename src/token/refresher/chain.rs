@@ -381,6 +381,41 @@ impl<C: RefreshClient> Refresher<C> {
         }
     }
 
+    /// A shared chain whose token the upstream refused: once [`Authority::handover_grace`] has passed with no
+    /// newer link, the store is read once more, and with still nothing newer there the chain is revoked. While
+    /// the store cannot be read the wait goes on (a last-resort refresher cut off from the API cannot know).
+    ///
+    /// [`Authority::handover_grace`]: crate::token::store::Authority::handover_grace
+    pub(super) async fn settle_refusal(&mut self) {
+        let Some(until) = self.awaiting_link_until else { return };
+        if self.cell.load().is_some() {
+            self.awaiting_link_until = None;
+            return;
+        }
+        if Instant::now() < until {
+            return;
+        }
+        match self.store.load().await {
+            Ok(Some(link)) if link.generation > self.chain_generation => {
+                self.awaiting_link_until = None;
+                self.adopt_stored(link);
+            }
+            Ok(_) => {
+                tracing::warn!(
+                    event = "token_revoked",
+                    key = self.store.key(),
+                    generation = self.chain_generation,
+                    "no newer link reached the store after the upstream refused the token: the chain is revoked"
+                );
+                self.revoke(format!(
+                    "the upstream refused the token and {} holds no newer link: the chain is revoked",
+                    self.store.key()
+                ));
+            }
+            Err(_) => {}
+        }
+    }
+
     pub(super) fn set_chain_generation(&mut self, generation: u64) {
         self.chain_generation = generation;
         self.cell.update_status(|s| s.chain_generation = generation);

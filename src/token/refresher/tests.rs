@@ -457,7 +457,11 @@ async fn a_new_token_file_the_upstream_refuses_leaves_the_current_chain_in_place
         vec![Err(RefreshError::Revoked(401))],
         Duration::ZERO,
     );
-    until("the start-up refresh", || calls(&client) == 1).await;
+    // The call is recorded before its answer is persisted (on the blocking pool): wait for both.
+    until("the start-up refresh", || {
+        calls(&client) == 1 && cell.status().last_refresh_at.is_some()
+    })
+    .await;
     let before = crate::token::state_file::read(&state)
         .unwrap()
         .expect("the confirmed token is persisted");
@@ -533,10 +537,12 @@ async fn a_new_token_file_is_used_at_once_when_there_is_no_usable_token() {
     std::fs::write(&path, "initial\n").unwrap();
     let mut s = settings();
     s.token_file = Some(path.clone());
-    let client = scripted([
-        Err(RefreshError::Revoked(401)),
-        Err(RefreshError::Transient("slow".into())),
-    ]);
+    // Its confirmation keeps failing transiently, so the new token stays in the cell for seconds (after one
+    // failure the retry would replace it 1 s later, which a loaded machine may let pass between two looks).
+    let client = scripted(
+        std::iter::once(Err(RefreshError::Revoked(401)))
+            .chain(std::iter::repeat_with(|| Err(RefreshError::Transient("slow".into()))).take(5)),
+    );
     let (cell, _handle) = start(s, client.clone(), "initial");
     until("the start-up refresh is refused", || cell.load().is_none()).await;
     std::fs::write(&path, "rescue\n").unwrap();
@@ -692,4 +698,87 @@ async fn a_follower_answers_401s_by_rereading_the_chain_once_per_gap_and_never_c
     assert_eq!(reads.load(std::sync::atomic::Ordering::SeqCst), 2);
     tokio::time::sleep(Duration::from_secs(3600)).await;
     assert_eq!(calls(&client), 0, "a follower never calls the refresh endpoint");
+}
+
+/// The Lease holder of a shared chain.
+struct Leader;
+
+impl crate::token::store::Authority for Leader {
+    fn may_refresh(&self) -> bool {
+        true
+    }
+    fn shared(&self) -> bool {
+        true
+    }
+    fn handover_grace(&self) -> Duration {
+        Duration::from_secs(15)
+    }
+}
+
+/// A store that answers and holds nothing newer than what the refresher knows.
+struct Empty;
+
+impl crate::token::store::ChainStore for Empty {
+    fn save<'a>(
+        &'a self,
+        _link: &'a crate::token::state_file::Persisted,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), crate::token::store::SaveError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn load(&self) -> futures_util::future::BoxFuture<'_, Result<Option<crate::token::state_file::Persisted>, String>> {
+        Box::pin(async { Ok(None) })
+    }
+    fn key(&self) -> &'static str {
+        "cluster.state_secret"
+    }
+}
+
+/// A leader on "refused-token" whose first refresh the upstream refuses, on a store that holds nothing newer.
+fn start_refused_leader() -> (
+    Arc<TokenCell>,
+    mpsc::Sender<crate::token::store::ChainEvent>,
+    RefreshHandle,
+) {
+    let client = scripted([Err(RefreshError::Revoked(401))]);
+    let cell = TokenCell::new();
+    let (events, rx) = mpsc::channel(4);
+    let (refresher, handle) = Refresher::new(settings(), cell.clone(), client, Arc::new(Metrics::new()));
+    let mut refresher = refresher.with_chain(Box::new(Empty), Box::new(Leader), rx);
+    refresher.adopt_initial(candidate("refused-token"));
+    tokio::spawn(refresher.run(std::future::pending()));
+    (cell, events, handle)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_leader_whose_first_refresh_is_refused_waits_a_lease_for_a_newer_link_then_treats_the_chain_as_revoked() {
+    let (cell, _events, _handle) = start_refused_leader();
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    assert!(cell.load().is_none(), "the refused token is not sent");
+    let snap = crate::token::snapshot(&cell);
+    assert_ne!(snap.state, TokenState::Revoked, "a deposed writer may still be writing");
+    assert!(snap.last_error.unwrap().contains("waiting for a newer link"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let snap = crate::token::snapshot(&cell);
+    assert_eq!(snap.state, TokenState::Revoked, "no newer link within lease_duration");
+    assert!(snap.last_error.unwrap().contains("the chain is revoked"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_newer_link_within_the_lease_after_a_refusal_is_used_and_the_chain_never_revoked() {
+    let (cell, events, _handle) = start_refused_leader();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let link = crate::token::state_file::Persisted {
+        token: Token::parse("written-by-the-deposed-leader").unwrap(),
+        confirmed_at: SystemTime::now(),
+        session_started_at: None,
+        origin: None,
+        generation: 4,
+    };
+    events
+        .send(crate::token::store::ChainEvent::Stored(Some(link)))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(cell.load().unwrap().token().expose(), "written-by-the-deposed-leader");
+    assert_eq!(crate::token::snapshot(&cell).state, TokenState::Valid);
 }
