@@ -599,10 +599,11 @@ async fn admin_posts_from_another_machine_are_refused_and_local_ones_served() {
 #[tokio::test]
 async fn admin_errors_name_the_member_and_the_request_id() {
     let (upstream, proxy) = crate::support::refreshed_proxy().await;
-    upstream.sim.script_refresh(vec![
-        issettled_proxy::sim::ScriptedResponse::Status(500),
-        issettled_proxy::sim::ScriptedResponse::Status(500),
-    ]);
+    // Both POSTs below must fail. The first failure schedules background retries (at least 250 ms apart), which
+    // take scripted answers too: enough of them that a slow second POST still finds a 500 left.
+    upstream
+        .sim
+        .script_refresh(vec![issettled_proxy::sim::ScriptedResponse::Status(500); 60]);
     let r = client()
         .post(proxy.admin_url("/refresh"))
         .header("x-request-id", "ops-check-1")

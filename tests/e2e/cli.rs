@@ -262,7 +262,9 @@ async fn no_token_in_trace_logs() {
     let first = upstream.token();
     let cfg = BinConfig::new(&upstream.url)
         .set("token", "min_refresh_gap", "\"100ms\"")
-        .set("token", "refresh_interval", "\"2s\"")
+        // Long enough that no scheduled refresh lands between reading the current token and its 401 below (on a
+        // loaded machine that took longer than 2 s), short enough for the scheduled one waited for at the end.
+        .set("token", "refresh_interval", "\"5s\"")
         .set("token", "revoke_after", "\"15m\"")
         .env("RUST_LOG", "trace");
     cfg.write_token(&first);
@@ -358,7 +360,8 @@ async fn no_token_in_trace_logs() {
 /// Start `issettled-proxy wait` against `cfg`'s admin port and check it is still waiting 0.7 s later.
 async fn start_waiting(cfg: &BinConfig, still_because: &str) -> Running {
     let mut wait = command();
-    wait.args(["wait", "--admin", &cfg.admin_url(""), "--timeout", "15s"]);
+    // A time-out far beyond the test's own waits: on a loaded machine the sidecar may take seconds to be ready.
+    wait.args(["wait", "--admin", &cfg.admin_url(""), "--timeout", "60s"]);
     let mut waiting = Running::spawn(wait);
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(
@@ -431,11 +434,12 @@ async fn wait_exits_1_at_its_timeout() {
     assert!(took < Duration::from_secs(5), "overran its time-out: {took:?}");
 }
 
-/// `wait --admin ADDRESS --timeout 1s`: exit 1 and what it printed.
+/// `wait --admin ADDRESS --timeout 5s`: exit 1 and what it printed. (The reason is the last answer seen, so the
+/// first poll must get one in time: with 1 s a loaded machine could print "no answer yet" instead.)
 async fn wait_gives_up(admin: &str) -> String {
     let mut cmd = command();
-    cmd.args(["wait", "--admin", admin, "--timeout", "1s"]);
-    let out = output(cmd, Duration::from_secs(10)).await;
+    cmd.args(["wait", "--admin", admin, "--timeout", "5s"]);
+    let out = output(cmd, Duration::from_secs(30)).await;
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     stderr
@@ -519,11 +523,11 @@ async fn demo_serves_and_stops() {
     assert_eq!(r.status(), 200);
     let accounts: serde_json::Value = r.json().await.unwrap();
     assert!(accounts.as_array().is_some_and(|a| !a.is_empty()), "{accounts}");
-    assert!(
-        demo.stdout().contains("curl -s http://127.0.0.1:8080/digital-accounts"),
-        "{}",
-        demo.stdout()
-    );
+    // Printed before it serves, but read from the pipe by a task of ours: wait for it rather than assume it.
+    let printed =
+        crate::support::wait_for(|| async { demo.stdout().contains("curl -s http://127.0.0.1:8080/digital-accounts") })
+            .await;
+    assert!(printed, "{}", demo.stdout());
     // Its JSON answers end with a newline (curl's output, then the prompt on its own line): the upstream's, the
     // proxy's errors, the admin port's.
     for (method, url) in [

@@ -339,7 +339,7 @@ async fn a_new_administrator_token_reaches_every_replica_and_a_refused_one_chang
     // A typo: refused by the upstream, reported, counted, nothing changes.
     let before = f.generation();
     f.api.set_secret_key(ADMIN_SECRET, "token", "eyJhbGciOiJub25lIn0.typo");
-    let reported = within(Duration::from_secs(5), async || {
+    let reported = within(Duration::from_secs(15), async || {
         let (sa, sb) = (a.status().await, b.status().await);
         [sa, sb]
             .iter()
@@ -347,7 +347,7 @@ async fn a_new_administrator_token_reaches_every_replica_and_a_refused_one_chang
     })
     .await;
     assert!(reported.is_some(), "the refusal shows in /status token.last_error");
-    let counted = within(Duration::from_secs(5), async || {
+    let counted = within(Duration::from_secs(15), async || {
         let mut total = 0;
         for r in [&a, &b] {
             let text = get_text(&r.cfg.admin_url("/metrics")).await;
@@ -360,11 +360,11 @@ async fn a_new_administrator_token_reaches_every_replica_and_a_refused_one_chang
     let (_, failed) = load(&[&a, &b], Duration::from_secs(2)).await;
     assert!(failed.is_empty(), "zero failures: {failed:?}");
     assert!(f.generation() >= before, "the chain is untouched");
-    // A real new session: every replica uses its descendants within 5 s.
+    // A real new session: every replica uses its descendants ("within seconds"; 15 s for a loaded machine).
     let rotated = f.upstream.token();
     let origin = crate::support::binary::fingerprint(&rotated);
     f.api.set_secret_key(ADMIN_SECRET, "token", &rotated);
-    let moved = within(Duration::from_secs(5), async || {
+    let moved = within(Duration::from_secs(15), async || {
         f.state().is_some_and(|s| s["origin"] == origin.as_str())
             && a.status().await["token"]["fingerprint"] == b.status().await["token"]["fingerprint"]
             && a.status().await["cluster"]["state_generation"].as_u64()
@@ -400,7 +400,7 @@ async fn a_stale_leader_woken_from_sigstop_never_overwrites_a_newer_link() {
     let (stale, other) = if a.id == leader { (&a, &b) } else { (&b, &a) };
     f.upstream.sim.set_refresh_latency(Duration::from_millis(1500));
     let calls = f.upstream.sim.refresh_calls().len();
-    within(Duration::from_secs(5), async || {
+    within(Duration::from_secs(10), async || {
         f.upstream.sim.refresh_calls().len() > calls
     })
     .await
@@ -418,13 +418,13 @@ async fn a_stale_leader_woken_from_sigstop_never_overwrites_a_newer_link() {
     .await
     .expect("leads");
     let written = f.generation();
-    within(Duration::from_secs(10), async || f.generation() >= written + 2)
+    within(Duration::from_secs(20), async || f.generation() >= written + 2)
         .await
         .expect("newer links");
     let high = f.generation();
     stale.run.signal("CONT");
     let mut lowest_after = u64::MAX;
-    let converged = within(Duration::from_secs(10), async || {
+    let converged = within(Duration::from_secs(20), async || {
         lowest_after = lowest_after.min(f.generation());
         let (s, o) = (stale.status().await, other.status().await);
         s["cluster"]["role"] == "follower" && s["token"]["fingerprint"] == o["token"]["fingerprint"]
@@ -439,7 +439,12 @@ async fn a_stale_leader_woken_from_sigstop_never_overwrites_a_newer_link() {
         lowest_after >= high,
         "the generation never went back: {lowest_after} < {high}"
     );
-    assert!(stale.run.stdout().contains("state_conflict"), "its write met the fence");
+    // The log line goes out through a background writer and a pipe: wait for it rather than read at once.
+    let fenced = within(Duration::from_secs(15), async || {
+        stale.run.stdout().contains("state_conflict")
+    })
+    .await;
+    assert!(fenced.is_some(), "its write met the fence");
     f.upstream.sim.set_refresh_latency(Duration::ZERO);
     let (_, failed) = load(&[stale, other], Duration::from_secs(3)).await;
     assert!(failed.is_empty(), "no request uses the stale token: {failed:?}");
@@ -530,7 +535,7 @@ async fn a_chain_from_mode_off_starts_from_the_state_file_and_an_emptied_state_i
     // A secret store rewrites the state Secret whole: the count is never restarted.
     let before = f.generation();
     f.api.set_secret_key(STATE_SECRET, "state", "");
-    let restored = within(Duration::from_secs(5), async || f.generation() > before).await;
+    let restored = within(Duration::from_secs(15), async || f.generation() > before).await;
     assert!(
         restored.is_some(),
         "written back with a higher generation: {:?}",
@@ -574,13 +579,13 @@ async fn an_api_outage_longer_than_revoke_after_keeps_the_leader_serving_and_sta
         follower_503 > 0,
         "the follower answered 503 TOKEN_UNAVAILABLE once its token's deadline passed"
     );
-    let logs = leader.run.stdout();
-    assert!(
-        logs.contains("last_resort_refresh"),
-        "the last-resort refresh is logged at warn"
-    );
+    let logged = within(Duration::from_secs(15), async || {
+        leader.run.stdout().contains("last_resort_refresh")
+    })
+    .await;
+    assert!(logged.is_some(), "the last-resort refresh is logged at warn");
     f.api.set_down(false);
-    let caught_up = within(Duration::from_secs(5), async || {
+    let caught_up = within(Duration::from_secs(15), async || {
         let Some(state) = f.state() else { return false };
         let (sl, sf) = (leader.status().await, follower.status().await);
         let fp = |s: &Value| s["token"]["fingerprint"].clone();
@@ -591,7 +596,7 @@ async fn an_api_outage_longer_than_revoke_after_keeps_the_leader_serving_and_sta
     .await;
     assert!(
         caught_up.is_some(),
-        "state caught up and every replica uses it within 5 s: {:?} / {}",
+        "state caught up and every replica uses it within 15 s: {:?} / {}",
         f.state(),
         follower.status().await
     );

@@ -10,7 +10,7 @@ use crate::support::{
     binary::{BinConfig, Running},
     get_json,
     kube_api::KubeApi,
-    Upstream,
+    wait_for, Upstream,
 };
 
 const LEASE: &str = "issettled-proxy";
@@ -76,14 +76,19 @@ async fn the_api_is_reached_directly_whatever_the_proxy_variables_say() {
 #[tokio::test]
 async fn a_missing_lease_is_reported_with_what_to_do_and_never_created() {
     let (api, _upstream, _dir, cfg) = setup(false).await;
-    let run: Running = cfg.start();
+    let mut run: Running = cfg.start();
     tokio::time::sleep(Duration::from_secs(3)).await;
+    // Up (a loaded machine may take longer than the 3 s to start it), and its log line written out (the log
+    // writer is a background thread, the pipe read by a task): wait for both rather than assume them.
+    run.wait_ready(&cfg.admin_url("/healthz")).await;
+    let logged =
+        wait_for(|| async { format!("{}{}", run.stdout(), run.stderr()).contains("the Lease does not exist") }).await;
     assert_eq!(
         get_json(&cfg.admin_url("/status")).await.1["cluster"]["role"],
         "candidate"
     );
     let logs = format!("{}{}", run.stdout(), run.stderr());
-    assert!(logs.contains("the Lease does not exist"), "{logs}");
+    assert!(logged, "{logs}");
     assert!(api.lease(LEASE).is_none(), "the proxy creates nothing");
     assert!(
         api.requests().iter().all(|r| r.method == http::Method::GET),

@@ -151,11 +151,14 @@ async fn a_refresh_through_a_failing_proxy_is_retried_and_the_token_not_revoked(
         .spawn()
         .await;
     // The start-up refresh and its retries fail at the proxy: transient, with backoff, the token still usable.
-    let retried =
-        wait_for(|| async { proxy.status().await["token"]["consecutive_failures"].as_u64() >= Some(2) }).await;
+    // Read between two attempts: while one is in flight (every 250 ms at least) the state reads `refreshing`.
+    let retried = wait_for(|| async {
+        let s = proxy.status().await;
+        s["token"]["consecutive_failures"].as_u64() >= Some(2) && s["token"]["state"] == "valid"
+    })
+    .await;
     let status = proxy.status().await;
-    assert!(retried, "no retry: {status}");
-    assert_eq!(status["token"]["state"], "valid", "{status}");
+    assert!(retried, "no retry, or the token not valid between them: {status}");
     let error = status["token"]["last_error"].as_str().unwrap_or_default();
     assert!(
         error.contains(&format!("through the outbound proxy {}", outbound.url())),

@@ -89,6 +89,9 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     assert!(String::from_utf8_lossy(&rest).starts_with("HTTP/1.1 200"));
 }
 
+/// A request that holds its connection: far longer than it takes to see it arrive and check that another waits.
+const HELD: &str = "/slow?ms=5000";
+
 /// Send a `Connection: close` request on a new connection and read the whole answer.
 async fn request_on_new_connection(addr: SocketAddr, path: &str) -> String {
     let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
@@ -100,11 +103,14 @@ async fn at_max_connections_a_new_connection_waits_while_requests_in_flight_fini
     let upstream = Upstream::spawn().await;
     let proxy = ProxyBuilder::new(&upstream.url, &upstream.token())
         .set("LISTEN__MAX_CONNECTIONS", "2")
+        .set("UPSTREAM__REQUEST_TIMEOUT", "30s")
         .spawn()
         .await;
     let addr = proxy.addr;
+    // Held long enough that they are surely still in flight while the third connection is shown to wait, even
+    // when seeing them arrive takes a while on a loaded machine.
     let held: Vec<_> = (0..2)
-        .map(|_| tokio::spawn(request_on_new_connection(addr, "/slow?ms=1500")))
+        .map(|_| tokio::spawn(request_on_new_connection(addr, HELD)))
         .collect();
     assert!(
         crate::support::wait_for(|| async { upstream.sim.requests().len() == 2 }).await,
@@ -138,7 +144,7 @@ async fn served_once_the_held_finish<S: AsyncRead + Unpin>(stream: &mut S, held:
             "in-flight requests finish normally: {response}"
         );
     }
-    let late = read_response(stream, Duration::from_secs(5)).await;
+    let late = read_response(stream, Duration::from_secs(15)).await;
     assert_eq!(raw_status(&late), 200, "served once a slot is free: {late}");
 }
 
@@ -152,9 +158,10 @@ async fn max_connections_is_shared_by_the_tcp_port_and_the_unix_socket() {
     let proxy = ProxyBuilder::new(&upstream.url, &upstream.token())
         .set("LISTEN__UNIX_SOCKET", &socket.display().to_string())
         .set("LISTEN__MAX_CONNECTIONS", "1")
+        .set("UPSTREAM__REQUEST_TIMEOUT", "30s")
         .spawn()
         .await;
-    let held = tokio::spawn(request_on_new_connection(proxy.addr, "/slow?ms=1500"));
+    let held = tokio::spawn(request_on_new_connection(proxy.addr, HELD));
     assert!(
         crate::support::wait_for(|| async { upstream.sim.requests().len() == 1 }).await,
         "the slow request in flight"

@@ -29,7 +29,10 @@ async fn an_unreachable_upstream_shows_at_warn_until_requests_fail() {
         .set("token", "refresh_interval", "\"1s\"")
         .set("token", "revoke_after", "\"3s\"");
     cfg.write_token("an-opaque-token");
-    let mut running = cfg.start_ready().await;
+    // Up, not ready: the token is usable only until its 3 s revoke deadline, which a slow start could pass
+    // before a readiness check saw it.
+    let mut running = cfg.start();
+    running.wait_ready(&cfg.admin_url("/healthz")).await;
     let c = client();
     let failing = wait_for(|| async {
         let r = c.get(cfg.url("/digital-accounts")).send().await;

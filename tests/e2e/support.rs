@@ -335,19 +335,23 @@ pub(crate) async fn readyz(proxy: &TestProxy) -> u16 {
         .map_or(0, |r| r.status().as_u16())
 }
 
-/// Poll `check` every 20 ms for up to 10 s.
+/// Poll `check` every 20 ms for up to 30 s (what normally takes milliseconds can take seconds on a loaded CI
+/// machine; every caller waits for something that must happen, so the bound only decides how late a failure is).
 pub(crate) async fn wait_for<F, Fut>(mut check: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    for _ in 0..500 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
         if check().await {
             return true;
         }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    false
 }
 
 /// The nine fields of the IsSettled error schema.

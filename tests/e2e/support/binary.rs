@@ -219,10 +219,11 @@ impl Running {
         status
     }
 
-    /// Poll `url` until it answers 200 (10 s at most); panic with the child's output if it exits first.
+    /// Poll `url` until it answers 200 (30 s at most: a start on a loaded CI machine can take seconds); panic with
+    /// the child's output if it exits first.
     pub(crate) async fn wait_ready(&mut self, url: &str) {
         let client = super::client();
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!(
@@ -239,7 +240,7 @@ impl Running {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         panic!(
-            "{url} not 200 within 10 s\nstdout:\n{}\nstderr:\n{}",
+            "{url} not 200 within 30 s\nstdout:\n{}\nstderr:\n{}",
             tail(&self.stdout()),
             tail(&self.stderr())
         );

@@ -53,13 +53,14 @@ impl Tinyproxy {
             .spawn()
             .expect("start tinyproxy");
         let proxy = Self { port, child, _dir: dir };
-        for _ in 0..250 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
             if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
                 return Some(proxy);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("tinyproxy did not listen on 127.0.0.1:{port} within 5 s");
+        panic!("tinyproxy did not listen on 127.0.0.1:{port} within 30 s");
     }
 
     /// `http://127.0.0.1:port`.

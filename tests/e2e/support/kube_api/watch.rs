@@ -8,7 +8,10 @@ use std::{io, sync::Arc, time::Duration};
 use axum::{body::Body, response::Response};
 use bytes::Bytes;
 use serde_json::{json, Value};
-use tokio::{sync::mpsc, time::Instant};
+use tokio::{
+    sync::{mpsc, watch},
+    time::Instant,
+};
 
 use super::{store::Target, Shared};
 
@@ -27,9 +30,14 @@ pub(crate) struct WatchRequest {
 type Chunk = Result<Bytes, io::Error>;
 
 /// Start the stream; its events are produced by a task until the deadline, a drop, or the client going away.
+///
+/// The change and drop signals are subscribed here, before the response head goes out, not in the task: a
+/// [`super::KubeApi::drop_watches`] right after the client has its stream must cut it even if the task has not
+/// run yet (a receiver subscribed later would take the drop as already seen).
 pub(crate) fn respond(shared: Arc<Shared>, target: Target, request: WatchRequest) -> Response {
     let (tx, mut rx) = mpsc::channel(64);
-    tokio::spawn(stream(shared, target, request, tx));
+    let (changes, drops) = (shared.changes.subscribe(), shared.drops.subscribe());
+    tokio::spawn(stream(shared, target, request, changes, drops, tx));
     let body = Body::from_stream(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
     Response::builder()
         .header(http::header::CONTENT_TYPE, "application/json")
@@ -37,10 +45,15 @@ pub(crate) fn respond(shared: Arc<Shared>, target: Target, request: WatchRequest
         .expect("a valid response")
 }
 
-async fn stream(shared: Arc<Shared>, target: Target, request: WatchRequest, tx: mpsc::Sender<Chunk>) {
+async fn stream(
+    shared: Arc<Shared>,
+    target: Target,
+    request: WatchRequest,
+    mut changes: watch::Receiver<()>,
+    mut drops: watch::Receiver<()>,
+    tx: mpsc::Sender<Chunk>,
+) {
     let deadline = Instant::now() + request.timeout;
-    let mut changes = shared.changes.subscribe();
-    let mut drops = shared.drops.subscribe();
     let mut bookmarks = tokio::time::interval_at(Instant::now() + BOOKMARK_EVERY, BOOKMARK_EVERY);
     let mut seen = match request.from {
         Some(resource_version) => resource_version,
