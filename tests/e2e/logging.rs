@@ -20,10 +20,7 @@ fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
 /// refresh as a warning, then once, at ERROR, the moment requests start to fail, with what to do.
 #[tokio::test]
 async fn an_unreachable_upstream_shows_at_warn_until_requests_fail() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = format!("127.0.0.1:{}", crate::support::binary::free_port());
     let cfg = BinConfig::new(&format!("http://{closed}"))
         .set("log", "level", "\"warn\"")
         .set("token", "refresh_interval", "\"1s\"")

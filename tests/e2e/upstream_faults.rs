@@ -19,10 +19,7 @@ use tokio::io::AsyncWriteExt;
 
 #[tokio::test]
 async fn upstream_down_is_502_unreachable() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = crate::support::binary::free_port();
     let proxy = ProxyBuilder::new(&format!("http://127.0.0.1:{port}"), "opaque-token")
         .spawn()
         .await;

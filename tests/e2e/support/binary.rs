@@ -19,10 +19,39 @@ use tokio::{
 /// The binary under test.
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_issettled-proxy");
 
-/// A port that was free a moment ago (bound on `127.0.0.1:0`, then released).
+/// A port for a child to bind (or to find nothing listening on), free now and handed out once per test process.
+///
+/// Taken outside the kernel's ephemeral range (`net.ipv4.ip_local_port_range`), where neither a `bind` to port 0
+/// nor an outgoing connection of another test lands: nothing takes it between this check and the child's `bind`.
+/// Each process starts at its own offset, so two test processes rarely walk the same ports.
 pub(crate) fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
+    use std::sync::{atomic::AtomicU32, atomic::Ordering, OnceLock};
+    static WINDOW: OnceLock<(u32, u32)> = OnceLock::new();
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (first, len) = *WINDOW.get_or_init(|| {
+        let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+        let mut bounds = range.split_whitespace().filter_map(|n| n.parse::<u32>().ok());
+        let (low, high) = (bounds.next().unwrap_or(32768), bounds.next().unwrap_or(60999));
+        if low >= 11024 {
+            (low - 10000, 10000)
+        } else {
+            (high + 1, 65535 - high)
+        }
+    });
+    if len == 0 {
+        // The whole port space is ephemeral: a port the kernel just handed out, as the next best.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        return listener.local_addr().unwrap().port();
+    }
+    let offset = std::process::id().wrapping_mul(7919) % len;
+    for _ in 0..len {
+        let port = first + (offset + NEXT.fetch_add(1, Ordering::Relaxed)) % len;
+        let port = u16::try_from(port).expect("a port number");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {first}..{}", first + len);
 }
 
 /// A `Command` for the binary with an empty environment except `PATH` (nothing from the test process leaks in,
