@@ -281,7 +281,7 @@ async fn join_the_cluster(
 /// refresh in flight is written, then the Lease released. The returned [`Flush`] ends when the release has.
 fn compete_for_the_lease(mut cluster: Cluster, cell: Arc<TokenCell>, proxy_phase: &Shutdown) -> Flush {
     let draining = proxy_phase.signal();
-    let elector = cluster.spawn(async move {
+    let elector = cluster.spawn(cell.clone(), async move {
         draining.reached(Phase::Draining).await;
         cluster::refresh_settled(cell, RELEASE_WAIT).await;
     });

@@ -122,13 +122,18 @@ impl Cluster {
         self.report.clone()
     }
 
-    /// Start competing for the Lease. When `release` completes (SIGTERM, once a refresh in flight has been
-    /// written), the Lease is released if held, so another replica leads within 2 × `retry_period`.
-    pub(crate) fn spawn(&mut self, release: impl Future<Output = ()> + Send + 'static) -> JoinHandle<()> {
+    /// Start competing for the Lease (once a link `cell`'s refresher kept during an outage is written). When
+    /// `release` completes (SIGTERM, once a refresh in flight has been written), the Lease is released if held,
+    /// so another replica leads within 2 × `retry_period`.
+    pub(crate) fn spawn(
+        &mut self,
+        cell: Arc<TokenCell>,
+        release: impl Future<Output = ()> + Send + 'static,
+    ) -> JoinHandle<()> {
         let elector = self.elector.take();
         tokio::spawn(async move {
             if let Some(elector) = elector {
-                elector.run(release).await;
+                elector.with_hold(move || cell.status().unsaved).run(release).await;
             }
         })
     }

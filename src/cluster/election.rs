@@ -53,6 +53,11 @@ pub(crate) struct Elector {
     on_api_error: OnApiError,
     /// The fraction of `retry_period` a candidate adds to its pause, in [0, 0.5].
     jitter: Box<dyn FnMut() -> f64 + Send + Sync>,
+    /// Whether this replica holds a link the state Secret has not taken yet (a last-resort refresh made while the
+    /// API did not answer): it writes that first, and does not compete for the Lease meanwhile.
+    hold: Box<dyn Fn() -> bool + Send + Sync>,
+    /// Since when the API has answered while this replica held off.
+    held_since: Option<Instant>,
 }
 
 /// Why one call failed.
@@ -93,6 +98,8 @@ impl Elector {
             lead_until: lead_until.clone(),
             on_api_error,
             jitter: Box::new(|| rand::random::<f64>() * 0.5),
+            hold: Box::new(|| false),
+            held_since: None,
         };
         (elector, Leadership::new(rx, lead_until))
     }
@@ -101,6 +108,14 @@ impl Elector {
     #[cfg(test)]
     pub(crate) fn with_jitter(mut self, jitter: impl FnMut() -> f64 + Send + Sync + 'static) -> Self {
         self.jitter = Box::new(jitter);
+        self
+    }
+
+    /// Do not compete for the Lease while `hold` says this replica has a link to write first (for at most
+    /// `lease_duration` of an answering API: a store that keeps refusing the write must not keep it out for good;
+    /// the state Secret's fence keeps the higher generation either way).
+    pub(crate) fn with_hold(mut self, hold: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        self.hold = Box::new(hold);
         self
     }
 
@@ -129,13 +144,40 @@ impl Elector {
     /// conflict, and for everyone else, read, decide, write.
     async fn attempt(&mut self) {
         self.check_deadline();
-        if !self.election.is_leader() || matches!(self.write_decision().await, Err(CallError::Conflict)) {
-            // A failed write was logged and counted where it failed; the next attempt retries.
-            if self.read().await.is_ok() {
-                let _ = self.write_decision().await;
+        if !self.election.is_leader() && (self.hold)() {
+            // Read only (the view stays current), until the link is written or the hold has lasted long enough.
+            match self.read().await {
+                Ok(()) if self.held_long_enough() => {
+                    let _ = self.write_decision().await;
+                }
+                Ok(()) => {}
+                Err(_) => self.held_since = None,
+            }
+        } else {
+            self.held_since = None;
+            if !self.election.is_leader() || matches!(self.write_decision().await, Err(CallError::Conflict)) {
+                // A failed write was logged and counted where it failed; the next attempt retries.
+                if self.read().await.is_ok() {
+                    let _ = self.write_decision().await;
+                }
             }
         }
         self.check_deadline();
+    }
+
+    /// Whether a replica holding off (see [`Elector::with_hold`]) has done so for `lease_duration` of an
+    /// answering API.
+    fn held_long_enough(&mut self) -> bool {
+        let name = &self.settings.name;
+        let since = *self.held_since.get_or_insert_with(|| {
+            info!(lease = %name, "not competing for the lease until the token kept during the outage is written to the state Secret");
+            Instant::now()
+        });
+        let long_enough = since.elapsed() >= self.settings.lease_duration;
+        if long_enough {
+            warn!(lease = %name, "the token kept during the outage is still not written to the state Secret; competing for the lease anyway");
+        }
+        long_enough
     }
 
     /// Reads the Lease into the election.

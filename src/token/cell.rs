@@ -204,6 +204,8 @@ pub struct RefreshStatus {
     pub chain_generation: u64,
     /// When this process last received the chain from the store (cluster mode).
     pub last_sync_at: Option<SystemTime>,
+    /// A link the store has not taken yet (it did not answer): written before this process competes to lead.
+    pub unsaved: bool,
 }
 
 /// The cell. Readers call [`TokenCell::load`]; only the refresher stores.

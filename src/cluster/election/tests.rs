@@ -45,10 +45,20 @@ struct Replica {
 
 impl Replica {
     fn spawn(client: kube::Client, settings: LeaseSettings) -> Replica {
+        Replica::holding(client, settings, || false)
+    }
+
+    /// A replica that holds off competing while `hold` says so (see [`Elector::with_hold`]).
+    fn holding(
+        client: kube::Client,
+        settings: LeaseSettings,
+        hold: impl Fn() -> bool + Send + Sync + 'static,
+    ) -> Replica {
         let errors = Arc::new(Mutex::new(Vec::new()));
         let sink = errors.clone();
         let on_api_error: OnApiError = Arc::new(move |op| sink.lock().expect("errors lock").push(op));
         let (elector, leadership) = Elector::new(Api::default_namespaced(client), settings, on_api_error);
+        let elector = elector.with_hold(hold);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(elector.run(async move {
             let _ = stopped.await;
@@ -159,6 +169,39 @@ async fn a_killed_leader_is_replaced_after_its_lease_and_within_lease_duration_p
         "b took a live lease after {took:?}"
     );
     assert_eq!(spec(&api).lease_transitions, Some(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_with_an_unwritten_link_competes_only_once_it_is_written() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let api = FakeApi::start().await;
+    api.create_lease(LEASE);
+    let unsaved = Arc::new(AtomicBool::new(true));
+    let hold = unsaved.clone();
+    let a = Replica::holding(api.client_in_memory(), contract("a"), move || {
+        hold.load(Ordering::SeqCst)
+    });
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(holder(&api), None, "a free Lease is not taken while the link waits");
+    assert!(!a.leadership.is_leader());
+    assert!(
+        api.requests().iter().all(|r| !r.starts_with("PUT")),
+        "reads only: {:?}",
+        api.requests()
+    );
+    unsaved.store(false, Ordering::SeqCst);
+    until("a leads", Duration::from_secs(2 * 2), || a.leadership.is_leader()).await;
+    assert_eq!(holder(&api).as_deref(), Some("a"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_link_the_store_keeps_refusing_holds_a_replica_off_the_lease_for_one_lease_duration_only() {
+    let api = FakeApi::start().await;
+    api.create_lease(LEASE);
+    let a = Replica::holding(api.client_in_memory(), contract("a"), || true);
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    assert_eq!(holder(&api), None);
+    until("a leads", Duration::from_secs(2 * 2), || a.leadership.is_leader()).await;
 }
 
 #[tokio::test(start_paused = true)]

@@ -126,7 +126,7 @@ impl<C: RefreshClient> Refresher<C> {
         match self.store.save(&link).await {
             Ok(()) => {
                 self.persist_error = None;
-                self.unsaved = None;
+                self.set_unsaved(None);
                 self.set_chain_generation(link.generation);
                 Ok(())
             }
@@ -137,7 +137,7 @@ impl<C: RefreshClient> Refresher<C> {
                 self.persist_error = Some(e);
                 self.metrics.state_file_error();
                 self.set_chain_generation(link.generation);
-                self.unsaved = Some(link);
+                self.set_unsaved(Some(link));
                 Ok(())
             }
         }

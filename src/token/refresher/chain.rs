@@ -206,13 +206,13 @@ impl<C: RefreshClient> Refresher<C> {
                     generation = link.generation,
                     "wrote the token kept while the store did not answer"
                 );
-                self.unsaved = None;
+                self.set_unsaved(None);
                 self.persist_error = None;
                 let standing = self.standing_error();
                 self.cell.update_status(|s| s.last_error = standing);
             }
             Err(crate::token::store::SaveError::Conflict(newer)) => {
-                self.unsaved = None;
+                self.set_unsaved(None);
                 let _ = self.adopt_conflicting(newer);
             }
             Err(crate::token::store::SaveError::Failed(_)) => {}
@@ -259,7 +259,7 @@ impl<C: RefreshClient> Refresher<C> {
                 // Ours is newer and not yet written: the next retry writes it over this one.
                 return;
             }
-            self.unsaved = None;
+            self.set_unsaved(None);
         }
         if link.generation <= self.chain_generation {
             return;
@@ -281,7 +281,7 @@ impl<C: RefreshClient> Refresher<C> {
                 generation = link.generation,
                 "the store holds no chain: writing the current token back"
             );
-            self.unsaved = Some(link);
+            self.set_unsaved(Some(link));
         }
     }
 
@@ -413,6 +413,15 @@ impl<C: RefreshClient> Refresher<C> {
                 ));
             }
             Err(_) => {}
+        }
+    }
+
+    /// The link waiting for the store, if any; `/status` readers and the elector see whether there is one.
+    pub(super) fn set_unsaved(&mut self, link: Option<Persisted>) {
+        let pending = link.is_some();
+        self.unsaved = link;
+        if self.cell.status().unsaved != pending {
+            self.cell.update_status(|s| s.unsaved = pending);
         }
     }
 

@@ -782,3 +782,53 @@ async fn a_newer_link_within_the_lease_after_a_refusal_is_used_and_the_chain_nev
     assert_eq!(cell.load().unwrap().token().expose(), "written-by-the-deposed-leader");
     assert_eq!(crate::token::snapshot(&cell).state, TokenState::Valid);
 }
+
+/// A store that fails until told to answer.
+struct Recovering(Arc<std::sync::atomic::AtomicBool>);
+
+impl crate::token::store::ChainStore for Recovering {
+    fn save<'a>(
+        &'a self,
+        _link: &'a crate::token::state_file::Persisted,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), crate::token::store::SaveError>> {
+        let answers = self.0.load(std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async move {
+            if answers {
+                Ok(())
+            } else {
+                Err(crate::token::store::SaveError::Failed(
+                    "the API cannot be reached".into(),
+                ))
+            }
+        })
+    }
+    fn load(&self) -> futures_util::future::BoxFuture<'_, Result<Option<crate::token::state_file::Persisted>, String>> {
+        Box::pin(async { Ok(None) })
+    }
+    fn key(&self) -> &'static str {
+        "cluster.state_secret"
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_link_the_store_did_not_take_is_shown_as_unsaved_until_a_retry_writes_it() {
+    let answers = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = scripted([]);
+    let cell = TokenCell::new();
+    let (_events, rx) = mpsc::channel(4);
+    let (refresher, _handle) = Refresher::new(settings(), cell.clone(), client, Arc::new(Metrics::new()));
+    let mut refresher = refresher.with_chain(
+        Box::new(Recovering(answers.clone())),
+        Box::new(crate::token::store::Sole),
+        rx,
+    );
+    refresher.adopt_initial(candidate("initial"));
+    tokio::spawn(refresher.run(std::future::pending()));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(cell.load().unwrap().token().expose(), "minted-1", "used anyway");
+    assert!(cell.status().unsaved, "the elector holds off while this is set");
+    answers.store(true, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!cell.status().unsaved, "written by the next retry");
+    assert_eq!(cell.status().last_error, None);
+}
