@@ -552,54 +552,146 @@ async fn a_new_token_file_is_used_at_once_when_there_is_no_usable_token() {
     .await;
 }
 
-/// A replica cut off from the Kubernetes API: it may not refresh, except as a last resort.
-struct CutOff;
+// --- a shared chain (cluster mode): one test store and one authority ---
 
-impl crate::token::store::Authority for CutOff {
+/// Who may refresh a shared chain, as the Lease would say.
+struct Shared {
+    may_refresh: bool,
+    last_resort: bool,
+    grace: Duration,
+}
+
+/// A replica cut off from the Kubernetes API: it may not refresh, except as a last resort.
+const CUT_OFF: Shared = Shared {
+    may_refresh: false,
+    last_resort: true,
+    grace: Duration::ZERO,
+};
+/// A follower: it may never refresh.
+const FOLLOWER: Shared = Shared {
+    may_refresh: false,
+    last_resort: false,
+    grace: Duration::ZERO,
+};
+/// The Lease holder (`lease_duration` 15 s).
+const LEADER: Shared = Shared {
+    may_refresh: true,
+    last_resort: false,
+    grace: Duration::from_secs(15),
+};
+
+impl crate::token::store::Authority for Shared {
     fn may_refresh(&self) -> bool {
-        false
+        self.may_refresh
     }
     fn shared(&self) -> bool {
         true
     }
     fn last_resort(&self, _remaining: Duration) -> bool {
-        true
+        self.last_resort
+    }
+    fn handover_grace(&self) -> Duration {
+        self.grace
     }
 }
 
-/// A store behind an API that does not answer.
-struct Unreachable;
+/// The state Secret behind an API that answers while `answers` is set, holding `holds`; counts its reads.
+#[derive(Clone)]
+struct Store {
+    answers: Arc<std::sync::atomic::AtomicBool>,
+    holds: Option<crate::token::state_file::Persisted>,
+    reads: Arc<std::sync::atomic::AtomicUsize>,
+}
 
-impl crate::token::store::ChainStore for Unreachable {
+impl Store {
+    fn answering(holds: Option<crate::token::state_file::Persisted>) -> Store {
+        Store {
+            answers: Arc::new(true.into()),
+            holds,
+            reads: Arc::default(),
+        }
+    }
+
+    fn unreachable() -> Store {
+        let store = Store::answering(None);
+        store.set_answering(false);
+        store
+    }
+
+    fn set_answering(&self, answers: bool) {
+        self.answers.store(answers, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn reads(&self) -> usize {
+        self.reads.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl crate::token::store::ChainStore for Store {
     fn save<'a>(
         &'a self,
         _link: &'a crate::token::state_file::Persisted,
     ) -> futures_util::future::BoxFuture<'a, Result<(), crate::token::store::SaveError>> {
-        Box::pin(async {
-            Err(crate::token::store::SaveError::Failed(
-                "the API cannot be reached".into(),
-            ))
+        let answers = self.answers.load(std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async move {
+            answers
+                .then_some(())
+                .ok_or_else(|| crate::token::store::SaveError::Failed("the API cannot be reached".into()))
         })
     }
     fn load(&self) -> futures_util::future::BoxFuture<'_, Result<Option<crate::token::state_file::Persisted>, String>> {
-        Box::pin(async { Err("the API cannot be reached".into()) })
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let answers = self.answers.load(std::sync::atomic::Ordering::SeqCst);
+        let holds = self.holds.clone();
+        Box::pin(async move {
+            answers
+                .then_some(holds)
+                .ok_or_else(|| "the API cannot be reached".into())
+        })
     }
     fn key(&self) -> &'static str {
         "cluster.state_secret"
     }
 }
 
+/// A link of the chain as the store holds it.
+fn link(token: &str, generation: u64) -> crate::token::state_file::Persisted {
+    crate::token::state_file::Persisted {
+        token: Token::parse(token).unwrap(),
+        confirmed_at: SystemTime::now(),
+        session_started_at: None,
+        origin: None,
+        generation,
+    }
+}
+
+/// A refresher on `initial` keeping a shared chain in `store` under `authority`; the sender feeds it what the
+/// watches would report.
+fn start_shared(
+    client: Arc<Scripted>,
+    store: Store,
+    authority: Shared,
+    initial: &str,
+) -> (
+    Arc<TokenCell>,
+    mpsc::Sender<crate::token::store::ChainEvent>,
+    RefreshHandle,
+) {
+    let cell = TokenCell::new();
+    let (events, rx) = mpsc::channel(4);
+    let (refresher, handle) = Refresher::new(settings(), cell.clone(), client, Arc::new(Metrics::new()));
+    let mut refresher = refresher
+        .with_jitter(|| 1.0)
+        .with_chain(Box::new(store), Box::new(authority), rx);
+    refresher.adopt_initial(candidate(initial));
+    tokio::spawn(refresher.run(std::future::pending()));
+    (cell, events, handle)
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_refused_last_resort_refresh_waits_for_the_chain_instead_of_marking_it_revoked() {
     let client = scripted([Err(RefreshError::Revoked(401))]);
-    let cell = TokenCell::new();
-    let (events, rx) = mpsc::channel(4);
-    let (refresher, _handle) = Refresher::new(settings(), cell.clone(), client.clone(), Arc::new(Metrics::new()));
-    let mut refresher = refresher
-        .with_jitter(|| 1.0)
-        .with_chain(Box::new(Unreachable), Box::new(CutOff), rx);
-    refresher.adopt_initial(candidate("last-known"));
-    tokio::spawn(refresher.run(std::future::pending()));
+    let (cell, events, _handle) = start_shared(client.clone(), Store::unreachable(), CUT_OFF, "last-known");
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(calls(&client), 1, "the last-resort refresh was made");
     assert!(cell.load().is_none(), "the refused token is not sent");
@@ -610,16 +702,12 @@ async fn a_refused_last_resort_refresh_waits_for_the_chain_instead_of_marking_it
         "not marked revoked: someone else may have refreshed the chain"
     );
     assert!(snap.last_error.unwrap().contains("waiting for a newer link"));
+    // Long past any grace: while the store cannot be read, the wait goes on.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_ne!(crate::token::snapshot(&cell).state, TokenState::Revoked);
     // The API answers again: the chain's newest link is used.
-    let link = crate::token::state_file::Persisted {
-        token: Token::parse("from-state").unwrap(),
-        confirmed_at: SystemTime::now(),
-        session_started_at: None,
-        origin: None,
-        generation: 3,
-    };
     events
-        .send(crate::token::store::ChainEvent::Stored(Some(link)))
+        .send(crate::token::store::ChainEvent::Stored(Some(link("from-state", 3))))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -627,55 +715,11 @@ async fn a_refused_last_resort_refresh_waits_for_the_chain_instead_of_marking_it
     assert_eq!(crate::token::snapshot(&cell).state, TokenState::Valid);
 }
 
-/// A follower: it may never refresh, and shares the chain.
-struct Follower;
-
-impl crate::token::store::Authority for Follower {
-    fn may_refresh(&self) -> bool {
-        false
-    }
-    fn shared(&self) -> bool {
-        true
-    }
-}
-
-/// A store holding one link, counting its reads.
-struct Holding(crate::token::state_file::Persisted, Arc<std::sync::atomic::AtomicUsize>);
-
-impl crate::token::store::ChainStore for Holding {
-    fn save<'a>(
-        &'a self,
-        _link: &'a crate::token::state_file::Persisted,
-    ) -> futures_util::future::BoxFuture<'a, Result<(), crate::token::store::SaveError>> {
-        Box::pin(async { Ok(()) })
-    }
-    fn load(&self) -> futures_util::future::BoxFuture<'_, Result<Option<crate::token::state_file::Persisted>, String>> {
-        self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let link = self.0.clone();
-        Box::pin(async move { Ok(Some(link)) })
-    }
-    fn key(&self) -> &'static str {
-        "cluster.state_secret"
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_follower_answers_401s_by_rereading_the_chain_once_per_gap_and_never_calls_refresh() {
     let client = scripted([]);
-    let cell = TokenCell::new();
-    let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let link = crate::token::state_file::Persisted {
-        token: Token::parse("newer").unwrap(),
-        confirmed_at: SystemTime::now(),
-        session_started_at: None,
-        origin: None,
-        generation: 9,
-    };
-    let (_events, rx) = mpsc::channel(4);
-    let (refresher, handle) = Refresher::new(settings(), cell.clone(), client.clone(), Arc::new(Metrics::new()));
-    let mut refresher = refresher.with_chain(Box::new(Holding(link, reads.clone())), Box::new(Follower), rx);
-    refresher.adopt_initial(candidate("older"));
-    tokio::spawn(refresher.run(std::future::pending()));
+    let store = Store::answering(Some(link("newer", 9)));
+    let (cell, _events, handle) = start_shared(client.clone(), store.clone(), FOLLOWER, "older");
     let seen = cell.load().unwrap().generation;
     // A burst of 401s: one re-read, the newer token answers all of them.
     let mut answers = tokio::task::JoinSet::new();
@@ -686,51 +730,14 @@ async fn a_follower_answers_401s_by_rereading_the_chain_once_per_gap_and_never_c
     while let Some(answer) = answers.join_next().await {
         assert_eq!(answer.unwrap().unwrap().current.token().expose(), "newer");
     }
-    assert_eq!(
-        reads.load(std::sync::atomic::Ordering::SeqCst),
-        1,
-        "one re-read for the burst"
-    );
+    assert_eq!(store.reads(), 1, "one re-read for the burst");
     // An admin refresh on a follower re-reads too (after min_refresh_gap), and answers with the token.
     tokio::time::sleep(Duration::from_secs(6)).await;
     let outcome = handle.refresh_now(Trigger::Admin, None).await.unwrap();
     assert_eq!(outcome.current.token().expose(), "newer");
-    assert_eq!(reads.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(store.reads(), 2);
     tokio::time::sleep(Duration::from_secs(3600)).await;
     assert_eq!(calls(&client), 0, "a follower never calls the refresh endpoint");
-}
-
-/// The Lease holder of a shared chain.
-struct Leader;
-
-impl crate::token::store::Authority for Leader {
-    fn may_refresh(&self) -> bool {
-        true
-    }
-    fn shared(&self) -> bool {
-        true
-    }
-    fn handover_grace(&self) -> Duration {
-        Duration::from_secs(15)
-    }
-}
-
-/// A store that answers and holds nothing newer than what the refresher knows.
-struct Empty;
-
-impl crate::token::store::ChainStore for Empty {
-    fn save<'a>(
-        &'a self,
-        _link: &'a crate::token::state_file::Persisted,
-    ) -> futures_util::future::BoxFuture<'a, Result<(), crate::token::store::SaveError>> {
-        Box::pin(async { Ok(()) })
-    }
-    fn load(&self) -> futures_util::future::BoxFuture<'_, Result<Option<crate::token::state_file::Persisted>, String>> {
-        Box::pin(async { Ok(None) })
-    }
-    fn key(&self) -> &'static str {
-        "cluster.state_secret"
-    }
 }
 
 /// A leader on "refused-token" whose first refresh the upstream refuses, on a store that holds nothing newer.
@@ -740,13 +747,7 @@ fn start_refused_leader() -> (
     RefreshHandle,
 ) {
     let client = scripted([Err(RefreshError::Revoked(401))]);
-    let cell = TokenCell::new();
-    let (events, rx) = mpsc::channel(4);
-    let (refresher, handle) = Refresher::new(settings(), cell.clone(), client, Arc::new(Metrics::new()));
-    let mut refresher = refresher.with_chain(Box::new(Empty), Box::new(Leader), rx);
-    refresher.adopt_initial(candidate("refused-token"));
-    tokio::spawn(refresher.run(std::future::pending()));
-    (cell, events, handle)
+    start_shared(client, Store::answering(None), LEADER, "refused-token")
 }
 
 #[tokio::test(start_paused = true)]
@@ -767,15 +768,11 @@ async fn a_new_leader_whose_first_refresh_is_refused_waits_a_lease_for_a_newer_l
 async fn a_newer_link_within_the_lease_after_a_refusal_is_used_and_the_chain_never_revoked() {
     let (cell, events, _handle) = start_refused_leader();
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let link = crate::token::state_file::Persisted {
-        token: Token::parse("written-by-the-deposed-leader").unwrap(),
-        confirmed_at: SystemTime::now(),
-        session_started_at: None,
-        origin: None,
-        generation: 4,
-    };
     events
-        .send(crate::token::store::ChainEvent::Stored(Some(link)))
+        .send(crate::token::store::ChainEvent::Stored(Some(link(
+            "written-by-the-deposed-leader",
+            4,
+        ))))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_secs(30)).await;
@@ -783,51 +780,14 @@ async fn a_newer_link_within_the_lease_after_a_refusal_is_used_and_the_chain_nev
     assert_eq!(crate::token::snapshot(&cell).state, TokenState::Valid);
 }
 
-/// A store that fails until told to answer.
-struct Recovering(Arc<std::sync::atomic::AtomicBool>);
-
-impl crate::token::store::ChainStore for Recovering {
-    fn save<'a>(
-        &'a self,
-        _link: &'a crate::token::state_file::Persisted,
-    ) -> futures_util::future::BoxFuture<'a, Result<(), crate::token::store::SaveError>> {
-        let answers = self.0.load(std::sync::atomic::Ordering::SeqCst);
-        Box::pin(async move {
-            if answers {
-                Ok(())
-            } else {
-                Err(crate::token::store::SaveError::Failed(
-                    "the API cannot be reached".into(),
-                ))
-            }
-        })
-    }
-    fn load(&self) -> futures_util::future::BoxFuture<'_, Result<Option<crate::token::state_file::Persisted>, String>> {
-        Box::pin(async { Ok(None) })
-    }
-    fn key(&self) -> &'static str {
-        "cluster.state_secret"
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_link_the_store_did_not_take_is_shown_as_unsaved_until_a_retry_writes_it() {
-    let answers = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let client = scripted([]);
-    let cell = TokenCell::new();
-    let (_events, rx) = mpsc::channel(4);
-    let (refresher, _handle) = Refresher::new(settings(), cell.clone(), client, Arc::new(Metrics::new()));
-    let mut refresher = refresher.with_chain(
-        Box::new(Recovering(answers.clone())),
-        Box::new(crate::token::store::Sole),
-        rx,
-    );
-    refresher.adopt_initial(candidate("initial"));
-    tokio::spawn(refresher.run(std::future::pending()));
+    let store = Store::unreachable();
+    let (cell, _events, _handle) = start_shared(scripted([]), store.clone(), LEADER, "initial");
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(cell.load().unwrap().token().expose(), "minted-1", "used anyway");
     assert!(cell.status().unsaved, "the elector holds off while this is set");
-    answers.store(true, std::sync::atomic::Ordering::SeqCst);
+    store.set_answering(true);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(!cell.status().unsaved, "written by the next retry");
     assert_eq!(cell.status().last_error, None);
