@@ -28,20 +28,20 @@ pub(crate) use status::{status_json, token_json, ClusterReport, ClusterStatus};
 /// What the admin handlers read.
 #[derive(Debug)]
 pub(crate) struct AdminState {
-    pub token: Arc<TokenCell>,
-    pub refresh: RefreshHandle,
-    pub metrics: Arc<Metrics>,
-    pub signal: ShutdownSignal,
+    pub(crate) token: Arc<TokenCell>,
+    pub(crate) refresh: RefreshHandle,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) signal: ShutdownSignal,
     /// Present only with `shutdown.enable_quit_endpoint`.
-    pub quit: Option<Shutdown>,
+    pub(crate) quit: Option<Shutdown>,
     /// `base_url`, for `/status`.
-    pub upstream: String,
+    pub(crate) upstream: String,
     /// The outbound proxy (no credentials), for `/status`.
-    pub upstream_proxy: Option<String>,
+    pub(crate) upstream_proxy: Option<String>,
     /// `upstream.member_id`, if configured: `member_identification` in errors, as on the proxy port.
-    pub member_id: Option<String>,
+    pub(crate) member_id: Option<String>,
     /// Cluster mode's election view; `None` in mode `off`.
-    pub cluster: Option<Arc<dyn ClusterReport>>,
+    pub(crate) cluster: Option<Arc<dyn ClusterReport>>,
 }
 
 /// The admin router.

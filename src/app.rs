@@ -59,7 +59,7 @@ pub struct Listeners {
 
 impl Listeners {
     /// Bind the configured addresses (and the Unix socket, mode 0660).
-    pub async fn bind(cfg: &Config) -> Result<Self, AppError> {
+    pub(crate) async fn bind(cfg: &Config) -> Result<Self, AppError> {
         let tcp = |what: &'static str, addr: std::net::SocketAddr| async move {
             TcpListener::bind(addr).await.map_err(|source| AppError::Bind {
                 what,

@@ -13,79 +13,79 @@ use std::{collections::HashMap, net::SocketAddr, path::PathBuf, time::Duration};
 
 use http::{uri::Authority, uri::Scheme, Method};
 
-pub use file::FileConfig;
+pub(crate) use file::FileConfig;
 pub(crate) use redact::render_effective;
 
 /// Prefix of the environment variables that override file values.
-pub const ENV_PREFIX: &str = "ISSETTLED_PROXY";
+pub(crate) const ENV_PREFIX: &str = "ISSETTLED_PROXY";
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: ListenConfig,
-    pub upstream: UpstreamConfig,
-    pub token: TokenConfig,
-    pub policy: PolicyConfig,
+    pub(crate) upstream: UpstreamConfig,
+    pub(crate) token: TokenConfig,
+    pub(crate) policy: PolicyConfig,
     pub log: LogConfig,
-    pub shutdown: ShutdownConfig,
-    pub cluster: ClusterConfig,
+    pub(crate) shutdown: ShutdownConfig,
+    pub(crate) cluster: ClusterConfig,
     /// The file form, as merged from file and environment, for `check-config`.
-    pub raw: FileConfig,
+    pub(crate) raw: FileConfig,
 }
 
 /// `[listen]`, validated.
 #[derive(Debug, Clone)]
 pub struct ListenConfig {
-    pub address: SocketAddr,
-    pub admin_address: SocketAddr,
-    pub max_connections: usize,
-    pub header_read_timeout: Duration,
-    pub idle_timeout: Duration,
+    pub(crate) address: SocketAddr,
+    pub(crate) admin_address: SocketAddr,
+    pub(crate) max_connections: usize,
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
     /// Lower-cased host names (no port); empty means any.
-    pub allowed_hosts: Vec<String>,
+    pub(crate) allowed_hosts: Vec<String>,
     /// Exact origins (`scheme://host[:port]`, lower-cased); empty means none.
-    pub allowed_origins: Vec<String>,
+    pub(crate) allowed_origins: Vec<String>,
     pub unix_socket: Option<PathBuf>,
 }
 
 /// The upstream's base URL split into the parts the proxy concatenates (never joins).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BaseUrl {
-    pub scheme: Scheme,
-    pub authority: Authority,
+pub(crate) struct BaseUrl {
+    pub(crate) scheme: Scheme,
+    pub(crate) authority: Authority,
     /// Path prefix without a trailing slash: `""` or `"/api/v1"`.
-    pub prefix: String,
+    pub(crate) prefix: String,
 }
 
 impl BaseUrl {
     /// `scheme://authority/prefix`, as configured (normalized).
-    pub fn as_string(&self) -> String {
+    pub(crate) fn as_string(&self) -> String {
         format!("{}://{}{}", self.scheme, self.authority, self.prefix)
     }
 }
 
 /// `[upstream]`, validated.
 #[derive(Debug, Clone)]
-pub struct UpstreamConfig {
-    pub base_url: BaseUrl,
-    pub member_id: String,
-    pub connect_timeout: Duration,
-    pub request_timeout: Duration,
-    pub ca_file: Option<PathBuf>,
-    pub client_cert_file: Option<PathBuf>,
-    pub client_key_file: Option<PathBuf>,
+pub(crate) struct UpstreamConfig {
+    pub(crate) base_url: BaseUrl,
+    pub(crate) member_id: String,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) request_timeout: Duration,
+    pub(crate) ca_file: Option<PathBuf>,
+    pub(crate) client_cert_file: Option<PathBuf>,
+    pub(crate) client_key_file: Option<PathBuf>,
     /// How every call to the upstream is made (`upstream.proxy` and the proxy variables, decided once).
-    pub route: crate::egress::Route,
-    pub proxy_auth_file: Option<PathBuf>,
+    pub(crate) route: crate::egress::Route,
+    pub(crate) proxy_auth_file: Option<PathBuf>,
 }
 
 /// `token.env`: the variable's name, and its value as it was when the configuration was loaded (the environment
 /// of a process does not change). The value is kept here unread: the token module parses it
 /// (`token::source::EnvToken`), and no `Debug` or error ever shows it.
 #[derive(Clone)]
-pub struct TokenEnv {
+pub(crate) struct TokenEnv {
     /// Name of the variable (checked to be a variable name, so it is safe to print).
-    pub name: String,
+    pub(crate) name: String,
     value: Option<String>,
 }
 
@@ -101,7 +101,7 @@ impl TokenEnv {
     }
 
     /// The variable's value, `None` when it was not set. A secret: parse it, never print it.
-    pub fn value(&self) -> Option<&str> {
+    pub(crate) fn value(&self) -> Option<&str> {
         self.value.as_deref()
     }
 }
@@ -122,22 +122,22 @@ impl std::fmt::Debug for TokenEnv {
 
 /// `[token]`, validated.
 #[derive(Debug, Clone)]
-pub struct TokenConfig {
-    pub file: Option<PathBuf>,
-    pub env: Option<TokenEnv>,
-    pub state_file: Option<PathBuf>,
-    pub refresh_path: String,
-    pub refresh_method: Method,
-    pub refresh_interval: Duration,
-    pub revoke_after: Duration,
-    pub refresh_before_expiry: Duration,
-    pub session_ttl: Duration,
-    pub min_refresh_gap: Duration,
+pub(crate) struct TokenConfig {
+    pub(crate) file: Option<PathBuf>,
+    pub(crate) env: Option<TokenEnv>,
+    pub(crate) state_file: Option<PathBuf>,
+    pub(crate) refresh_path: String,
+    pub(crate) refresh_method: Method,
+    pub(crate) refresh_interval: Duration,
+    pub(crate) revoke_after: Duration,
+    pub(crate) refresh_before_expiry: Duration,
+    pub(crate) session_ttl: Duration,
+    pub(crate) min_refresh_gap: Duration,
 }
 
 /// What to do with an `Authorization` header sent by the app.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InboundAuthorization {
+pub(crate) enum InboundAuthorization {
     /// Drop it; the proxy's token replaces it.
     Strip,
     /// Answer 400 `BAD_REQUEST`.
@@ -146,13 +146,13 @@ pub enum InboundAuthorization {
 
 /// `[policy]`, validated.
 #[derive(Debug, Clone)]
-pub struct PolicyConfig {
-    pub allowed_methods: Vec<Method>,
+pub(crate) struct PolicyConfig {
+    pub(crate) allowed_methods: Vec<Method>,
     /// Whole-segment prefixes without trailing slash; empty means every path.
-    pub allowed_path_prefixes: Vec<String>,
-    pub max_body_bytes: u64,
-    pub inbound_authorization: InboundAuthorization,
-    pub retry_on_401: Vec<Method>,
+    pub(crate) allowed_path_prefixes: Vec<String>,
+    pub(crate) max_body_bytes: u64,
+    pub(crate) inbound_authorization: InboundAuthorization,
+    pub(crate) retry_on_401: Vec<Method>,
 }
 
 /// Log output format.
@@ -166,43 +166,41 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub struct LogConfig {
     pub format: LogFormat,
-    /// `log.level` as configured.
-    pub level: String,
     /// The filter in effect: `RUST_LOG` when set, else `log.level`; both checked (a level or `target=level`).
     pub filter: String,
 }
 
 /// `[cluster]`, validated. `None` in mode `off`.
-pub type ClusterConfig = Option<KubernetesConfig>;
+pub(crate) type ClusterConfig = Option<KubernetesConfig>;
 
 /// `[cluster]` with `mode = "kubernetes"`: every replica naming the same Secrets and Lease shares one chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KubernetesConfig {
+pub(crate) struct KubernetesConfig {
     /// `None`: `POD_NAMESPACE` was unset too; the client's own namespace applies.
-    pub namespace: Option<String>,
+    pub(crate) namespace: Option<String>,
     /// The administrator's Secret (key `token`), only read.
-    pub secret: String,
+    pub(crate) secret: String,
     /// The chain's Secret (key `state`), written by the leader.
-    pub state_secret: String,
-    pub lease: String,
+    pub(crate) state_secret: String,
+    pub(crate) lease: String,
     /// This replica's name in the Lease: the key, else `POD_NAME`, else the host name.
-    pub identity: String,
-    pub lease_duration: Duration,
-    pub renew_deadline: Duration,
-    pub retry_period: Duration,
+    pub(crate) identity: String,
+    pub(crate) lease_duration: Duration,
+    pub(crate) renew_deadline: Duration,
+    pub(crate) retry_period: Duration,
     /// `KUBECONFIG`, when set (a `:`-separated list, merged as kubectl merges it): its current context finds
     /// the API; else the pod's service account at `KUBERNETES_SERVICE_HOST`:`KUBERNETES_SERVICE_PORT`.
-    pub kubeconfig: Vec<PathBuf>,
-    pub service_host: Option<String>,
-    pub service_port: Option<String>,
+    pub(crate) kubeconfig: Vec<PathBuf>,
+    pub(crate) service_host: Option<String>,
+    pub(crate) service_port: Option<String>,
 }
 
 /// `[shutdown]`, validated.
 #[derive(Debug, Clone)]
-pub struct ShutdownConfig {
-    pub delay: Duration,
-    pub grace: Duration,
-    pub enable_quit_endpoint: bool,
+pub(crate) struct ShutdownConfig {
+    pub(crate) delay: Duration,
+    pub(crate) grace: Duration,
+    pub(crate) enable_quit_endpoint: bool,
 }
 
 /// A configuration that cannot be used; the message names the key. Exit status 2.
@@ -216,7 +214,7 @@ pub enum ConfigError {
 
 impl ConfigError {
     /// `key` has a value that cannot work, for `reason`.
-    pub fn invalid(key: &str, reason: impl Into<String>) -> Self {
+    pub(crate) fn invalid(key: &str, reason: impl Into<String>) -> Self {
         ConfigError::Invalid {
             key: key.to_owned(),
             reason: reason.into(),

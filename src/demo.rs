@@ -12,12 +12,12 @@ use crate::{
 };
 
 /// The configuration `demo` runs (environment overrides apply, as always).
-pub const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
+pub(crate) const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
 /// Where the simulated IsSettled listens.
-pub const SIM_ADDRESS: &str = "127.0.0.1:8090";
+pub(crate) const SIM_ADDRESS: &str = "127.0.0.1:8090";
 
 /// The curl lines printed at start.
-pub fn curl_lines(proxy: &str, admin: &str) -> String {
+pub(crate) fn curl_lines(proxy: &str, admin: &str) -> String {
     format!(
         r#"
 issettled-proxy demo: a simulated IsSettled on http://{SIM_ADDRESS}, the sidecar on http://{proxy} (admin http://{admin}).

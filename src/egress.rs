@@ -13,12 +13,12 @@ use std::{collections::HashMap, fmt};
 use http::{uri::Authority, Uri};
 use hyper_util::client::proxy::matcher::Matcher;
 
-pub use auth::Credentials;
+pub(crate) use auth::Credentials;
 pub(crate) use auth::ProxyAuth;
 pub(crate) use failure::TunnelError;
 
 /// The port of a proxy URL that names none: curl's default.
-pub const DEFAULT_PROXY_PORT: u16 = 1080;
+pub(crate) const DEFAULT_PROXY_PORT: u16 = 1080;
 
 /// `upstream.proxy`'s value meaning "never use a proxy".
 const NONE: &str = "none";
@@ -34,7 +34,7 @@ const NO_PROXY_VARIABLES: [&str; 2] = ["no_proxy", "NO_PROXY"];
 /// An `http://` proxy: where to connect, and the credentials the URL carried. Shown (`Display`, `Debug`) as
 /// `http://host:port`, never with its credentials.
 #[derive(Clone, PartialEq, Eq)]
-pub struct ProxyUrl {
+pub(crate) struct ProxyUrl {
     /// `host:port`, the port always given.
     authority: Authority,
     credentials: Option<Credentials>,
@@ -42,7 +42,7 @@ pub struct ProxyUrl {
 
 /// Where the proxy URL came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
+pub(crate) enum Origin {
     /// `upstream.proxy`.
     Key,
     /// This environment variable (`upstream.proxy = ""`).
@@ -51,7 +51,7 @@ pub enum Origin {
 
 /// Why a [`Route`] is what it is: for `check-config` and the start-up log.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Why {
+pub(crate) enum Why {
     /// `upstream.proxy = ""` and no proxy variable is set.
     NotConfigured,
     /// `upstream.proxy = "none"`.
@@ -70,7 +70,7 @@ pub enum Why {
 
 /// How every call to IsSettled is made.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
+pub(crate) enum Route {
     /// Straight to the upstream.
     Direct { why: Why },
     /// Through `CONNECT host:port` on `proxy`; TLS to the upstream inside the tunnel, end to end.
@@ -190,7 +190,7 @@ fn excluded(env: &HashMap<String, String>, upstream: &Uri) -> Option<(&'static s
 
 impl Origin {
     /// The key's or the variable's name.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Origin::Key => "upstream.proxy",
             Origin::Variable(name) => name,
@@ -202,7 +202,7 @@ impl Origin {
 
 impl Route {
     /// The proxy every call goes through, if any.
-    pub fn proxy(&self) -> Option<&ProxyUrl> {
+    pub(crate) fn proxy(&self) -> Option<&ProxyUrl> {
         match self {
             Route::Direct { .. } => None,
             Route::Tunnel { proxy, .. } => Some(proxy),
@@ -210,7 +210,7 @@ impl Route {
     }
 
     /// The decision in words, without credentials: `through http://proxy:3128 (from HTTPS_PROXY)`.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             Route::Tunnel { proxy, why } => format!("through {proxy} ({why})"),
             Route::Direct { why } => format!("direct ({why})"),
@@ -249,7 +249,7 @@ impl ProxyUrl {
     /// Parse a proxy URL as curl reads one: `[http://][user[:password]@]host[:port][/]`, port 1080 when none is
     /// given. `https://` (TLS to the proxy) and SOCKS proxies are refused, saying so. The reason never repeats the
     /// text.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
         let (scheme, rest) = match text.split_once("://") {
             Some((scheme, rest)) => (scheme.to_ascii_lowercase(), rest),
@@ -290,13 +290,8 @@ impl ProxyUrl {
         Ok(Self { authority, credentials })
     }
 
-    /// `host:port`: where to connect.
-    pub fn authority(&self) -> &Authority {
-        &self.authority
-    }
-
     /// The credentials the URL carried (`user:password@`).
-    pub fn credentials(&self) -> Option<&Credentials> {
+    pub(crate) fn credentials(&self) -> Option<&Credentials> {
         self.credentials.as_ref()
     }
 

@@ -131,13 +131,13 @@ impl ProxyError {
 
 /// The value of an `Allow` header: the methods a 405 names (`GET, POST, DELETE`).
 #[derive(Debug, Clone)]
-pub struct Allow(HeaderValue);
+pub(crate) struct Allow(HeaderValue);
 
 // === impl Allow ===
 
 impl Allow {
     /// `methods`, comma-separated.
-    pub fn new(methods: &[http::Method]) -> Self {
+    pub(crate) fn new(methods: &[http::Method]) -> Self {
         let list = methods.iter().map(http::Method::as_str).collect::<Vec<_>>().join(", ");
         // Method names are tokens, always a valid header value.
         Self(HeaderValue::from_str(&list).unwrap_or(HeaderValue::from_static("")))
@@ -188,7 +188,7 @@ fn proxy_made_body((status, code): (StatusCode, &'static str), message: String, 
 }
 
 /// A JSON response of `value` (the admin port's answers), ending with a newline like every JSON answer.
-pub fn json_value_response(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
+pub(crate) fn json_value_response(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
     json_response(status, serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec()))
 }
 
@@ -196,11 +196,11 @@ pub fn json_value_response(status: StatusCode, value: &impl serde::Serialize) ->
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct ErrorContext<'a> {
     /// The request path (no query).
-    pub endpoint_url: Option<&'a str>,
+    pub(crate) endpoint_url: Option<&'a str>,
     /// `upstream.member_id`, if configured.
-    pub member_id: Option<&'a str>,
+    pub(crate) member_id: Option<&'a str>,
     /// The request id (becomes `troubleshooting_id`).
-    pub request_id: Option<&'a str>,
+    pub(crate) request_id: Option<&'a str>,
 }
 
 impl axum::response::IntoResponse for ProxyError {

@@ -24,6 +24,8 @@
 //! - [`server`]: accept loop, connection limits and timers, graceful drain.
 //! - `sim`: the simulated IsSettled used by `demo` and the tests, and `demo`, only with the `demo` feature (on by
 //!   default); [`wait`], [`cli`]: commands.
+//!
+//! The public surface is what the binary (src/main.rs), tests/e2e and fuzz/ use; everything else is `pub(crate)`.
 
 pub(crate) mod admin;
 pub mod app;
@@ -33,7 +35,7 @@ pub(crate) mod cluster;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
-pub mod egress;
+pub(crate) mod egress;
 pub mod errors;
 pub(crate) mod metrics;
 pub mod path;

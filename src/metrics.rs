@@ -38,7 +38,7 @@ pub(crate) const CLUSTER_API_OPS: [&str; 5] = ["lease_get", "lease_update", "sec
 
 /// The registry.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     requests: Vec<AtomicU64>,
     buckets: [AtomicU64; BUCKETS.len()],
     duration_count: AtomicU64,
@@ -55,19 +55,19 @@ pub struct Metrics {
 
 /// Token gauges, computed by the caller at render time.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct TokenGauges {
-    pub ready: bool,
+pub(crate) struct TokenGauges {
+    pub(crate) ready: bool,
     /// Seconds until the revoke deadline (negative once passed).
-    pub revoke_deadline_seconds: Option<f64>,
+    pub(crate) revoke_deadline_seconds: Option<f64>,
     /// Seconds until the token session ends.
-    pub session_remaining_seconds: Option<f64>,
+    pub(crate) session_remaining_seconds: Option<f64>,
     /// Cluster mode only: whether this replica holds the Lease, and the chain's generation it knows.
-    pub cluster: Option<(bool, u64)>,
+    pub(crate) cluster: Option<(bool, u64)>,
 }
 
 /// Decrements the in-flight gauge when dropped.
 #[derive(Debug)]
-pub struct InFlightGuard<'a>(&'a Metrics);
+pub(crate) struct InFlightGuard<'a>(&'a Metrics);
 
 impl Drop for InFlightGuard<'_> {
     fn drop(&mut self) {
@@ -85,7 +85,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// All counters at zero.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             requests: (0..METHODS.len() * STATUSES).map(|_| AtomicU64::new(0)).collect(),
             buckets: Default::default(),
@@ -102,19 +102,19 @@ impl Metrics {
     }
 
     /// Report `issettled_proxy_log_lines_dropped_total` from `count` (`telemetry::dropped_lines`).
-    pub fn with_log_lines_dropped(mut self, count: fn() -> u64) -> Self {
+    pub(crate) fn with_log_lines_dropped(mut self, count: fn() -> u64) -> Self {
         self.log_lines_dropped = count;
         self
     }
 
     /// Count a request in flight until the guard drops.
-    pub fn in_flight(&self) -> InFlightGuard<'_> {
+    pub(crate) fn in_flight(&self) -> InFlightGuard<'_> {
         self.in_flight.fetch_add(1, Relaxed);
         InFlightGuard(self)
     }
 
     /// Count a finished request.
-    pub fn request(&self, method: &Method, status: u16, elapsed: Duration) {
+    pub(crate) fn request(&self, method: &Method, status: u16, elapsed: Duration) {
         let m = match *method {
             Method::GET => 0,
             Method::POST => 1,
@@ -134,38 +134,38 @@ impl Metrics {
     }
 
     /// Count an upstream fault by its contract code.
-    pub fn upstream_error(&self, code: &str) {
+    pub(crate) fn upstream_error(&self, code: &str) {
         if let Some(i) = UPSTREAM_CODES.iter().position(|c| *c == code) {
             self.upstream_errors[i].fetch_add(1, Relaxed);
         }
     }
 
     /// Count a refresh attempt by result.
-    pub fn token_refresh(&self, result: &str) {
+    pub(crate) fn token_refresh(&self, result: &str) {
         if let Some(i) = REFRESH_RESULTS.iter().position(|r| *r == result) {
             self.refreshes[i].fetch_add(1, Relaxed);
         }
     }
 
     /// Count a token that could not be written to `token.state_file`.
-    pub fn state_file_error(&self) {
+    pub(crate) fn state_file_error(&self) {
         self.state_file_errors.fetch_add(1, Relaxed);
     }
 
     /// Count a new administrator token that was refused (malformed, or refused by the upstream).
-    pub fn token_handover_refused(&self) {
+    pub(crate) fn token_handover_refused(&self) {
         self.handover_refused.fetch_add(1, Relaxed);
     }
 
     /// Count a failed Kubernetes API call (cluster mode) by operation.
-    pub fn cluster_api_error(&self, op: &str) {
+    pub(crate) fn cluster_api_error(&self, op: &str) {
         if let Some(i) = CLUSTER_API_OPS.iter().position(|o| *o == op) {
             self.cluster_api_errors[i].fetch_add(1, Relaxed);
         }
     }
 
     /// Render the Prometheus text exposition format (version 0.0.4).
-    pub fn render(&self, gauges: &TokenGauges) -> String {
+    pub(crate) fn render(&self, gauges: &TokenGauges) -> String {
         let mut out = String::with_capacity(4096);
         let w = &mut out;
         header(

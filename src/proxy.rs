@@ -34,31 +34,31 @@ use target::Target;
 /// The request rules (built from the configuration by the app).
 #[derive(Debug, Clone)]
 pub(crate) struct Rules {
-    pub allowed_hosts: Vec<String>,
-    pub allowed_origins: Vec<String>,
-    pub allowed_methods: Vec<Method>,
+    pub(crate) allowed_hosts: Vec<String>,
+    pub(crate) allowed_origins: Vec<String>,
+    pub(crate) allowed_methods: Vec<Method>,
     /// `allowed_methods` for the `Allow` header of a 405.
-    pub allow: Allow,
-    pub allowed_path_prefixes: Vec<String>,
+    pub(crate) allow: Allow,
+    pub(crate) allowed_path_prefixes: Vec<String>,
     /// `token.refresh_path`: the proxy's own endpoint, never forwarded for an app.
-    pub refresh_path: crate::path::RefreshPath,
-    pub max_body_bytes: u64,
-    pub inbound_authorization: InboundAuthorization,
-    pub retry_on_401: Vec<Method>,
-    pub member_id: Option<String>,
-    pub request_timeout: Duration,
+    pub(crate) refresh_path: crate::path::RefreshPath,
+    pub(crate) max_body_bytes: u64,
+    pub(crate) inbound_authorization: InboundAuthorization,
+    pub(crate) retry_on_401: Vec<Method>,
+    pub(crate) member_id: Option<String>,
+    pub(crate) request_timeout: Duration,
 }
 
 /// Everything the handler reads. Built once by the app.
 #[derive(Debug)]
 pub(crate) struct ProxyState {
-    pub rules: Rules,
-    pub target: Target,
-    pub client: Arc<Pool>,
-    pub token: Arc<TokenCell>,
-    pub refresh: RefreshHandle,
-    pub metrics: Arc<Metrics>,
-    pub shutdown: ShutdownSignal,
+    pub(crate) rules: Rules,
+    pub(crate) target: Target,
+    pub(crate) client: Arc<Pool>,
+    pub(crate) token: Arc<TokenCell>,
+    pub(crate) refresh: RefreshHandle,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) shutdown: ShutdownSignal,
 }
 
 /// The proxy port's service: [`forward::forward`] for every request, without a router in front. An axum

@@ -97,11 +97,11 @@ impl Accept for UnixListener {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
     /// Connections beyond this are not served until one closes ([`ListenerGroup`]).
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// A request head not complete after this long closes the connection.
-    pub header_read_timeout: Duration,
+    pub(crate) header_read_timeout: Duration,
     /// A connection with no request in flight and no bytes moving for this long is closed.
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
 }
 
 /// Idle keep-alive connections park (give back hyper's buffers between requests) only while more than

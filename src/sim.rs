@@ -225,7 +225,8 @@ impl Sim {
     }
 
     /// Whether `token` is valid now (minted here, not revoked or expired, session alive).
-    pub fn is_valid(&self, token: &str) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_valid(&self, token: &str) -> bool {
         lock(&self.shared.tokens).check(token).is_ok()
     }
 

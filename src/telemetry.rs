@@ -16,7 +16,7 @@ use crate::config::LogFormat;
 
 /// Lines that may wait for stdout before new ones are dropped: a burst of a few seconds at full request rate,
 /// about 1 MiB of JSON lines (tracing-appender's default, 128,000, would hold some 40 MiB).
-pub const QUEUE_LINES: usize = 4096;
+pub(crate) const QUEUE_LINES: usize = 4096;
 
 /// The writer's count of dropped lines, once [`init`] has installed it.
 static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
@@ -49,6 +49,6 @@ pub fn init(format: LogFormat, filter: &str) -> WorkerGuard {
 }
 
 /// Log lines dropped so far because stdout did not keep up (0 before [`init`]).
-pub fn dropped_lines() -> u64 {
+pub(crate) fn dropped_lines() -> u64 {
     DROPPED.get().map_or(0, |c| c.dropped_lines() as u64)
 }

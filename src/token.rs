@@ -1,21 +1,21 @@
 //! Owns "the current token": where it comes from, the lock-free cell requests read it from, and the background
 //! refresher that keeps it fresh. Everyone outside this module reads; only the refresher writes.
 
-pub mod cell;
+pub(crate) mod cell;
 pub mod jwt;
-pub mod refresh;
-pub mod refresher;
-pub mod schedule;
+pub(crate) mod refresh;
+pub(crate) mod refresher;
+pub(crate) mod schedule;
 pub mod secret;
-pub mod source;
-pub mod state_file;
+pub(crate) mod source;
+pub(crate) mod state_file;
 pub(crate) mod store;
 
 use std::time::SystemTime;
 
-pub use cell::{Current, Stamp, TokenCell, Unusable};
-pub use refresher::{RefreshHandle, Refresher, Settings, Trigger};
-pub use secret::{Token, TokenError};
+pub(crate) use cell::{Current, Stamp, TokenCell, Unusable};
+pub(crate) use refresher::{RefreshHandle, Refresher, Settings, Trigger};
+pub(crate) use secret::Token;
 
 use crate::config::TokenConfig;
 use cell::Source;
@@ -23,7 +23,7 @@ use source::{Candidate, EnvToken, EnvTokenError};
 
 /// The token's state as `/status` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenState {
+pub(crate) enum TokenState {
     Valid,
     Refreshing,
     Revoked,
@@ -33,7 +33,7 @@ pub enum TokenState {
 
 impl TokenState {
     /// The contract's spelling.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             TokenState::Valid => "valid",
             TokenState::Refreshing => "refreshing",
@@ -46,27 +46,27 @@ impl TokenState {
 
 /// Everything `/status`, `/readyz` and the gauges say about the token, taken at one instant. No secret in it.
 #[derive(Debug, Clone)]
-pub struct Snapshot {
-    pub state: TokenState,
+pub(crate) struct Snapshot {
+    pub(crate) state: TokenState,
     /// Why it is not usable, when it is not.
-    pub unusable: Option<Unusable>,
-    pub fingerprint: Option<String>,
-    pub source: Option<&'static str>,
-    pub obtained_at: Option<SystemTime>,
-    pub last_refresh_at: Option<SystemTime>,
-    pub next_refresh_at: Option<SystemTime>,
-    pub revoke_deadline: Option<SystemTime>,
-    pub expires_at: Option<SystemTime>,
-    pub session_expires_at: Option<SystemTime>,
-    pub consecutive_failures: u32,
-    pub last_error: Option<String>,
+    pub(crate) unusable: Option<Unusable>,
+    pub(crate) fingerprint: Option<String>,
+    pub(crate) source: Option<&'static str>,
+    pub(crate) obtained_at: Option<SystemTime>,
+    pub(crate) last_refresh_at: Option<SystemTime>,
+    pub(crate) next_refresh_at: Option<SystemTime>,
+    pub(crate) revoke_deadline: Option<SystemTime>,
+    pub(crate) expires_at: Option<SystemTime>,
+    pub(crate) session_expires_at: Option<SystemTime>,
+    pub(crate) consecutive_failures: u32,
+    pub(crate) last_error: Option<String>,
     /// The chain's generation this process knows, and when it last received it from the store (cluster mode).
-    pub chain_generation: u64,
-    pub last_sync_at: Option<SystemTime>,
+    pub(crate) chain_generation: u64,
+    pub(crate) last_sync_at: Option<SystemTime>,
 }
 
 /// Take a snapshot of the cell now.
-pub fn snapshot(cell: &TokenCell) -> Snapshot {
+pub(crate) fn snapshot(cell: &TokenCell) -> Snapshot {
     let now = Stamp::now();
     let status = cell.status();
     let current = cell.load();
@@ -104,7 +104,7 @@ pub fn snapshot(cell: &TokenCell) -> Snapshot {
 
 /// Find the token to start with: the newest usable one among the state file and the configured source
 /// (the token file if it holds a usable token, else the environment). Refusals are logged with a reason.
-pub fn initial_candidate(cfg: &TokenConfig) -> Option<Candidate> {
+pub(crate) fn initial_candidate(cfg: &TokenConfig) -> Option<Candidate> {
     let now = SystemTime::now();
     let mut found = Vec::new();
     let usable = |token: Token, what: &str| match source::check(&token, now) {

@@ -31,11 +31,11 @@ pub(crate) fn token_json(s: &Snapshot) -> Value {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ClusterStatus {
     /// `leader`, `follower` or `candidate`.
-    pub role: &'static str,
-    pub identity: String,
+    pub(crate) role: &'static str,
+    pub(crate) identity: String,
     /// The Lease holder as last read.
-    pub leader: Option<String>,
-    pub lease_transitions: i64,
+    pub(crate) leader: Option<String>,
+    pub(crate) lease_transitions: i64,
 }
 
 /// Where `/status` and `/metrics` read cluster mode's view from (implemented by the cluster module).

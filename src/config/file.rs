@@ -36,30 +36,30 @@ pub(super) fn list_from_text(text: &str) -> Vec<String> {
 /// The whole file. Unknown keys anywhere are an error (`deny_unknown_fields`).
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct FileConfig {
-    pub listen: ListenSection,
-    pub upstream: UpstreamSection,
-    pub token: TokenSection,
-    pub policy: PolicySection,
-    pub log: LogSection,
-    pub shutdown: ShutdownSection,
-    pub cluster: ClusterSection,
+pub(crate) struct FileConfig {
+    pub(crate) listen: ListenSection,
+    pub(crate) upstream: UpstreamSection,
+    pub(crate) token: TokenSection,
+    pub(crate) policy: PolicySection,
+    pub(crate) log: LogSection,
+    pub(crate) shutdown: ShutdownSection,
+    pub(crate) cluster: ClusterSection,
 }
 
 /// `[listen]`
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct ListenSection {
-    pub address: String,
-    pub admin_address: String,
-    pub max_connections: u64,
-    pub header_read_timeout: String,
-    pub idle_timeout: String,
+pub(crate) struct ListenSection {
+    pub(crate) address: String,
+    pub(crate) admin_address: String,
+    pub(crate) max_connections: u64,
+    pub(crate) header_read_timeout: String,
+    pub(crate) idle_timeout: String,
     #[serde(deserialize_with = "list")]
-    pub allowed_hosts: Vec<String>,
+    pub(crate) allowed_hosts: Vec<String>,
     #[serde(deserialize_with = "list")]
-    pub allowed_origins: Vec<String>,
-    pub unix_socket: String,
+    pub(crate) allowed_origins: Vec<String>,
+    pub(crate) unix_socket: String,
 }
 
 impl Default for ListenSection {
@@ -80,16 +80,16 @@ impl Default for ListenSection {
 /// `[upstream]`
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct UpstreamSection {
-    pub base_url: String,
-    pub member_id: String,
-    pub connect_timeout: String,
-    pub request_timeout: String,
-    pub ca_file: String,
-    pub client_cert_file: String,
-    pub client_key_file: String,
-    pub proxy: String,
-    pub proxy_auth_file: String,
+pub(crate) struct UpstreamSection {
+    pub(crate) base_url: String,
+    pub(crate) member_id: String,
+    pub(crate) connect_timeout: String,
+    pub(crate) request_timeout: String,
+    pub(crate) ca_file: String,
+    pub(crate) client_cert_file: String,
+    pub(crate) client_key_file: String,
+    pub(crate) proxy: String,
+    pub(crate) proxy_auth_file: String,
 }
 
 impl Default for UpstreamSection {
@@ -111,17 +111,17 @@ impl Default for UpstreamSection {
 /// `[token]`
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct TokenSection {
-    pub file: String,
-    pub env: String,
-    pub state_file: String,
-    pub refresh_path: String,
-    pub refresh_method: String,
-    pub refresh_interval: String,
-    pub revoke_after: String,
-    pub refresh_before_expiry: String,
-    pub session_ttl: String,
-    pub min_refresh_gap: String,
+pub(crate) struct TokenSection {
+    pub(crate) file: String,
+    pub(crate) env: String,
+    pub(crate) state_file: String,
+    pub(crate) refresh_path: String,
+    pub(crate) refresh_method: String,
+    pub(crate) refresh_interval: String,
+    pub(crate) revoke_after: String,
+    pub(crate) refresh_before_expiry: String,
+    pub(crate) session_ttl: String,
+    pub(crate) min_refresh_gap: String,
 }
 
 impl Default for TokenSection {
@@ -144,15 +144,15 @@ impl Default for TokenSection {
 /// `[policy]`
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct PolicySection {
+pub(crate) struct PolicySection {
     #[serde(deserialize_with = "list")]
-    pub allowed_methods: Vec<String>,
+    pub(crate) allowed_methods: Vec<String>,
     #[serde(deserialize_with = "list")]
-    pub allowed_path_prefixes: Vec<String>,
-    pub max_body_bytes: u64,
-    pub inbound_authorization: String,
+    pub(crate) allowed_path_prefixes: Vec<String>,
+    pub(crate) max_body_bytes: u64,
+    pub(crate) inbound_authorization: String,
     #[serde(deserialize_with = "list")]
-    pub retry_on_401: Vec<String>,
+    pub(crate) retry_on_401: Vec<String>,
 }
 
 impl Default for PolicySection {
@@ -170,9 +170,9 @@ impl Default for PolicySection {
 /// `[log]`
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct LogSection {
-    pub format: String,
-    pub level: String,
+pub(crate) struct LogSection {
+    pub(crate) format: String,
+    pub(crate) level: String,
 }
 
 impl Default for LogSection {
@@ -187,10 +187,10 @@ impl Default for LogSection {
 /// `[shutdown]`
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct ShutdownSection {
-    pub delay: String,
-    pub grace: String,
-    pub enable_quit_endpoint: bool,
+pub(crate) struct ShutdownSection {
+    pub(crate) delay: String,
+    pub(crate) grace: String,
+    pub(crate) enable_quit_endpoint: bool,
 }
 
 impl Default for ShutdownSection {
@@ -206,16 +206,16 @@ impl Default for ShutdownSection {
 /// `[cluster]`
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct ClusterSection {
-    pub mode: String,
-    pub namespace: String,
-    pub secret: String,
-    pub state_secret: String,
-    pub lease: String,
-    pub identity: String,
-    pub lease_duration: String,
-    pub renew_deadline: String,
-    pub retry_period: String,
+pub(crate) struct ClusterSection {
+    pub(crate) mode: String,
+    pub(crate) namespace: String,
+    pub(crate) secret: String,
+    pub(crate) state_secret: String,
+    pub(crate) lease: String,
+    pub(crate) identity: String,
+    pub(crate) lease_duration: String,
+    pub(crate) renew_deadline: String,
+    pub(crate) retry_period: String,
 }
 
 impl Default for ClusterSection {

@@ -370,9 +370,9 @@ fn log(f: &super::file::LogSection, env: &HashMap<String, String>) -> Result<Log
     // RUST_LOG wins over log.level, and is held to the same rules: a blank one counts as unset.
     let filter = match env.get("RUST_LOG").filter(|v| !v.trim().is_empty()) {
         Some(rust_log) => super::log_filter::filter("RUST_LOG", rust_log)?,
-        None => level.clone(),
+        None => level,
     };
-    Ok(LogConfig { format, level, filter })
+    Ok(LogConfig { format, filter })
 }
 
 fn shutdown(f: &super::file::ShutdownSection) -> Result<ShutdownConfig, ConfigError> {

@@ -14,7 +14,7 @@ use http::HeaderValue;
 
 /// A user name and password for the proxy's Basic authentication (RFC 7617).
 #[derive(Clone, PartialEq, Eq)]
-pub struct Credentials {
+pub(crate) struct Credentials {
     user: String,
     password: String,
 }

@@ -26,8 +26,8 @@ pub struct Fill<'a> {
 /// A secret and what replaces it.
 #[derive(Clone, Copy)]
 pub struct Redact<'a> {
-    pub secret: &'a str,
-    pub replacement: &'a str,
+    pub(crate) secret: &'a str,
+    pub(crate) replacement: &'a str,
 }
 
 impl std::fmt::Debug for Redact<'_> {

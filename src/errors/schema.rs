@@ -10,19 +10,19 @@ pub(crate) const UPSTREAM_SERVICE_NAME: &str = "issettled";
 /// One error body. Field order follows the IsSettled documentation; `extra` keeps whatever else the upstream sent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {
-    pub build_version: Option<String>,
-    pub code: Option<String>,
-    pub endpoint_url: Option<String>,
-    pub long_message: Option<String>,
-    pub member_identification: Option<String>,
-    pub service_name: Option<String>,
-    pub short_message: Option<String>,
+    pub(crate) build_version: Option<String>,
+    pub(crate) code: Option<String>,
+    pub(crate) endpoint_url: Option<String>,
+    pub(crate) long_message: Option<String>,
+    pub(crate) member_identification: Option<String>,
+    pub(crate) service_name: Option<String>,
+    pub(crate) short_message: Option<String>,
     /// Milliseconds since the Unix epoch.
-    pub timestamp: i64,
-    pub troubleshooting_id: Option<String>,
+    pub(crate) timestamp: i64,
+    pub(crate) troubleshooting_id: Option<String>,
     /// Other fields the upstream sent, kept as they were.
     #[serde(flatten)]
-    pub extra: serde_json::Map<String, serde_json::Value>,
+    pub(crate) extra: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The nine field names, in schema order.
@@ -40,7 +40,7 @@ pub const FIELDS: [&str; 9] = [
 
 impl ErrorBody {
     /// An error written by `service` (the proxy or the simulated upstream) with the given code and messages.
-    pub fn new(service: &str, code: &str, short_message: &str, long_message: impl Into<String>) -> Self {
+    pub(crate) fn new(service: &str, code: &str, short_message: &str, long_message: impl Into<String>) -> Self {
         Self {
             build_version: None,
             code: Some(code.to_owned()),

@@ -22,7 +22,7 @@ use super::{jwt::Claims, secret::Token};
 
 /// Where a token came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
+pub(crate) enum Source {
     File,
     Env,
     StateFile,
@@ -35,7 +35,7 @@ pub enum Source {
 
 impl Source {
     /// Lower-case name for `/status` and logs.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Source::File => "file",
             Source::Env => "env",
@@ -50,14 +50,14 @@ impl Source {
 /// A monotonic instant paired with the wall-clock time it was taken at. Deadlines are checked on both clocks,
 /// so neither a suspended machine (monotonic time stops) nor a wall-clock jump makes a stale token look fresh.
 #[derive(Debug, Clone, Copy)]
-pub struct Stamp {
-    pub mono: Instant,
-    pub wall: SystemTime,
+pub(crate) struct Stamp {
+    pub(crate) mono: Instant,
+    pub(crate) wall: SystemTime,
 }
 
 impl Stamp {
     /// Now, on both clocks.
-    pub fn now() -> Self {
+    pub(crate) fn now() -> Self {
         Self {
             mono: Instant::now(),
             wall: SystemTime::now(),
@@ -65,7 +65,7 @@ impl Stamp {
     }
 
     /// Time elapsed since this stamp: the larger of the two clocks' readings.
-    pub fn elapsed(&self, now: &Stamp) -> Duration {
+    pub(crate) fn elapsed(&self, now: &Stamp) -> Duration {
         let mono = now.mono.saturating_duration_since(self.mono);
         let wall = now.wall.duration_since(self.wall).unwrap_or_default();
         mono.max(wall)
@@ -74,31 +74,31 @@ impl Stamp {
 
 /// One adopted token and what was derived from it.
 #[derive(Debug)]
-pub struct Current {
+pub(crate) struct Current {
     token: Token,
     /// Increases with every adoption; tells whether the token changed since a request took it.
-    pub generation: u64,
-    pub claims: Claims,
+    pub(crate) generation: u64,
+    pub(crate) claims: Claims,
     /// Expiry from the refresh response (`expires_in`/`expires_at`) when the token itself has no `exp`.
-    pub expires_at: Option<SystemTime>,
-    pub source: Source,
+    pub(crate) expires_at: Option<SystemTime>,
+    pub(crate) source: Source,
     /// When this token was adopted.
-    pub obtained: Stamp,
+    pub(crate) obtained: Stamp,
     /// When the upstream last confirmed it (a refresh that kept it), or `obtained`.
-    pub confirmed: Stamp,
+    pub(crate) confirmed: Stamp,
     /// `upstream.revoke_after`, to derive the deadline.
-    pub revoke_after: Duration,
+    pub(crate) revoke_after: Duration,
     /// When the administrator-issued session ends.
-    pub session_expires_at: SystemTime,
+    pub(crate) session_expires_at: SystemTime,
     /// Fingerprint of the file or environment token the refreshes started from (this token itself, if it came
     /// from there); persisted with it, so a restart can tell a token an operator supplied since from the
     /// original that was already refreshed.
-    pub origin: Option<String>,
+    pub(crate) origin: Option<String>,
 }
 
 /// Why the current token may not be sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unusable {
+pub(crate) enum Unusable {
     Missing,
     Expired,
     DeadlinePassed,
@@ -106,7 +106,7 @@ pub enum Unusable {
 
 impl Unusable {
     /// Reason text for errors and `/readyz`.
-    pub fn reason(self) -> &'static str {
+    pub(crate) fn reason(self) -> &'static str {
         match self {
             Unusable::Missing => "no token loaded (missing or revoked)",
             Unusable::Expired => "the token's exp has passed",
@@ -117,25 +117,25 @@ impl Unusable {
 
 /// What a token is adopted with; [`Current::new`] derives the rest.
 #[derive(Debug)]
-pub struct Adoption {
-    pub token: Token,
-    pub generation: u64,
-    pub source: Source,
-    pub claims: Claims,
+pub(crate) struct Adoption {
+    pub(crate) token: Token,
+    pub(crate) generation: u64,
+    pub(crate) source: Source,
+    pub(crate) claims: Claims,
     /// Expiry stated by the refresh response (used when the token has no `exp`).
-    pub expires_at: Option<SystemTime>,
+    pub(crate) expires_at: Option<SystemTime>,
     /// When the upstream last confirmed the token.
-    pub confirmed: Stamp,
-    pub revoke_after: Duration,
-    pub session_expires_at: SystemTime,
-    pub origin: Option<String>,
+    pub(crate) confirmed: Stamp,
+    pub(crate) revoke_after: Duration,
+    pub(crate) session_expires_at: SystemTime,
+    pub(crate) origin: Option<String>,
 }
 
 // === impl Current ===
 
 impl Current {
     /// Derive everything once.
-    pub fn new(a: Adoption) -> Self {
+    pub(crate) fn new(a: Adoption) -> Self {
         let Adoption {
             token,
             generation,
@@ -163,22 +163,22 @@ impl Current {
     }
 
     /// The token (for the refresh call, the state file and scrubbing).
-    pub fn token(&self) -> &Token {
+    pub(crate) fn token(&self) -> &Token {
         &self.token
     }
 
     /// `Bearer <token>`, sensitive, built once (with the [`Token`]).
-    pub fn header(&self) -> &HeaderValue {
+    pub(crate) fn header(&self) -> &HeaderValue {
         self.token.bearer_header()
     }
 
     /// The revoke deadline on the wall clock.
-    pub fn revoke_deadline(&self) -> SystemTime {
+    pub(crate) fn revoke_deadline(&self) -> SystemTime {
         self.confirmed.wall + self.revoke_after
     }
 
     /// Whether this token may be sent now.
-    pub fn check(&self, now: &Stamp) -> Result<(), Unusable> {
+    pub(crate) fn check(&self, now: &Stamp) -> Result<(), Unusable> {
         if self.expires_at.is_some_and(|exp| now.wall >= exp) {
             return Err(Unusable::Expired);
         }
@@ -191,26 +191,26 @@ impl Current {
 
 /// What the refresher reports about itself, for `/status` and readiness.
 #[derive(Debug, Clone, Default)]
-pub struct RefreshStatus {
-    pub revoked: bool,
-    pub refreshing: bool,
-    pub last_refresh_at: Option<SystemTime>,
-    pub next_refresh_at: Option<SystemTime>,
-    pub consecutive_failures: u32,
-    pub last_error: Option<String>,
+pub(crate) struct RefreshStatus {
+    pub(crate) revoked: bool,
+    pub(crate) refreshing: bool,
+    pub(crate) last_refresh_at: Option<SystemTime>,
+    pub(crate) next_refresh_at: Option<SystemTime>,
+    pub(crate) consecutive_failures: u32,
+    pub(crate) last_error: Option<String>,
     /// Fingerprint of the last token, kept after it was revoked.
-    pub last_fingerprint: Option<String>,
+    pub(crate) last_fingerprint: Option<String>,
     /// The store's generation of the current token (cluster mode's `state` generation).
-    pub chain_generation: u64,
+    pub(crate) chain_generation: u64,
     /// When this process last received the chain from the store (cluster mode).
-    pub last_sync_at: Option<SystemTime>,
+    pub(crate) last_sync_at: Option<SystemTime>,
     /// A link the store has not taken yet (it did not answer): written before this process competes to lead.
-    pub unsaved: bool,
+    pub(crate) unsaved: bool,
 }
 
 /// The cell. Readers call [`TokenCell::load`]; only the refresher stores.
 #[derive(Debug, Default)]
-pub struct TokenCell {
+pub(crate) struct TokenCell {
     current: ArcSwapOption<Current>,
     status: ArcSwap<RefreshStatus>,
     generation: AtomicU64,
@@ -220,24 +220,24 @@ pub struct TokenCell {
 
 impl TokenCell {
     /// A new, empty cell.
-    pub fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }
 
     /// The current token, if any (one atomic load and a reference count).
-    pub fn load(&self) -> Option<Arc<Current>> {
+    pub(crate) fn load(&self) -> Option<Arc<Current>> {
         self.current.load_full()
     }
 
     /// The current token if it may be sent now.
-    pub fn usable(&self, now: &Stamp) -> Result<Arc<Current>, Unusable> {
+    pub(crate) fn usable(&self, now: &Stamp) -> Result<Arc<Current>, Unusable> {
         let current = self.current.load_full().ok_or(Unusable::Missing)?;
         current.check(now)?;
         Ok(current)
     }
 
     /// The refresher's status.
-    pub fn status(&self) -> Arc<RefreshStatus> {
+    pub(crate) fn status(&self) -> Arc<RefreshStatus> {
         self.status.load_full()
     }
 

@@ -9,10 +9,10 @@ use serde::Deserialize;
 /// The timing claims of a token; all `None` for an opaque token.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Claims {
-    pub exp: Option<SystemTime>,
-    pub iat: Option<SystemTime>,
+    pub(crate) exp: Option<SystemTime>,
+    pub(crate) iat: Option<SystemTime>,
     /// When the administrator authenticated (the session start), if the issuer says.
-    pub auth_time: Option<SystemTime>,
+    pub(crate) auth_time: Option<SystemTime>,
 }
 
 #[derive(Deserialize)]

@@ -10,7 +10,7 @@ use super::secret::{Token, TokenError};
 
 /// A successful refresh.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Refreshed {
+pub(crate) enum Refreshed {
     /// A new token, with the expiry the response stated (if any).
     New {
         token: Token,
@@ -22,7 +22,7 @@ pub enum Refreshed {
 
 /// A failed refresh.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RefreshError {
+pub(crate) enum RefreshError {
     /// 401 or 403: the token is revoked.
     #[error("refresh answered {0}: the token is revoked")]
     Revoked(u16),
@@ -39,7 +39,7 @@ pub enum RefreshError {
 
 impl RefreshError {
     /// Label for `issettled_proxy_token_refresh_total{result}`.
-    pub fn result_label(&self) -> &'static str {
+    pub(crate) fn result_label(&self) -> &'static str {
         match self {
             RefreshError::Revoked(_) => "revoked",
             RefreshError::Transient(_) => "transient_error",
@@ -50,7 +50,7 @@ impl RefreshError {
 }
 
 /// Performs the refresh call. Generic so the refresher is tested with a scripted fake and a paused clock.
-pub trait RefreshClient: Send + Sync + 'static {
+pub(crate) trait RefreshClient: Send + Sync + 'static {
     /// Exchange `token` for a fresh one.
     fn refresh(&self, token: &Token) -> impl Future<Output = Result<Refreshed, RefreshError>> + Send;
 }
@@ -59,7 +59,11 @@ pub trait RefreshClient: Send + Sync + 'static {
 const TOKEN_KEYS: [&str; 4] = ["access_token", "token", "accessToken", "jwt"];
 
 /// Interpret a refresh response (status and body).
-pub fn parse_refresh_response(status: StatusCode, body: &[u8], now: SystemTime) -> Result<Refreshed, RefreshError> {
+pub(crate) fn parse_refresh_response(
+    status: StatusCode,
+    body: &[u8],
+    now: SystemTime,
+) -> Result<Refreshed, RefreshError> {
     match status.as_u16() {
         401 | 403 => return Err(RefreshError::Revoked(status.as_u16())),
         200..=299 => {}
@@ -91,7 +95,7 @@ pub fn parse_refresh_response(status: StatusCode, body: &[u8], now: SystemTime) 
 
 /// Whether a refresh answer's body is text that is not JSON (nor meant to be): not starting with `{`, `[` or
 /// `"`, after any byte order mark. An empty body counts as text.
-pub fn is_plain_text(body: &[u8]) -> bool {
+pub(crate) fn is_plain_text(body: &[u8]) -> bool {
     !matches!(without_bom(body).trim_ascii_start().first(), Some(b'{' | b'[' | b'"'))
 }
 
@@ -114,7 +118,7 @@ fn expiry(scope: &Value, now: SystemTime) -> Option<SystemTime> {
 
 /// The real refresh call over reqwest (rustls, no redirects, no proxy variables, time-outs set).
 #[derive(Debug, Clone)]
-pub struct HttpRefreshClient {
+pub(crate) struct HttpRefreshClient {
     client: reqwest::Client,
     url: String,
     method: Method,
@@ -127,7 +131,7 @@ const MAX_RESPONSE: usize = 64 * 1024;
 
 impl HttpRefreshClient {
     /// `url` is `base_url` + `token.refresh_path`.
-    pub fn new(client: reqwest::Client, url: String, method: Method) -> Self {
+    pub(crate) fn new(client: reqwest::Client, url: String, method: Method) -> Self {
         Self {
             client,
             url,
@@ -139,7 +143,7 @@ impl HttpRefreshClient {
     /// Failures name `proxy`, the outbound proxy `client` tunnels through (if any). Any such failure is
     /// transient like every failure to connect: retried with backoff, never taken for a revocation.
     #[must_use]
-    pub fn through(mut self, proxy: Option<String>) -> Self {
+    pub(crate) fn through(mut self, proxy: Option<String>) -> Self {
         self.through = proxy;
         self
     }

@@ -20,7 +20,7 @@ use crate::{clock::rfc3339, metrics::Metrics};
 
 /// What asked for a refresh (logged with every attempt).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
+pub(crate) enum Trigger {
     Startup,
     Schedule,
     Upstream401,
@@ -48,12 +48,12 @@ impl Trigger {
 
 /// The answer to [`RefreshHandle::refresh_now`].
 #[derive(Debug, Clone)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     /// The token current after the refresh.
-    pub current: Arc<Current>,
+    pub(crate) current: Arc<Current>,
     /// Whether a refresh call succeeded for this request (false: the token had already changed, or it was
     /// confirmed less than `min_refresh_gap` ago).
-    pub refreshed: bool,
+    pub(crate) refreshed: bool,
 }
 
 struct Waiter {
@@ -65,7 +65,7 @@ struct Waiter {
 
 /// Asks the refresher for a refresh; joins one already in flight. Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct RefreshHandle {
+pub(crate) struct RefreshHandle {
     tx: mpsc::Sender<Waiter>,
 }
 
@@ -77,7 +77,7 @@ impl std::fmt::Debug for Waiter {
 
 impl RefreshHandle {
     /// Refresh now, or join the refresh in flight. `seen` is the generation of the token the caller used.
-    pub async fn refresh_now(&self, trigger: Trigger, seen: Option<u64>) -> Result<Outcome, RefreshError> {
+    pub(crate) async fn refresh_now(&self, trigger: Trigger, seen: Option<u64>) -> Result<Outcome, RefreshError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Waiter { trigger, seen, reply })
@@ -90,7 +90,7 @@ impl RefreshHandle {
     /// Ask for a refresh after an upstream 401 without waiting for it (the request is answered at once): no
     /// task, no wait. It joins a refresh in flight like any request, and is skipped like one within
     /// `min_refresh_gap` or when the token changed since `seen`. A full queue drops it: refreshes are pending.
-    pub fn nudge(&self, seen: u64) {
+    pub(crate) fn nudge(&self, seen: u64) {
         let (reply, _) = oneshot::channel();
         let _ = self.tx.try_send(Waiter {
             trigger: Trigger::Upstream401,
@@ -102,18 +102,18 @@ impl RefreshHandle {
 
 /// Timing and storage settings of the refresher.
 #[derive(Debug, Clone)]
-pub struct Settings {
-    pub refresh_interval: Duration,
-    pub revoke_after: Duration,
-    pub refresh_before_expiry: Duration,
-    pub session_ttl: Duration,
-    pub min_refresh_gap: Duration,
-    pub token_file: Option<PathBuf>,
-    pub state_file: Option<PathBuf>,
+pub(crate) struct Settings {
+    pub(crate) refresh_interval: Duration,
+    pub(crate) revoke_after: Duration,
+    pub(crate) refresh_before_expiry: Duration,
+    pub(crate) session_ttl: Duration,
+    pub(crate) min_refresh_gap: Duration,
+    pub(crate) token_file: Option<PathBuf>,
+    pub(crate) state_file: Option<PathBuf>,
 }
 
 /// The refresher task's state.
-pub struct Refresher<C> {
+pub(crate) struct Refresher<C> {
     settings: Settings,
     cell: Arc<TokenCell>,
     client: C,
@@ -182,7 +182,12 @@ const QUEUE: usize = 1024;
 
 impl<C: RefreshClient> Refresher<C> {
     /// A refresher for `cell`, and the handle that asks it for refreshes.
-    pub fn new(settings: Settings, cell: Arc<TokenCell>, client: C, metrics: Arc<Metrics>) -> (Self, RefreshHandle) {
+    pub(crate) fn new(
+        settings: Settings,
+        cell: Arc<TokenCell>,
+        client: C,
+        metrics: Arc<Metrics>,
+    ) -> (Self, RefreshHandle) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let file = settings.token_file.clone().map(FileWatch::new);
         let store = Box::new(StateFileStore {
@@ -237,7 +242,7 @@ impl<C: RefreshClient> Refresher<C> {
     }
 
     /// Run until `shutdown` completes.
-    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+    pub(crate) async fn run(mut self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         if self.cell.load().is_none() {
             self.cell

@@ -7,17 +7,17 @@
 use std::time::Duration;
 
 /// First retry delay after a failure (before jitter).
-pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
+pub(crate) const BACKOFF_BASE: Duration = Duration::from_secs(1);
 /// Largest retry delay (before jitter).
-pub const BACKOFF_CAP: Duration = Duration::from_secs(60);
+pub(crate) const BACKOFF_CAP: Duration = Duration::from_secs(60);
 /// Smallest retry delay, so full jitter never spins.
-pub const BACKOFF_FLOOR: Duration = Duration::from_millis(250);
+pub(crate) const BACKOFF_FLOOR: Duration = Duration::from_millis(250);
 /// The shortest time from a confirmation to a refresh that the token's expiry brings forward.
-pub const EXPIRY_STEP_FLOOR: Duration = Duration::from_secs(1);
+pub(crate) const EXPIRY_STEP_FLOOR: Duration = Duration::from_secs(1);
 /// The refresher looks at the wall clock and the token file at least this often.
-pub const POLL: Duration = Duration::from_millis(500);
+pub(crate) const POLL: Duration = Duration::from_millis(500);
 /// Session warnings are logged when this much of the session remains.
-pub const SESSION_WARNINGS: [Duration; 3] = [
+pub(crate) const SESSION_WARNINGS: [Duration; 3] = [
     Duration::from_secs(2 * 3600),
     Duration::from_secs(3600),
     Duration::from_secs(15 * 60),
@@ -30,7 +30,7 @@ pub const SESSION_WARNINGS: [Duration; 3] = [
 /// comes sooner than [`EXPIRY_STEP_FLOOR`] after the confirmation: an upstream that confirms a token without
 /// extending it would otherwise be asked again after half the time left, then half of that, and so on. A token
 /// already expired when it was confirmed has no lifetime to divide: the interval applies.
-pub fn refresh_due_in(
+pub(crate) fn refresh_due_in(
     since_confirmed: Duration,
     interval: Duration,
     lifetime: Option<Duration>,
@@ -55,7 +55,7 @@ pub fn refresh_due_in(
 /// of the time left (`until_deadline`), so a few more attempts fit before the upstream revokes the token. Once
 /// the deadline has passed there is nothing left to race: the plain back-off applies, up to [`BACKOFF_CAP`],
 /// so a long outage is not met with a retry every [`BACKOFF_FLOOR`] from every sidecar.
-pub fn retry_delay(failures: u32, jitter: f64, until_deadline: Duration) -> Duration {
+pub(crate) fn retry_delay(failures: u32, jitter: f64, until_deadline: Duration) -> Duration {
     let exp = failures.saturating_sub(1).min(16);
     let step = BACKOFF_BASE.saturating_mul(1 << exp).min(BACKOFF_CAP);
     let jittered = step.mul_f64(jitter.clamp(0.0, 1.0)).max(BACKOFF_FLOOR);
@@ -67,7 +67,7 @@ pub fn retry_delay(failures: u32, jitter: f64, until_deadline: Duration) -> Dura
 
 /// Which session warning (index into [`SESSION_WARNINGS`]) is due, given how much of the session remains and
 /// how many warnings were already logged.
-pub fn session_warning_due(remaining: Duration, already: usize) -> Option<usize> {
+pub(crate) fn session_warning_due(remaining: Duration, already: usize) -> Option<usize> {
     let due = SESSION_WARNINGS.iter().filter(|w| remaining <= **w).count();
     (due > already).then(|| due - 1)
 }

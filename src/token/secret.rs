@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 /// Why a token text was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TokenError {
+pub(crate) enum TokenError {
     #[error("the token is empty")]
     Empty,
     #[error(
@@ -27,7 +27,7 @@ pub enum TokenError {
 /// An OAuth bearer token and its `Authorization` value. Cheap to clone; never printed. Only [`Token::parse`]
 /// makes one, so every token has a valid header value: the request path never builds or checks one.
 #[derive(Clone)]
-pub struct Token(Arc<Parsed>);
+pub(crate) struct Token(Arc<Parsed>);
 
 struct Parsed {
     text: Box<str>,
@@ -39,7 +39,7 @@ impl Token {
     /// Trim surrounding white space (a trailing newline is normal in Secret files) and check the characters:
     /// visible ASCII only (RFC 6750 `b64token` is stricter; anything else could not travel in a header). Builds
     /// the `Authorization` value once.
-    pub fn parse(text: &str) -> Result<Self, TokenError> {
+    pub(crate) fn parse(text: &str) -> Result<Self, TokenError> {
         let t = text.trim();
         if t.is_empty() {
             return Err(TokenError::Empty);
@@ -59,17 +59,17 @@ impl Token {
     }
 
     /// The secret itself. Call sites are the refresh call, the state file and scrubbing: grep for them.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0.text
     }
 
     /// `sha256:` and the first 8 hex digits of the SHA-256 of the token: safe to log and show.
-    pub fn fingerprint(&self) -> String {
+    pub(crate) fn fingerprint(&self) -> String {
         fingerprint(self.expose())
     }
 
     /// `Bearer <token>` marked sensitive (HPACK never-indexed; hidden from `Debug` by `http`), built once.
-    pub fn bearer_header(&self) -> &HeaderValue {
+    pub(crate) fn bearer_header(&self) -> &HeaderValue {
         &self.0.header
     }
 }

@@ -15,32 +15,32 @@ use crate::config::TokenEnv;
 
 /// A token found at start, with what tells how new it is.
 #[derive(Debug, Clone)]
-pub struct Candidate {
-    pub token: Token,
-    pub source: Source,
-    pub claims: Claims,
+pub(crate) struct Candidate {
+    pub(crate) token: Token,
+    pub(crate) source: Source,
+    pub(crate) claims: Claims,
     /// File modification time (state file: the last refresh), if any.
-    pub modified: Option<SystemTime>,
+    pub(crate) modified: Option<SystemTime>,
     /// The last upstream confirmation, when the state file recorded it.
-    pub confirmed_at: Option<SystemTime>,
+    pub(crate) confirmed_at: Option<SystemTime>,
     /// The session start, when the state file recorded it.
-    pub session_started_at: Option<SystemTime>,
+    pub(crate) session_started_at: Option<SystemTime>,
     /// The fingerprint of the file or environment token this one descends from by refreshes (its own, for
     /// those two sources; the state file's record, if it has one).
-    pub origin: Option<String>,
+    pub(crate) origin: Option<String>,
 }
 
 /// The token in `token.env`, parsed, or why there is none to use.
 #[derive(Debug, Clone)]
-pub struct EnvToken {
+pub(crate) struct EnvToken {
     /// Name of the variable (checked to be a variable name, so it is safe to print).
-    pub name: String,
-    pub value: Result<Token, EnvTokenError>,
+    pub(crate) name: String,
+    pub(crate) value: Result<Token, EnvTokenError>,
 }
 
 /// Why `token.env` gives no token. Never carries the value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum EnvTokenError {
+pub(crate) enum EnvTokenError {
     #[error("not set")]
     NotSet,
     #[error("refused: {0}")]
@@ -51,7 +51,7 @@ pub enum EnvTokenError {
 
 impl EnvToken {
     /// Parse the variable's value as the configuration captured it.
-    pub fn parse(var: &TokenEnv) -> Self {
+    pub(crate) fn parse(var: &TokenEnv) -> Self {
         Self {
             name: var.name.clone(),
             value: match var.value() {
@@ -62,7 +62,7 @@ impl EnvToken {
     }
 
     /// What `check-config` says about it: set (by its fingerprint) and usable, or why it will be refused.
-    pub fn describe(&self, now: SystemTime) -> String {
+    pub(crate) fn describe(&self, now: SystemTime) -> String {
         match &self.value {
             Ok(token) => match check(token, now) {
                 Ok(_) => format!("set, {}", token.fingerprint()),
@@ -74,7 +74,7 @@ impl EnvToken {
 }
 
 /// Check a token handed over from outside (file, environment, refresh): usable now, or why not.
-pub fn check(token: &Token, now: SystemTime) -> Result<Claims, TokenError> {
+pub(crate) fn check(token: &Token, now: SystemTime) -> Result<Claims, TokenError> {
     let claims = jwt::claims(token.expose());
     if claims.exp.is_some_and(|exp| exp <= now) {
         return Err(TokenError::Expired);
@@ -83,7 +83,7 @@ pub fn check(token: &Token, now: SystemTime) -> Result<Claims, TokenError> {
 }
 
 /// Read a token file. `Ok(None)` when the file does not exist (yet).
-pub fn read_file(path: &Path) -> Result<Option<(Token, SystemTime)>, String> {
+pub(crate) fn read_file(path: &Path) -> Result<Option<(Token, SystemTime)>, String> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -101,7 +101,7 @@ pub fn read_file(path: &Path) -> Result<Option<(Token, SystemTime)>, String> {
 /// is not its origin was supplied after that chain of refreshes began (a new Secret, a new environment value
 /// after a revocation), and wins. Without a recorded origin: the newest usable candidate, by JWT `iat`, else
 /// `exp`, else file times; a state-file token beats an environment token that carries no time.
-pub fn choose(candidates: Vec<Candidate>) -> Option<Candidate> {
+pub(crate) fn choose(candidates: Vec<Candidate>) -> Option<Candidate> {
     let state = candidates.iter().position(|c| c.source == Source::StateFile);
     let origin = state.and_then(|i| candidates[i].origin.clone());
     let configured = candidates.iter().position(|c| c.source != Source::StateFile);
@@ -139,7 +139,7 @@ fn newest(mut candidates: Vec<Candidate>) -> Option<Candidate> {
 /// Watches the token file: reports new, stable content (seen the same on two polls in a row, so a file being
 /// written is never read half-way). Following the path each time follows Kubernetes' `..data` symlink swap.
 #[derive(Debug)]
-pub struct FileWatch {
+pub(crate) struct FileWatch {
     path: PathBuf,
     adopted: Option<String>,
     pending: Option<String>,
@@ -148,7 +148,7 @@ pub struct FileWatch {
 impl FileWatch {
     /// Watch `path`. Whatever it holds now was already considered at start (adopted, or beaten by a newer
     /// state-file token, or refused) and is never adopted later: only a change is.
-    pub fn new(path: PathBuf) -> Self {
+    pub(crate) fn new(path: PathBuf) -> Self {
         let adopted = std::fs::read_to_string(&path).ok().map(|t| t.trim().to_owned());
         Self {
             path,
@@ -158,12 +158,12 @@ impl FileWatch {
     }
 
     /// The watched path.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// Look at the file once. `Some` when it holds new content that was already there on the previous poll.
-    pub async fn poll(&mut self) -> Option<Result<Token, TokenError>> {
+    pub(crate) async fn poll(&mut self) -> Option<Result<Token, TokenError>> {
         let text = tokio::fs::read_to_string(&self.path).await.ok()?;
         let trimmed = text.trim();
         if self.adopted.as_deref() == Some(trimmed) {

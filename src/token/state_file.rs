@@ -14,15 +14,15 @@ use super::secret::Token;
 
 /// What is persisted.
 #[derive(Debug, Clone)]
-pub struct Persisted {
-    pub token: Token,
+pub(crate) struct Persisted {
+    pub(crate) token: Token,
     /// When the upstream last confirmed the token (its revoke deadline counts from here).
-    pub confirmed_at: SystemTime,
-    pub session_started_at: Option<SystemTime>,
+    pub(crate) confirmed_at: SystemTime,
+    pub(crate) session_started_at: Option<SystemTime>,
     /// Fingerprint of the file or environment token this one was refreshed from (which token the chain of refreshes started from).
-    pub origin: Option<String>,
+    pub(crate) origin: Option<String>,
     /// The chain's write count (cluster mode's `state` generation); 0 in files written before it was recorded.
-    pub generation: u64,
+    pub(crate) generation: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -54,7 +54,7 @@ fn dir_of(path: &Path) -> &Path {
 
 /// Whether `path` can be the state file: not a directory, and its directory, if it exists, a directory. A
 /// missing directory is allowed ([`prepare`] creates it). The reason, for `check-config` and start-up.
-pub fn check_place(path: &Path) -> Result<(), String> {
+pub(crate) fn check_place(path: &Path) -> Result<(), String> {
     if path.is_dir() {
         return Err(format!("{} is a directory; name a file in it", path.display()));
     }
@@ -68,7 +68,7 @@ pub fn check_place(path: &Path) -> Result<(), String> {
 /// Before the first write: [`check_place`], create a missing directory (mode 0700), remove temporary files an
 /// interrupted write left behind (each holds a token), and check that a file can be created there, so that a
 /// state file that cannot be written stops the start instead of every refresh. Blocking; at start only.
-pub fn prepare(path: &Path) -> Result<(), String> {
+pub(crate) fn prepare(path: &Path) -> Result<(), String> {
     check_place(path)?;
     let dir = dir_of(path);
     if !dir.exists() {
@@ -119,7 +119,7 @@ fn file_name(path: &Path) -> String {
 }
 
 /// Write atomically and durably, mode 0600. Blocking: call from `spawn_blocking`.
-pub fn write(path: &Path, state: &Persisted) -> std::io::Result<()> {
+pub(crate) fn write(path: &Path, state: &Persisted) -> std::io::Result<()> {
     let record = Record {
         token: state.token.expose().to_owned(),
         confirmed_at_ms: ms(state.confirmed_at),
@@ -164,7 +164,7 @@ fn create_fresh(dir: &Path, name: &str) -> std::io::Result<(std::path::PathBuf, 
 }
 
 /// Read the state file. `Ok(None)` when there is none. A file holding a bare token (written by hand) works too.
-pub fn read(path: &Path) -> Result<Option<Persisted>, String> {
+pub(crate) fn read(path: &Path) -> Result<Option<Persisted>, String> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),

@@ -23,7 +23,7 @@ use crate::{
 
 impl<C: RefreshClient> Refresher<C> {
     /// Adopt the token a start-up source gave (see [`source::choose`]).
-    pub fn adopt_initial(&mut self, c: source::Candidate) {
+    pub(crate) fn adopt_initial(&mut self, c: source::Candidate) {
         let now = Stamp::now();
         let confirmed = c.confirmed_at.map_or(now, |wall| stamp_at(&now, wall));
         let session_start = c
