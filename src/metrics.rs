@@ -20,6 +20,9 @@ const STATUSES: usize = 500;
 pub(crate) const BUCKETS: [f64; 16] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
+/// `issettled_proxy_request_duration_by_class_seconds{class}` values: statuses 100..=599 by their first digit
+/// (anything else counts as `5xx`).
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// `issettled_proxy_upstream_errors_total{code}` values.
 pub(crate) const UPSTREAM_CODES: [&str; 3] = ["UPSTREAM_UNREACHABLE", "UPSTREAM_PROTOCOL_ERROR", "UPSTREAM_TIMEOUT"];
 /// `issettled_proxy_token_refresh_total{result}` values. `success` includes a 200/204 that kept the current
@@ -40,9 +43,9 @@ pub(crate) const CLUSTER_API_OPS: [&str; 5] = ["lease_get", "lease_update", "sec
 #[derive(Debug)]
 pub(crate) struct Metrics {
     requests: Vec<AtomicU64>,
-    buckets: [AtomicU64; BUCKETS.len()],
-    duration_count: AtomicU64,
-    duration_sum_micros: AtomicU64,
+    /// One latency histogram per status class; the contract's unlabelled histogram is their sum, at render time
+    /// (a request still updates one histogram).
+    durations: [Histogram; CLASSES.len()],
     upstream_errors: [AtomicU64; UPSTREAM_CODES.len()],
     refreshes: [AtomicU64; REFRESH_RESULTS.len()],
     state_file_errors: AtomicU64,
@@ -63,6 +66,43 @@ pub(crate) struct TokenGauges {
     pub(crate) session_remaining_seconds: Option<f64>,
     /// Cluster mode only: whether this replica holds the Lease, and the chain's generation it knows.
     pub(crate) cluster: Option<(bool, u64)>,
+}
+
+/// A latency histogram: per-bucket (not cumulative) counts, the count and the sum.
+#[derive(Debug, Default)]
+struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+/// What a [`Histogram`] held at render time.
+#[derive(Debug, Default)]
+struct HistogramRead {
+    buckets: [u64; BUCKETS.len()],
+    count: u64,
+    sum_micros: u64,
+}
+
+impl Histogram {
+    fn observe(&self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_micros
+            .fetch_add(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    /// Add what this histogram holds to `into`.
+    fn read_into(&self, into: &mut HistogramRead) {
+        for (sum, bucket) in into.buckets.iter_mut().zip(&self.buckets) {
+            *sum += bucket.load(Relaxed);
+        }
+        into.count += self.count.load(Relaxed);
+        into.sum_micros = into.sum_micros.saturating_add(self.sum_micros.load(Relaxed));
+    }
 }
 
 /// Decrements the in-flight gauge when dropped.
@@ -88,9 +128,7 @@ impl Metrics {
     pub(crate) fn new() -> Self {
         Self {
             requests: (0..METHODS.len() * STATUSES).map(|_| AtomicU64::new(0)).collect(),
-            buckets: Default::default(),
-            duration_count: AtomicU64::new(0),
-            duration_sum_micros: AtomicU64::new(0),
+            durations: Default::default(),
             upstream_errors: Default::default(),
             refreshes: Default::default(),
             state_file_errors: AtomicU64::new(0),
@@ -124,13 +162,9 @@ impl Metrics {
         if (100..600).contains(&status) {
             self.requests[m * STATUSES + usize::from(status - 100)].fetch_add(1, Relaxed);
         }
-        let secs = elapsed.as_secs_f64();
-        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
-            self.buckets[i].fetch_add(1, Relaxed);
-        }
-        self.duration_count.fetch_add(1, Relaxed);
-        self.duration_sum_micros
-            .fetch_add(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX), Relaxed);
+        // 100..=599 → 0..=4; below 100 wraps and is clamped, as is 600 and above: `5xx`.
+        let class = usize::from(status / 100).wrapping_sub(1).min(CLASSES.len() - 1);
+        self.durations[class].observe(elapsed);
     }
 
     /// Count an upstream fault by its contract code.
@@ -192,22 +226,24 @@ impl Metrics {
             "histogram",
             "Time from request to response head on the proxy port.",
         );
-        let mut cumulative = 0;
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            cumulative += self.buckets[i].load(Relaxed);
-            let _ = writeln!(
-                w,
-                "issettled_proxy_request_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
-            );
+        let mut all = HistogramRead::default();
+        for class in &self.durations {
+            class.read_into(&mut all);
         }
-        let count = self.duration_count.load(Relaxed);
-        let _ = writeln!(
+        histogram(w, "request_duration_seconds", "", &all);
+        header(
             w,
-            "issettled_proxy_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+            "request_duration_by_class_seconds",
+            "histogram",
+            "Time from request to response head on the proxy port, by status class (1xx to 5xx).",
         );
-        let sum = self.duration_sum_micros.load(Relaxed) as f64 / 1e6;
-        let _ = writeln!(w, "issettled_proxy_request_duration_seconds_sum {sum}");
-        let _ = writeln!(w, "issettled_proxy_request_duration_seconds_count {count}");
+        for (class, name) in self.durations.iter().zip(CLASSES) {
+            let mut read = HistogramRead::default();
+            class.read_into(&mut read);
+            if read.count > 0 {
+                histogram(w, "request_duration_by_class_seconds", &format!("class=\"{name}\","), &read);
+            }
+        }
         labelled_counter(
             w,
             "upstream_errors_total",
@@ -333,6 +369,23 @@ fn gauge(w: &mut String, name: &str, help: &str, value: Option<f64>) {
     }
 }
 
+/// One histogram's series: cumulative buckets, `+Inf`, sum and count; `labels` (`name="value",` or empty) go
+/// before `le`.
+fn histogram(w: &mut String, name: &str, labels: &str, read: &HistogramRead) {
+    let mut cumulative = 0;
+    for (bound, n) in BUCKETS.iter().zip(read.buckets) {
+        cumulative += n;
+        let _ = writeln!(w, "issettled_proxy_{name}_bucket{{{labels}le=\"{bound}\"}} {cumulative}");
+    }
+    let count = read.count;
+    let _ = writeln!(w, "issettled_proxy_{name}_bucket{{{labels}le=\"+Inf\"}} {count}");
+    let sum = read.sum_micros as f64 / 1e6;
+    let labels = labels.trim_end_matches(',');
+    let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+    let _ = writeln!(w, "issettled_proxy_{name}_sum{braces} {sum}");
+    let _ = writeln!(w, "issettled_proxy_{name}_count{braces} {count}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,6 +416,15 @@ mod tests {
         assert!(text.contains("issettled_proxy_request_duration_seconds_bucket{le=\"0.0005\"} 2"));
         assert!(text.contains("issettled_proxy_request_duration_seconds_bucket{le=\"0.05\"} 3"));
         assert!(text.contains("issettled_proxy_request_duration_seconds_count 3"));
+        assert!(text.contains("issettled_proxy_request_duration_seconds_sum 0.04031\n"));
+        let by_class = "issettled_proxy_request_duration_by_class_seconds";
+        assert!(text.contains(&format!("{by_class}_bucket{{class=\"2xx\",le=\"0.0005\"}} 1\n")));
+        assert!(text.contains(&format!("{by_class}_bucket{{class=\"2xx\",le=\"+Inf\"}} 2\n")));
+        assert!(text.contains(&format!("{by_class}_count{{class=\"2xx\"}} 2\n")));
+        assert!(text.contains(&format!("{by_class}_sum{{class=\"2xx\"}} 0.0403\n")));
+        assert!(text.contains(&format!("{by_class}_bucket{{class=\"4xx\",le=\"0.0005\"}} 1\n")));
+        assert!(text.contains(&format!("{by_class}_count{{class=\"4xx\"}} 1\n")));
+        assert!(!text.contains("class=\"5xx\""), "classes without requests are left out");
         assert!(text.contains("issettled_proxy_upstream_errors_total{code=\"UPSTREAM_TIMEOUT\"} 1"));
         assert!(text.contains("issettled_proxy_token_refresh_total{result=\"success\"} 1"));
         assert!(text.contains("issettled_proxy_token_state_file_errors_total 1"));
