@@ -241,7 +241,12 @@ impl Metrics {
             let mut read = HistogramRead::default();
             class.read_into(&mut read);
             if read.count > 0 {
-                histogram(w, "request_duration_by_class_seconds", &format!("class=\"{name}\","), &read);
+                histogram(
+                    w,
+                    "request_duration_by_class_seconds",
+                    &format!("class=\"{name}\","),
+                    &read,
+                );
             }
         }
         labelled_counter(
@@ -375,13 +380,20 @@ fn histogram(w: &mut String, name: &str, labels: &str, read: &HistogramRead) {
     let mut cumulative = 0;
     for (bound, n) in BUCKETS.iter().zip(read.buckets) {
         cumulative += n;
-        let _ = writeln!(w, "issettled_proxy_{name}_bucket{{{labels}le=\"{bound}\"}} {cumulative}");
+        let _ = writeln!(
+            w,
+            "issettled_proxy_{name}_bucket{{{labels}le=\"{bound}\"}} {cumulative}"
+        );
     }
     let count = read.count;
     let _ = writeln!(w, "issettled_proxy_{name}_bucket{{{labels}le=\"+Inf\"}} {count}");
     let sum = read.sum_micros as f64 / 1e6;
     let labels = labels.trim_end_matches(',');
-    let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+    let braces = if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{{{labels}}}")
+    };
     let _ = writeln!(w, "issettled_proxy_{name}_sum{braces} {sum}");
     let _ = writeln!(w, "issettled_proxy_{name}_count{braces} {count}");
 }
