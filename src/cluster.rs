@@ -147,11 +147,11 @@ impl Drop for Cluster {
     }
 }
 
-/// Wait until no refresh is in flight (bounded by `within`): the leader's last refresh is written before the
-/// Lease is released.
+/// Wait until no refresh is in flight and no link waits for the store (bounded by `within`): the leader's last
+/// refresh is written before the Lease is released.
 pub(crate) async fn refresh_settled(cell: Arc<TokenCell>, within: Duration) {
     let _ = tokio::time::timeout(within, async {
-        while cell.status().refreshing {
+        while cell.status().refreshing || cell.status().unsaved {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })

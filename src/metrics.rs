@@ -95,13 +95,22 @@ impl Histogram {
             .fetch_add(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX), Relaxed);
     }
 
-    /// Add what this histogram holds to `into`.
-    fn read_into(&self, into: &mut HistogramRead) {
-        for (sum, bucket) in into.buckets.iter_mut().zip(&self.buckets) {
-            *sum += bucket.load(Relaxed);
+    fn read(&self) -> HistogramRead {
+        HistogramRead {
+            buckets: std::array::from_fn(|i| self.buckets[i].load(Relaxed)),
+            count: self.count.load(Relaxed),
+            sum_micros: self.sum_micros.load(Relaxed),
         }
-        into.count += self.count.load(Relaxed);
-        into.sum_micros = into.sum_micros.saturating_add(self.sum_micros.load(Relaxed));
+    }
+}
+
+impl HistogramRead {
+    fn add(&mut self, other: &HistogramRead) {
+        for (sum, n) in self.buckets.iter_mut().zip(other.buckets) {
+            *sum += n;
+        }
+        self.count += other.count;
+        self.sum_micros = self.sum_micros.saturating_add(other.sum_micros);
     }
 }
 
@@ -226,9 +235,11 @@ impl Metrics {
             "histogram",
             "Time from request to response head on the proxy port.",
         );
+        // Each class read once: the unlabelled series are the sum of the per-class ones of the same scrape.
+        let classes: [HistogramRead; CLASSES.len()] = std::array::from_fn(|i| self.durations[i].read());
         let mut all = HistogramRead::default();
-        for class in &self.durations {
-            class.read_into(&mut all);
+        for class in &classes {
+            all.add(class);
         }
         histogram(w, "request_duration_seconds", "", &all);
         header(
@@ -237,15 +248,13 @@ impl Metrics {
             "histogram",
             "Time from request to response head on the proxy port, by status class (1xx to 5xx).",
         );
-        for (class, name) in self.durations.iter().zip(CLASSES) {
-            let mut read = HistogramRead::default();
-            class.read_into(&mut read);
+        for (read, name) in classes.iter().zip(CLASSES) {
             if read.count > 0 {
                 histogram(
                     w,
                     "request_duration_by_class_seconds",
                     &format!("class=\"{name}\","),
-                    &read,
+                    read,
                 );
             }
         }
@@ -385,7 +394,9 @@ fn histogram(w: &mut String, name: &str, labels: &str, read: &HistogramRead) {
             "issettled_proxy_{name}_bucket{{{labels}le=\"{bound}\"}} {cumulative}"
         );
     }
-    let count = read.count;
+    // A request observed while this was read may be in its bucket but not yet in the count: `+Inf` and `_count`
+    // are never below the last bucket.
+    let count = read.count.max(cumulative);
     let _ = writeln!(w, "issettled_proxy_{name}_bucket{{{labels}le=\"+Inf\"}} {count}");
     let sum = read.sum_micros as f64 / 1e6;
     let labels = labels.trim_end_matches(',');

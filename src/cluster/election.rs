@@ -58,6 +58,8 @@ pub(crate) struct Elector {
     hold: Box<dyn Fn() -> bool + Send + Sync>,
     /// Since when the API has answered while this replica held off.
     held_since: Option<Instant>,
+    /// Whether this hold has been given up (said once).
+    held_too_long: bool,
 }
 
 /// Why one call failed.
@@ -100,6 +102,7 @@ impl Elector {
             jitter: Box::new(|| rand::random::<f64>() * 0.5),
             hold: Box::new(|| false),
             held_since: None,
+            held_too_long: false,
         };
         (elector, Leadership::new(rx, lead_until))
     }
@@ -146,15 +149,12 @@ impl Elector {
         self.check_deadline();
         if !self.election.is_leader() && (self.hold)() {
             // Read only (the view stays current), until the link is written or the hold has lasted long enough.
-            match self.read().await {
-                Ok(()) if self.held_long_enough() => {
-                    let _ = self.write_decision().await;
-                }
-                Ok(()) => {}
-                Err(_) => self.held_since = None,
+            // The bound counts from the first answer (not reset by a later failure: a flaky API cannot stretch it).
+            if self.read().await.is_ok() && self.held_long_enough() {
+                let _ = self.write_decision().await;
             }
         } else {
-            self.held_since = None;
+            (self.held_since, self.held_too_long) = (None, false);
             if !self.election.is_leader() || matches!(self.write_decision().await, Err(CallError::Conflict)) {
                 // A failed write was logged and counted where it failed; the next attempt retries.
                 if self.read().await.is_ok() {
@@ -174,7 +174,8 @@ impl Elector {
             Instant::now()
         });
         let long_enough = since.elapsed() >= self.settings.lease_duration;
-        if long_enough {
+        if long_enough && !self.held_too_long {
+            self.held_too_long = true;
             warn!(lease = %name, "the token kept during the outage is still not written to the state Secret; competing for the lease anyway");
         }
         long_enough

@@ -152,8 +152,8 @@ impl ChainStore for SecretStore {
                 }
                 Err(kube::Error::Api(status)) if status.code == 409 => {
                     tracing::info!(event = "state_conflict", secret = %self.name, "the state Secret changed since it was read: re-reading");
-                    let newer = self.read().await.ok().and_then(|s| decode(&s));
-                    Err(SaveError::Conflict(newer))
+                    let reread = self.read().await.ok().map(|s| decode(&s));
+                    Err(after_conflict(reread, link.generation, &self.name))
                 }
                 Err(e) => {
                     self.metrics.cluster_api_error("secret_update");
@@ -177,6 +177,20 @@ impl ChainStore for SecretStore {
 }
 
 /// Keep `secret` as the last read, unless a newer one is already there.
+/// What a 409 on writing the link of `generation` means, given the state Secret re-read after it (`None`: the
+/// re-read failed; `Some(None)`: no readable link). Another writer's link at this generation or higher is a
+/// conflict (adopt it); a Secret that changed otherwise (its labels, a lower link) is not: the re-read refreshed the
+/// resourceVersion, and the retry writes over it.
+fn after_conflict(reread: Option<Option<Persisted>>, generation: u64, name: &str) -> SaveError {
+    match reread {
+        Some(Some(there)) if there.generation >= generation => SaveError::Conflict(Some(there)),
+        Some(_) => SaveError::Failed(format!(
+            "the state Secret {name} changed under the write without a newer link; retrying"
+        )),
+        None => SaveError::Conflict(None),
+    }
+}
+
 fn remember(last: &Mutex<Option<Secret>>, secret: &Secret) {
     let version = |s: &Secret| {
         s.metadata
@@ -348,5 +362,44 @@ async fn watch_named(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::token::Token;
+
+    fn link(generation: u64) -> Persisted {
+        Persisted {
+            token: Token::parse("t").expect("a token"),
+            confirmed_at: SystemTime::now(),
+            session_started_at: None,
+            origin: None,
+            generation,
+        }
+    }
+
+    #[test]
+    fn a_409_is_a_conflict_only_when_the_secret_holds_a_link_at_least_as_new() {
+        let name = "issettled-token-state";
+        assert!(matches!(
+            after_conflict(Some(Some(link(5))), 5, name),
+            SaveError::Conflict(Some(l)) if l.generation == 5
+        ));
+        assert!(matches!(
+            after_conflict(Some(Some(link(9))), 5, name),
+            SaveError::Conflict(Some(_))
+        ));
+        // Labels or another key changed, or a lower link: written again, not given up.
+        assert!(matches!(
+            after_conflict(Some(Some(link(4))), 5, name),
+            SaveError::Failed(_)
+        ));
+        assert!(matches!(after_conflict(Some(None), 5, name), SaveError::Failed(_)));
+        // The re-read failed: what is there is unknown.
+        assert!(matches!(after_conflict(None, 5, name), SaveError::Conflict(None)));
     }
 }

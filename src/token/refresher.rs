@@ -299,7 +299,7 @@ impl<C: RefreshClient> Refresher<C> {
             let fingerprint = current
                 .map(|c| c.token().fingerprint())
                 .or_else(|| self.cell.status().last_fingerprint.clone());
-            usability::log(change, fingerprint);
+            usability::log(change, fingerprint, self.authority.shared());
         }
     }
 
@@ -470,31 +470,32 @@ impl<C: RefreshClient> Refresher<C> {
 
     fn fail(&mut self, old: &Current, e: &RefreshError) {
         if let RefreshError::Revoked(_) = e {
-            self.cell.store(None);
             self.failures = 0;
             self.retry_at = None;
-            self.cell.update_status(|s| {
-                s.refreshing = false;
-                s.last_fingerprint = Some(old.token().fingerprint());
-            });
-            if self.authority.shared() {
+            let fingerprint = old.token().fingerprint();
+            // The moment requests start to fail is logged at ERROR, with what to do, by `watch_usability`.
+            let (revoked, why) = if self.authority.shared() {
                 // Someone else may have refreshed the shared chain (a new leader, a last-resort refresh): not
-                // usable here, but not revoked either, until the store says more (see `settle_refusal`). The
-                // moment requests start to fail is logged at ERROR by `watch_usability`.
+                // usable here, but not revoked either, until the store says more (see `settle_refusal`).
                 let grace = self.authority.handover_grace();
                 self.awaiting_link_until = Some(Instant::now() + grace);
                 tracing::warn!(
                     event = "token_refused",
-                    fingerprint = %old.token().fingerprint(),
+                    fingerprint = %fingerprint,
                     grace_ms = grace.as_millis() as u64,
                     "the upstream refused the token; waiting for the chain's newest link in the state Secret"
                 );
-                let why = format!("{e}; waiting for a newer link in the state Secret");
-                self.cell.update_status(|s| s.last_error = Some(why));
+                (false, format!("{e}; waiting for a newer link in the state Secret"))
             } else {
-                // Logged at ERROR, with what to do, by `watch_usability` once the refresh is done.
-                self.revoke(e.to_string());
-            }
+                (true, e.to_string())
+            };
+            self.cell.store(None);
+            self.cell.update_status(|s| {
+                s.refreshing = false;
+                s.revoked = revoked;
+                s.last_error = Some(why);
+                s.last_fingerprint = Some(fingerprint);
+            });
             return;
         }
         self.failures += 1;

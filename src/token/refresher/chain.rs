@@ -18,6 +18,9 @@ use crate::{
     },
 };
 
+/// How long a replica waiting for a newer link pauses before it reads a store that could not be read again.
+const UNREADABLE_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
 // === impl Refresher (chain) ===
 
 impl<C: RefreshClient> Refresher<C> {
@@ -412,7 +415,8 @@ impl<C: RefreshClient> Refresher<C> {
                     self.store.key()
                 ));
             }
-            Err(_) => {}
+            // Read again after a pause, not at every poll: each read may wait for the API's time-out.
+            Err(_) => self.awaiting_link_until = Some(Instant::now() + UNREADABLE_RETRY),
         }
     }
 

@@ -42,8 +42,9 @@ impl Watch {
     }
 }
 
-/// Log a change: once, at ERROR with what to do, or at INFO when requests are served again.
-pub(super) fn log(change: Change, fingerprint: Option<String>) {
+/// Log a change: once, at ERROR with what to do, or at INFO when requests are served again. `shared`: the chain
+/// is kept with other replicas (cluster mode), where a new administrator token goes in `cluster.secret`.
+pub(super) fn log(change: Change, fingerprint: Option<String>, shared: bool) {
     let Change::Down(down) = change else {
         tracing::info!(
             event = "token_usable",
@@ -52,36 +53,49 @@ pub(super) fn log(change: Change, fingerprint: Option<String>) {
         );
         return;
     };
-    let (reason, what_to_do) = match down {
-        Down::Revoked => (
-            "the upstream refused the token (revoked)",
-            "put a new administrator-issued token in token.file (or token.env, then restart)",
-        ),
-        Down::AwaitingChain => (
-            "no usable token from the shared chain",
-            "check that the Kubernetes API answers and the state Secret (cluster.state_secret) holds the chain; \
-             a new administrator-issued token goes in cluster.secret",
-        ),
-        Down::Unusable(Unusable::Missing) => (
-            "no token is loaded",
-            "put an administrator-issued token in token.file (or token.env, then restart)",
-        ),
-        Down::Unusable(Unusable::Expired) => (
-            "the token's exp has passed",
-            "an administrator must issue a new token; put it in token.file (or token.env, then restart)",
-        ),
-        Down::Unusable(Unusable::DeadlinePassed) => (
-            "the token was not refreshed before its revoke deadline (token.revoke_after)",
-            "make upstream.base_url reachable (see the token_refresh warnings); if the upstream has revoked the \
-             token meanwhile, put a new one in token.file",
-        ),
-    };
+    let (reason, what_to_do) = explain(down, shared);
     tracing::error!(
         event = "token_unusable",
         reason,
         fingerprint,
         "requests now fail with 503 TOKEN_UNAVAILABLE: {reason}; {what_to_do}"
     );
+}
+
+/// Why requests fail, and what an operator does about it.
+fn explain(down: Down, shared: bool) -> (&'static str, String) {
+    let new_token = if shared {
+        "cluster.secret (the administrator's Secret; the leader checks it and starts a new chain)"
+    } else {
+        "token.file (or token.env, then restart)"
+    };
+    match down {
+        Down::Revoked => (
+            "the upstream refused the token (revoked)",
+            format!("put a new administrator-issued token in {new_token}"),
+        ),
+        Down::AwaitingChain => (
+            "no usable token from the shared chain",
+            "check that the Kubernetes API answers and the state Secret (cluster.state_secret) holds the chain; \
+             a new administrator-issued token goes in cluster.secret"
+                .to_owned(),
+        ),
+        Down::Unusable(Unusable::Missing) => (
+            "no token is loaded",
+            format!("put an administrator-issued token in {new_token}"),
+        ),
+        Down::Unusable(Unusable::Expired) => (
+            "the token's exp has passed",
+            format!("an administrator must issue a new token; put it in {new_token}"),
+        ),
+        Down::Unusable(Unusable::DeadlinePassed) => (
+            "the token was not refreshed before its revoke deadline (token.revoke_after)",
+            format!(
+                "make upstream.base_url reachable (see the token_refresh warnings); if the upstream has revoked \
+                 the token meanwhile, put a new one in {new_token}"
+            ),
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -98,6 +112,26 @@ mod tests {
         assert_eq!(w.observe(Some(Down::Revoked)), Some(Change::Down(Down::Revoked)));
         assert_eq!(w.observe(None), Some(Change::Up));
         assert_eq!(w.observe(None), None);
+    }
+
+    #[test]
+    fn the_advice_names_where_a_new_token_goes_in_each_mode() {
+        for down in [
+            Down::Revoked,
+            Down::Unusable(Unusable::Expired),
+            Down::Unusable(Unusable::DeadlinePassed),
+        ] {
+            let (_, alone) = explain(down, false);
+            assert!(
+                alone.contains("token.file") && !alone.contains("cluster.secret"),
+                "{alone}"
+            );
+            let (_, shared) = explain(down, true);
+            assert!(
+                shared.contains("cluster.secret") && !shared.contains("token.file"),
+                "{shared}"
+            );
+        }
     }
 
     #[test]
