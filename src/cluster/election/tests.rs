@@ -108,12 +108,18 @@ async fn socket_client(api: &FakeApi) -> kube::Client {
 
 // --- paused clock: the contract's durations, exact bounds ---
 
-#[tokio::test(start_paused = true)]
-async fn a_lone_replica_takes_the_free_lease_and_renews_it_every_retry_period() {
+/// The fake API with the Lease, and replica "a" (the contract's durations) leading it.
+async fn a_leading() -> (FakeApi, Replica) {
     let api = FakeApi::start().await;
     api.create_lease(LEASE);
     let a = Replica::spawn(api.client_in_memory(), contract("a"));
     until("a leads", Duration::from_secs(1), || a.leadership.is_leader()).await;
+    (api, a)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lone_replica_takes_the_free_lease_and_renews_it_every_retry_period() {
+    let (api, a) = a_leading().await;
     let view = a.leadership.view();
     assert_eq!((view.leader.as_deref(), view.transitions), (Some("a"), 1));
     let first = spec(&api);
@@ -153,10 +159,7 @@ async fn two_replicas_on_one_lease_never_lead_together() {
 
 #[tokio::test(start_paused = true)]
 async fn a_killed_leader_is_replaced_after_its_lease_and_within_lease_duration_plus_three_retry_periods() {
-    let api = FakeApi::start().await;
-    api.create_lease(LEASE);
-    let a = Replica::spawn(api.client_in_memory(), contract("a"));
-    until("a leads", Duration::from_secs(1), || a.leadership.is_leader()).await;
+    let (api, a) = a_leading().await;
     let b = Replica::spawn(api.client_in_memory(), contract("b"));
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert_eq!(b.leadership.view().role, Role::Follower);
@@ -206,10 +209,7 @@ async fn a_link_the_store_keeps_refusing_holds_a_replica_off_the_lease_for_one_l
 
 #[tokio::test(start_paused = true)]
 async fn a_stopped_leader_releases_and_another_leads_within_two_retry_periods() {
-    let api = FakeApi::start().await;
-    api.create_lease(LEASE);
-    let mut a = Replica::spawn(api.client_in_memory(), contract("a"));
-    until("a leads", Duration::from_secs(1), || a.leadership.is_leader()).await;
+    let (api, mut a) = a_leading().await;
     let b = Replica::spawn(api.client_in_memory(), contract("b"));
     tokio::time::sleep(Duration::from_secs(10)).await;
 
@@ -228,10 +228,7 @@ async fn a_stopped_leader_releases_and_another_leads_within_two_retry_periods() 
 #[tokio::test(start_paused = true)]
 async fn a_leader_cut_off_from_the_api_steps_down_at_renew_deadline_for_the_api_only() {
     for fault in [Fault::Unavailable, Fault::Hang] {
-        let api = FakeApi::start().await;
-        api.create_lease(LEASE);
-        let a = Replica::spawn(api.client_in_memory(), contract("a"));
-        until("a leads", Duration::from_secs(1), || a.leadership.is_leader()).await;
+        let (api, a) = a_leading().await;
         tokio::time::sleep(Duration::from_secs(5)).await;
 
         api.set_fault(fault);
@@ -262,10 +259,7 @@ async fn a_leader_cut_off_from_the_api_steps_down_at_renew_deadline_for_the_api_
 #[tokio::test(start_paused = true)]
 async fn a_leader_whose_loop_no_longer_runs_is_no_leader_past_its_renew_deadline() {
     // As a process woken from SIGSTOP: its refresher may run before its elector has looked at the clock.
-    let api = FakeApi::start().await;
-    api.create_lease(LEASE);
-    let a = Replica::spawn(api.client_in_memory(), contract("a"));
-    until("a leads", Duration::from_secs(1), || a.leadership.is_leader()).await;
+    let (_api, a) = a_leading().await;
     a.task.abort();
     let took = until("a is no leader", Duration::from_secs(10), || !a.leadership.is_leader()).await;
     assert!(took >= Duration::from_secs(10 - 2), "{took:?}");
@@ -274,10 +268,7 @@ async fn a_leader_whose_loop_no_longer_runs_is_no_leader_past_its_renew_deadline
 
 #[tokio::test(start_paused = true)]
 async fn a_lease_taken_by_another_writer_turns_the_leader_into_a_follower_without_overwriting() {
-    let api = FakeApi::start().await;
-    api.create_lease(LEASE);
-    let a = Replica::spawn(api.client_in_memory(), contract("a"));
-    until("a leads", Duration::from_secs(1), || a.leadership.is_leader()).await;
+    let (api, a) = a_leading().await;
 
     api.take_lease(LEASE, "x");
     until("a follows x", Duration::from_secs(3), || {
